@@ -1,0 +1,81 @@
+"""Diffusion in WaveGrad's continuous noise-level form. Owns the schedule, the noising, the loss and the
+sampler; the network is passed in as a function (noisy, noise_level) -> predicted noise."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from components.schedules import check_betas
+
+NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gaussian(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
+    """N(0, I) drawn on the generator's device (seeded runs repeat exactly), then moved to `device`."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or inf appeared in a loss or a sample; the message names the step."""
+
+
+class Diffusion:
+    def __init__(self, train_betas: np.ndarray, loss: str = "l1"):
+        betas = check_betas(train_betas, "training schedule")
+        # levels[s] = sqrt(alpha_bar) after s steps; levels[0] = 1 (clean signal)
+        self.levels = np.concatenate([[1.0], np.sqrt(np.cumprod(1.0 - betas))])
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"noise loss {loss!r}; allowed: l1, l2")
+        self.loss_kind = loss
+
+    def sample_noise_level(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """WaveGrad's continuous conditioning: pick a step s, then a level uniformly between
+        levels[s-1] and levels[s] of the training schedule. (B,) float32."""
+        steps = len(self.levels) - 1
+        on = generator.device if generator is not None else "cpu"
+        s = torch.randint(1, steps + 1, (batch,), generator=generator, device=on).cpu()
+        u = torch.rand(batch, generator=generator, dtype=torch.float64, device=on).cpu()
+        levels = torch.from_numpy(self.levels)
+        return (levels[s - 1] + u * (levels[s] - levels[s - 1])).float()
+
+    def loss(self, predict: NoisePredictor, clean: torch.Tensor, mask: torch.Tensor | None = None,
+             generator: torch.Generator | None = None, step: int | None = None) -> torch.Tensor:
+        """Noise-prediction loss. clean: (B, C, T); mask: (B, 1, T) with 1 where the signal is real."""
+        level = self.sample_noise_level(clean.shape[0], generator).to(clean.device)  # (B,)
+        noise = gaussian(clean.shape, generator, clean.device)
+        a = level[:, None, None]
+        noisy = a * clean + torch.sqrt(1 - a**2) * noise
+        err = predict(noisy, level).float() - noise
+        err = err.abs() if self.loss_kind == "l1" else err**2
+        if mask is None:
+            value = err.mean()
+        else:
+            value = (err * mask).sum() / (mask.sum() * err.shape[1]).clamp(min=1)
+        if not torch.isfinite(value):
+            raise NonFiniteError(f"non-finite noise loss ({value.item()}) at training step {step}")
+        return value
+
+    @staticmethod
+    @torch.no_grad()
+    def sample(predict: NoisePredictor, shape: tuple[int, ...], betas: np.ndarray, device: torch.device | str = "cpu",
+               generator: torch.Generator | None = None, clip: float | None = 1.0) -> torch.Tensor:
+        """WaveGrad's sampler (Alg. 2) for any schedule: start from N(0, I) and refine len(betas) times."""
+        betas = check_betas(betas, "inference schedule")
+        alphas = 1.0 - betas
+        alpha_bar = np.cumprod(alphas)
+        x = gaussian(shape, generator, device)
+        steps = len(betas)
+        for n in reversed(range(steps)):
+            level = torch.full((shape[0],), float(np.sqrt(alpha_bar[n])), device=device)
+            eps = predict(x, level).float()
+            x = (x - betas[n] / np.sqrt(1 - alpha_bar[n]) * eps) / np.sqrt(alphas[n])
+            if n > 0:
+                sigma = np.sqrt((1 - alpha_bar[n - 1]) / (1 - alpha_bar[n]) * betas[n])
+                x = x + sigma * gaussian(shape, generator, device)
+            if not torch.isfinite(x).all():
+                raise NonFiniteError(f"non-finite sample at refinement step {steps - n} of {steps}")
+        return x.clamp(-clip, clip) if clip is not None else x

@@ -1,0 +1,142 @@
+"""Noise schedules: pure functions returning float64 betas (WaveGrad sec. 3).
+
+Nothing here holds state. A schedule is a 1-D float64 array of betas in (0, 1); the number of
+refinement steps is len(betas). Named schedules: `linear-N` (the training ramp spread over N steps),
+`cosine-N`, `fibonacci-25`, `manual-6`,
+`linear-1000`, or a path to a TOML/JSON file holding `betas = [...]`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+BETA_MIN, BETA_MAX = 1e-7, 0.9  # the range every schedule must lie in (search space too)
+
+
+def linear(start: float, end: float, steps: int) -> np.ndarray:
+    return np.linspace(start, end, steps, dtype=np.float64)
+
+
+def cosine(steps: int, s: float = 0.008, max_beta: float = 0.9) -> np.ndarray:
+    """Nichol & Dhariwal's cosine schedule: alpha_bar(t) = cos^2((t/T + s)/(1 + s) * pi/2)."""
+    t = np.arange(steps + 1, dtype=np.float64) / steps
+    alpha_bar = np.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]
+    return np.clip(betas, BETA_MIN, max_beta)
+
+
+def fibonacci(steps: int = 25, final_level: float | None = None) -> np.ndarray:
+    """Fibonacci-style schedule (WaveGrad sec. 4): beta_{n+2} = beta_n + beta_{n+1}, capped at BETA_MAX.
+    The first two betas are chosen (by bisection, in log space) so the schedule ends at the same
+    noise level sqrt(alpha_bar) as the training schedule linear-1000; sampling starts from N(0, I)."""
+    target = final_level if final_level is not None else float(noise_levels(linear(1e-6, 0.01, 1000))[-1])
+
+    def build(first: float) -> np.ndarray:
+        betas = [first, first]
+        while len(betas) < steps:
+            betas.append(betas[-1] + betas[-2])
+        return np.clip(np.asarray(betas[:steps], dtype=np.float64), BETA_MIN, BETA_MAX)
+
+    lo, hi = math.log(BETA_MIN), math.log(BETA_MAX)
+    for _ in range(100):  # final level falls as the first beta grows
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if noise_levels(build(math.exp(mid)))[-1] > target else (lo, mid)
+    return build(math.exp((lo + hi) / 2))
+
+
+# A hand-set 6-step schedule: DiffWave's fast-sampling betas (Kong et al. 2021, sec. 4). WaveGrad's
+# own grid-searched 6-step betas are not published in a form we could verify, so we ship this one
+# and let `wg2 search` find better ones for each model.
+MANUAL_6 = (1e-4, 1e-3, 1e-2, 5e-2, 2e-1, 5e-1)
+
+
+def manual(betas: list[float] | tuple[float, ...]) -> np.ndarray:
+    return check_betas(np.asarray(betas, dtype=np.float64), "manual schedule")
+
+
+def check_betas(betas: np.ndarray, source: str) -> np.ndarray:
+    """Betas must be a non-empty 1-D list of finite numbers in [BETA_MIN, BETA_MAX]."""
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas.ndim != 1 or betas.size == 0:
+        raise ValueError(f"{source}: expected a non-empty list of betas, got shape {betas.shape}")
+    if not np.all(np.isfinite(betas)):
+        raise ValueError(f"{source}: betas must be finite")
+    bad = np.flatnonzero((betas < BETA_MIN) | (betas > BETA_MAX))
+    if bad.size:
+        raise ValueError(f"{source}: beta[{bad[0]}] = {betas[bad[0]]:g} lies outside [{BETA_MIN:g}, {BETA_MAX:g}]")
+    return betas
+
+
+def noise_levels(betas: np.ndarray) -> np.ndarray:
+    """sqrt(alpha_bar) after each step: the continuous noise level the decoder is conditioned on."""
+    return np.sqrt(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)))
+
+
+def subsample(betas: np.ndarray, steps: int) -> np.ndarray:
+    """A `steps`-step schedule reaching the same final noise level as `betas`, by matching
+    alpha_bar at evenly spaced points of the original schedule (used to seed schedule searches)."""
+    alpha_bar = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
+    idx = np.linspace(0, len(alpha_bar) - 1, steps).round().astype(int)
+    picked = alpha_bar[idx]
+    out = 1 - picked / np.concatenate([[1.0], picked[:-1]])
+    return np.clip(out, BETA_MIN, BETA_MAX)
+
+
+def linear_named(n: int) -> np.ndarray:
+    """`linear-N`: the training ramp (1e-6 .. 0.01 over 1000 steps) spread over N steps with the
+    same sum of betas, so every linear-N ends near the training schedule's final noise level."""
+    scale = 1000 / n
+    return np.minimum(linear(1e-6 * scale, 0.01 * scale, n), BETA_MAX)
+
+
+_PATTERN = re.compile(r"^(linear|cosine)-(\d+)$")
+
+
+def resolve_schedule_name(name: str) -> np.ndarray:
+    """Name or file -> float64 betas. Raises ValueError naming what is allowed."""
+    match = _PATTERN.match(name)
+    if match:
+        kind, n = match.group(1), int(match.group(2))
+        if n < 1:
+            raise ValueError(f"schedule {name!r}: need at least one step")
+        betas = linear_named(n) if kind == "linear" else cosine(n)
+        return check_betas(betas, f"schedule {name!r}")
+    if name == "fibonacci-25":
+        return fibonacci(25)
+    if name == "manual-6":
+        return manual(MANUAL_6)
+    path = Path(name)
+    if path.suffix in (".json", ".toml"):
+        return load_schedule_file(path)
+    raise ValueError(f"unknown schedule {name!r}; allowed: linear-N, cosine-N, fibonacci-25, manual-6, "
+                     "or a .json/.toml file with `betas = [...]`")
+
+
+def load_schedule_file(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"schedule file {path}: not found")
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"schedule file {path}: unreadable: {err}") from err
+    if isinstance(data, list):
+        betas = data
+    elif isinstance(data, dict) and "betas" in data:
+        betas = data["betas"]
+    else:
+        raise ValueError(f"schedule file {path}: expected a key `betas` holding a list of numbers")
+    if not isinstance(betas, list) or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas):
+        raise ValueError(f"schedule file {path}: `betas` must be a list of numbers")
+    return check_betas(np.asarray(betas, dtype=np.float64), f"schedule file {path}")
+
+
+def schedule_label(name: str) -> str:
+    """A short name for tables and metric keys: files by stem, names as given."""
+    path = Path(name)
+    return path.stem if path.suffix in (".json", ".toml") else name

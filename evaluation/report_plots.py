@@ -1,0 +1,153 @@
+"""The pictures of a `wg2 compare` report: quality against real-time factor, per-axis bars, training loss curves.
+
+Plain data in, one PNG out. Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so nothing here
+touches global backend state, and every file is written to a temporary name first and then renamed into place.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+@dataclass
+class Point:
+    """One cell at one inference schedule: x = real-time factor, y = quality, each with its 95% interval."""
+    label: str
+    schedule: str
+    x: float
+    y: float
+    x_ci: tuple[float, float] | None = None
+    y_ci: tuple[float, float] | None = None
+
+
+@dataclass
+class Bar:
+    """One axis value at one schedule: the headline metric pooled over every other cell, with its interval."""
+    value: str
+    schedule: str
+    mean: float
+    ci: tuple[float, float] | None = None
+
+
+@dataclass
+class Curve:
+    """The training loss of one run."""
+    label: str
+    steps: list[int]
+    values: list[float]
+    finished: bool = True
+
+
+@dataclass
+class Ceiling:
+    """A horizontal reference line: the autoencoder's reconstruction quality (latent grids)."""
+    label: str
+    value: float
+
+
+@dataclass
+class AxisBars:
+    axis: str
+    bars: list[Bar] = field(default_factory=list)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    FigureCanvasAgg(fig)
+    fig.savefig(tmp, format="png", dpi=100)  # no tight bbox: it draws the figure twice
+    os.replace(tmp, path)
+    return path
+
+
+def _errors(value: float, ci: tuple[float, float] | None) -> list[list[float]] | None:
+    """matplotlib's asymmetric error bars [[below], [above]] from an interval (None where there is none)."""
+    if ci is None:
+        return None
+    return [[max(value - ci[0], 0.0)], [max(ci[1] - value, 0.0)]]
+
+
+def plot_quality_vs_rtf(points: list[Point], metric: str, path: Path,
+                        ceilings: list[Ceiling] = ()) -> Path:
+    """Scatter of quality (y) against real-time factor (x, log scale: lower is faster), one point per cell and
+    schedule: colour = cell, marker = schedule; error bars are the 95% intervals of the table."""
+    fig = Figure(figsize=(10.0, 5.5))
+    fig.subplots_adjust(left=0.08, right=0.66, bottom=0.1, top=0.93)  # the right third holds the legends
+    ax = fig.add_subplot()
+    cells = list(dict.fromkeys(p.label for p in points))
+    schedules = list(dict.fromkeys(p.schedule for p in points))
+    markers = "osD^vP*Xh<>"
+    colours = {c: f"C{i % 10}" for i, c in enumerate(cells)}
+    for p in points:
+        ax.errorbar([p.x], [p.y], xerr=_errors(p.x, p.x_ci), yerr=_errors(p.y, p.y_ci),
+                    fmt=markers[schedules.index(p.schedule) % len(markers)], color=colours[p.label],
+                    capsize=3, markersize=7, alpha=0.9)
+    for i, c in enumerate(ceilings):
+        ax.axhline(c.value, color="k", linestyle=("--", ":", "-.")[i % 3], linewidth=1.2)
+        ax.annotate(c.label, xy=(0.01, c.value), xycoords=("axes fraction", "data"),
+                    va="bottom", fontsize=8)
+    if points and all(p.x > 0 for p in points):
+        ax.set_xscale("log")
+    ax.set_xlabel("real-time factor (seconds of compute per second of audio; lower is faster)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} against real-time factor (95% intervals)")
+    ax.grid(True, which="both", alpha=0.3)
+    # two small legends: colours name the cells, markers name the schedules
+    handles = [ax.plot([], [], "o", color=colours[c])[0] for c in cells]
+    first = ax.legend(handles, cells, title="cell", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.add_artist(first)
+    handles = [ax.plot([], [], markers[i % len(markers)], color="grey")[0] for i in range(len(schedules))]
+    ax.legend(handles, schedules, title="schedule", fontsize=7, loc="lower left", bbox_to_anchor=(1.01, 0.0))
+    return _save(fig, path)
+
+
+def plot_axis_bars(axes: list[AxisBars], metric: str, path: Path) -> Path:
+    """One panel per axis: the headline metric for each of its values (averaged over the other axes'
+    settings), one bar per schedule, with 95% intervals."""
+    n = max(len(axes), 1)
+    fig = Figure(figsize=(max(4.5 * n, 5.0), 4.4))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.14, top=0.85, wspace=0.3)
+    for k, axis in enumerate(axes):
+        ax = fig.add_subplot(1, n, k + 1)
+        values = list(dict.fromkeys(b.value for b in axis.bars))
+        schedules = list(dict.fromkeys(b.schedule for b in axis.bars))
+        width = 0.8 / max(len(schedules), 1)
+        for j, schedule in enumerate(schedules):
+            bars = [b for b in axis.bars if b.schedule == schedule]
+            xs = [values.index(b.value) + (j - (len(schedules) - 1) / 2) * width for b in bars]
+            means = [b.mean for b in bars]
+            below = [b.mean - b.ci[0] if b.ci else 0.0 for b in bars]
+            above = [b.ci[1] - b.mean if b.ci else 0.0 for b in bars]
+            ax.bar(xs, means, width=width, yerr=[below, above], capsize=3, label=schedule, color=f"C{j % 10}")
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels(values, fontsize=8, rotation=15 if max(map(len, values), default=0) > 10 else 0)
+        ax.set_title(axis.axis, fontsize=9)
+        ax.set_ylabel(metric)
+        ax.grid(True, axis="y", alpha=0.3)
+        if len(schedules) > 1 or (schedules and schedules[0]):
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{metric} by axis value (mean over the other axes' settings; 95% intervals)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_loss_curves(curves: list[Curve], path: Path) -> Path:
+    """Training loss against step for every run; runs that did not finish are dashed."""
+    fig = Figure(figsize=(11.0, 4.8))
+    fig.subplots_adjust(left=0.1, right=0.6, bottom=0.11, top=0.92)  # the right part holds the legend
+    ax = fig.add_subplot()
+    for i, c in enumerate(curves):
+        ax.plot(c.steps, c.values, color=f"C{i % 10}", linestyle="-" if c.finished else "--",
+                linewidth=1.2, label=c.label + ("" if c.finished else " (not finished)"))
+    if curves and all(v > 0 for c in curves for v in c.values):
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("train/loss")
+    ax.set_title("training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)

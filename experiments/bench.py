@@ -1,0 +1,148 @@
+"""`wg2 bench`: training and inference speed and memory per decoder preset, on the current device.
+
+Method: synthetic inputs of realistic shape (random phonemes with 8-frame durations, random audio), so no
+corpus is needed and every preset sees identical work. Each measurement warms up first (2 steps or 1
+synthesis), synchronizes the device before reading the clock, and repeats. Training: eager fp32 (and
+bf16 autocast on CUDA with --bf16), steps/s and audio seconds per second. Inference: real-time factor
+(synthesis seconds / audio seconds) for manual-6 and linear-50 at batch 1. Peak memory: CUDA allocator
+peak, or the process's peak RSS on CPU (a high-water mark over the whole bench, so read it as an
+upper bound on CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.configs import ModelConfig
+from components.diffusion import Diffusion
+from components.durations import DurationPredictor
+from components.model import WaveGrad2, count_parameters
+from components.schedules import resolve_schedule_name
+from experiments.batches import TrainingItem, make_batch
+from experiments.evaluate import machine_name
+from experiments.train import peak_memory_mb, resolve_device
+
+SAMPLE_RATE, VOCAB = 22050, 64
+PRESET_MODELS = {  # encoder sizes that go with each decoder preset (tiny = the quickstart model)
+    "tiny": dict(encoder_channels=32, duration_channels=16),
+    "small": dict(encoder_channels=256, duration_channels=128),
+    "base": dict(),
+    "large": dict(),
+}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _clock(fn, device, repeats: int) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_training(model, config: ModelConfig, device, batch_size: int, window: int, bf16: bool, repeats: int):
+    hop = model.hop
+    rng = np.random.default_rng(0)
+    items = [TrainingItem(rng.integers(1, VOCAB, 40), np.full(40, 8), rng.uniform(-0.5, 0.5, (1, 320 * hop)).astype(np.float32))
+             for _ in range(batch_size)]
+    batch = make_batch(items, window, hop, 0, 0).to(device)
+    diffusion = Diffusion(resolve_schedule_name("linear-1000"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            enc, log_d = model.encode(batch.phoneme_ids, batch.token_mask)
+            dur = DurationPredictor.loss(log_d.float(), batch.durations, batch.token_mask)
+            cond = model.condition(enc, batch.durations, batch.token_mask, batch.frames)
+            loss = diffusion.loss(lambda x, lvl: model.denoise(x, cond.states, lvl), batch.signal, batch.signal_mask) + dur
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    _clock(step, device, 2)
+    seconds = _clock(step, device, repeats)
+    return 1 / seconds, batch_size * window * hop / SAMPLE_RATE / seconds
+
+
+@torch.no_grad()
+def bench_inference(model, device, seconds_audio: float, schedule: str, bf16: bool) -> float:
+    betas = resolve_schedule_name(schedule)
+    frames = int(seconds_audio * SAMPLE_RATE / model.hop)
+    n_tokens = max(1, frames // 8)
+    ids = torch.randint(1, VOCAB, (1, n_tokens), device=device)
+    mask = torch.ones(1, n_tokens, device=device)
+    model.eval()
+
+    def synth():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            enc, _ = model.encode(ids, mask)
+            dur = torch.full((1, n_tokens), frames / n_tokens, device=device)
+            cond = model.condition(enc, dur, mask, torch.arange(frames, device=device)[None])
+            Diffusion.sample(lambda x, lvl: model.denoise(x, cond.states, lvl), (1, 1, frames * model.hop), betas, device)
+
+    _clock(synth, device, 1)
+    return _clock(synth, device, 2) / (frames * model.hop / SAMPLE_RATE)
+
+
+def run_bench(presets: list[str], device: str, seconds_audio: float, batch_size: int, window: int, bf16: bool):
+    dev = resolve_device(device)
+    rows = []
+    for preset in presets:
+        config = dataclasses.replace(ModelConfig(decoder_preset=preset), **PRESET_MODELS.get(preset, {}))
+        torch.manual_seed(0)
+        model = WaveGrad2(config, VOCAB).to(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        repeats = 5 if preset == "tiny" or dev.type == "cuda" else 2
+        row = {"preset": preset, "params_M": count_parameters(model) / 1e6,
+               "decoder_params_M": count_parameters(model.decoder) / 1e6, "device": dev.type}
+        row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, config, dev, batch_size, window, False, repeats)
+        if bf16 and dev.type == "cuda":
+            row["bf16_steps_per_s"], _ = bench_training(model, config, dev, batch_size, window, True, repeats)
+            row["bf16_speedup"] = row["bf16_steps_per_s"] / row["train_steps_per_s"]
+        seconds = seconds_audio if dev.type == "cuda" or preset == "tiny" else min(seconds_audio, 1.0)
+        row["utterance_s"] = seconds
+        for schedule in ("manual-6", "linear-50"):
+            row[f"rtf_{schedule}"] = bench_inference(model, dev, seconds, schedule, bf16 and dev.type == "cuda")
+        row["peak_memory_mb"] = peak_memory_mb(dev)
+        rows.append(row)
+        print(json.dumps(row))
+    return dev, rows
+
+
+def format_table(machine: str, rows: list[dict], batch_size: int, window: int) -> str:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [f"wg2 bench on {machine}; training batch {batch_size} x {window} frames; inference batch 1", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def cmd_bench(args) -> int:
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    unknown = [p for p in presets if p not in PRESET_MODELS]
+    if unknown:
+        from experiments.config import InputError
+        raise InputError(f"--presets: unknown {unknown}; allowed: {', '.join(PRESET_MODELS)}")
+    dev, rows = run_bench(presets, args.device, args.seconds, args.batch_size, args.window_frames, args.bf16)
+    table = format_table(machine_name(dev), rows, args.batch_size, args.window_frames)
+    print("\n" + table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"bench_{dev.type}.md").write_text(table + "\n\n" + __doc__.split("\n\n", 1)[1])
+        (out / f"bench_{dev.type}.json").write_text(json.dumps({"machine": machine_name(dev), "rows": rows}, indent=2))
+    return 0

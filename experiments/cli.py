@@ -1,0 +1,149 @@
+"""`wg2`: the suite's command line. Each subcommand's handler lives in the module that owns the work
+and is imported only when that subcommand runs, so `wg2 --help` stays fast."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def _handler(target: str):
+    def run(args: argparse.Namespace) -> int:
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)(args)
+    return run
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run (auto: CUDA when visible, else CPU)")
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key (repeatable), type-checked")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wg2", description="WaveGrad 2 ablation suite: corpora, training, "
+                                     "synthesis, evaluation, MLflow grids and Optuna schedule search.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    corpus = sub.add_parser("corpus", help="build the offline default corpus or check any corpus")
+    corpus_sub = corpus.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    p = corpus_sub.add_parser("build", help="synthesize the Harvard-sentence corpus offline with espeak-ng")
+    p.add_argument("--out", default="corpora/harvard", help="output folder (LJSpeech layout + TextGrids)")
+    p.add_argument("--voice", default="en-us", help="espeak-ng voice")
+    p.add_argument("--limit", type=int, default=0, help="only the first N sentences (0 = all 720)")
+    p.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
+    p.set_defaults(func=_handler("experiments.corpus_build:cmd_build"))
+    p = corpus_sub.add_parser("check", help="read an LJSpeech-layout corpus with TextGrids and report on it")
+    p.add_argument("dir", help="corpus folder (metadata.csv, wavs/)")
+    p.add_argument("--alignments", default=None, help="folder searched for ID.TextGrid (default DIR/alignments)")
+    p.add_argument("--skip-bad", action="store_true", help="drop unusable utterances instead of failing")
+    p.add_argument("--hop-length", type=int, default=300, help="frame hop in samples for durations")
+    p.add_argument("--sample-rate", type=int, default=22050, help="rate audio is resampled to")
+    p.set_defaults(func=_handler("experiments.corpus:cmd_check"))
+
+    p = sub.add_parser("train", help="train one WaveGrad 2 model from a TOML config")
+    p.add_argument("config", help="run config (TOML)")
+    _overrides(p)
+    _device(p)
+    p.add_argument("--out", default=None, help="run folder (default runs/<config hash>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.set_defaults(func=_handler("experiments.train:cmd_train"))
+
+    p = sub.add_parser("synth", help="synthesize a sentence (or a corpus utterance) to a wav file")
+    p.add_argument("checkpoint", help="checkpoint file (.pt)")
+    p.add_argument("text", nargs="?", default=None, help="text to say (espeak-ng front end)")
+    p.add_argument("-o", "--out", required=True, help="output wav")
+    p.add_argument("--schedule", default="manual-6", help="inference schedule name or .json/.toml file")
+    p.add_argument("--pace", type=float, default=1.0, help=">1 speaks faster")
+    p.add_argument("--utterance", default=None, help="corpus utterance ID: use its ground-truth durations")
+    p.add_argument("--phonemes", default=None, help="space-separated phonemes instead of text")
+    p.add_argument("--seed", type=int, default=0)
+    _device(p)
+    p.set_defaults(func=_handler("experiments.synth:cmd_synth"))
+
+    p = sub.add_parser("bench", help="measure training and inference speed and memory per preset")
+    p.add_argument("--presets", default="tiny,base", help="comma-separated decoder presets")
+    p.add_argument("--seconds", type=float, default=10.0, help="utterance length for inference timing")
+    p.add_argument("--batch-size", type=int, default=4, help="training batch size")
+    p.add_argument("--window-frames", type=int, default=64)
+    p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CUDA)")
+    p.add_argument("--out", default=None, help="write the table (markdown) and JSON here")
+    _device(p)
+    p.set_defaults(func=_handler("experiments.bench:cmd_bench"))
+
+    p = sub.add_parser("score", help="score a degraded wav against a reference with every metric")
+    p.add_argument("reference")
+    p.add_argument("degraded")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_handler("evaluation.score:cmd_score"))
+
+    p = sub.add_parser("eval", help="synthesize a split with a checkpoint and score quality and speed")
+    p.add_argument("checkpoint")
+    p.add_argument("--schedules", default=None, help="comma-separated schedule names or files")
+    p.add_argument("--split", default=None, choices=["train", "val", "test"])
+    p.add_argument("--limit", type=int, default=None, help="utterances (0 = all)")
+    p.add_argument("--out", default=None, help="output folder (default next to the checkpoint)")
+    p.add_argument("--workers", type=int, default=None, help="metric worker processes")
+    _device(p)
+    p.set_defaults(func=_handler("experiments.evaluate:cmd_eval"))
+
+    p = sub.add_parser("grid", help="run an ablation grid tracked in MLflow (resumable)")
+    p.add_argument("grid", help="grid file (TOML)")
+    _overrides(p)
+    p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes")
+    _device(p)
+    p.add_argument("--dry-run", action="store_true", help="print the cells and their hashes, then stop")
+    p.set_defaults(func=_handler("experiments.grid:cmd_grid"))
+
+    p = sub.add_parser("compare", help="report a grid's MLflow runs: tables, intervals, plots")
+    p.add_argument("target", help="grid file or MLflow experiment name")
+    p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
+    p.add_argument("--metric", default="pesq_wb", help="headline metric")
+    p.set_defaults(func=_handler("evaluation.compare:cmd_compare"))
+
+    p = sub.add_parser("search", help="search an inference noise schedule with Optuna")
+    p.add_argument("model", help="checkpoint file or MLflow run ID")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--trials", type=int, default=100)
+    p.add_argument("--objective", default="pesq_wb")
+    p.add_argument("--multi", action="store_true", help="quality (PESQ-wb, STOI) against steps: a Pareto front")
+    p.add_argument("--min-steps", type=int, default=3, help="with --multi")
+    p.add_argument("--max-steps", type=int, default=12, help="with --multi")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "grid"])
+    p.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite:///optuna.db)")
+    p.add_argument("--study", default=None, help="study name (rerun to resume)")
+    p.add_argument("--workers", type=int, default=1, help="local processes on one study")
+    p.add_argument("--limit-utterances", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/schedules", help="where the best schedule file goes")
+    _device(p)
+    p.set_defaults(func=_handler("experiments.search:cmd_search"))
+
+    p = sub.add_parser("autoencoder", help="latent space: train the stage-one waveform autoencoder")
+    ae_sub = p.add_subparsers(dest="autoencoder_command", metavar="ACTION", required=True)
+    p = ae_sub.add_parser("train", help="train (or find cached) the autoencoder for a config")
+    p.add_argument("config", help="run config (TOML) with [autoencoder] and [data]")
+    _overrides(p)
+    _device(p)
+    p.set_defaults(func=_handler("experiments.autoencoder_stage:cmd_autoencoder_train"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments.config import InputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except InputError as err:
+        print(f"wg2: error: {err}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,577 @@
+"""Reading any corpus in LJSpeech layout with Montreal-Forced-Aligner-style TextGrids.
+
+Layout: `metadata.csv` (`id|text` or `id|text|normalized text`, no quoting), `wavs/ID.wav`, and
+`ID.TextGrid` anywhere under the alignments folder (default `<root>/alignments`) with an interval
+tier named `phones` (any case). The default corpus of `wg2 corpus build` and a real LJSpeech + MFA
+download are read by the same code.
+
+Tokens: the labels `""`, `sil`, `sp`, `spn` (any case), gaps between intervals and `<sil>` itself
+become SILENCE, adjacent silences merged; every other label is kept as written (ARPAbet `AH0`,
+IPA `ˈæ`, ...).
+
+Durations (frames of `hop_length` samples at `sample_rate`): each token's END time is rounded to
+the frame grid, round(end * sr / hop), and durations are the differences of those boundaries, so
+rounding never accumulates. The last boundary is settled by the audio: n_frames =
+round(n_samples / hop) (a final partial frame of at least half a hop counts), the last token
+absorbs the difference (a TextGrid more than one frame longer or shorter than its audio is an
+error), and the audio is trimmed or zero-padded to exactly n_frames * hop samples. Tokens whose
+boundaries round to the same frame keep duration 0: the phoneme sequence then matches what the
+front end produces at synthesis time, and the Gaussian upsampler gives a zero-length token no frames.
+
+Audio at another rate is resampled (scipy.signal.resample_poly) and stereo is downmixed (channel
+mean), each announced by one warning line per corpus with a count. Problems (missing or unreadable
+files, a bad metadata line, a length mismatch) are all collected: by default they make the corpus
+unusable and are listed together; with skip_bad those utterances are dropped and counted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from experiments.config import DataConfig, InputError
+
+SILENCE = "<sil>"
+PAD = "<pad>"
+SILENCE_LABELS = {"", "sil", "sp", "spn", SILENCE}  # compared lower-cased and stripped
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1  # bump when the processing below changes what a cache file holds
+
+
+@dataclass(eq=False)
+class Utterance:
+    id: str
+    text: str
+    phonemes: list[str]  # tokens, silences as SILENCE
+    durations: np.ndarray  # int64 (N,), frames per token, sum = n_frames
+    audio: np.ndarray  # float32 (n_frames * hop,), mono, in [-1, 1]
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.durations.sum())
+
+    def __eq__(self, other: object) -> bool:  # arrays compared by value, so Datasets compare with ==
+        if not isinstance(other, Utterance):
+            return NotImplemented
+        return (self.id == other.id and self.text == other.text and self.phonemes == other.phonemes
+                and np.array_equal(self.durations, other.durations) and np.array_equal(self.audio, other.audio))
+
+
+@dataclass
+class PhonemeVocab:
+    symbols: list[str]  # symbols[0] == PAD, symbols[1] == SILENCE, then sorted
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.symbols[:2] != [PAD, SILENCE] or len(set(self.symbols)) != len(self.symbols):
+            raise ValueError(f"a phoneme vocabulary starts with {PAD!r}, {SILENCE!r} and has no duplicates; "
+                             f"got {self.symbols[:5]}...")
+        self._index = {s: i for i, s in enumerate(self.symbols)}
+
+    @classmethod
+    def build(cls, utterances: list[Utterance]) -> PhonemeVocab:
+        seen = {p for u in utterances for p in u.phonemes} - {PAD, SILENCE}
+        return cls([PAD, SILENCE, *sorted(seen)])
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def __contains__(self, phoneme: str) -> bool:
+        return phoneme in self._index
+
+    def encode(self, phonemes: list[str]) -> np.ndarray:
+        """Token ids, int64 (N,); an unknown phoneme is a ValueError naming it."""
+        try:
+            return np.array([self._index[p] for p in phonemes], dtype=np.int64)
+        except KeyError as err:
+            known = " ".join(self.symbols[2:12])
+            raise ValueError(f"unknown phoneme {err.args[0]!r}: not in this vocabulary of {len(self)} symbols "
+                             f"(e.g. {known} ...)") from None
+
+    def decode(self, ids: np.ndarray) -> list[str]:
+        return [self.symbols[int(i)] for i in ids]
+
+    def to_list(self) -> list[str]:
+        return list(self.symbols)
+
+    @classmethod
+    def from_list(cls, symbols: list[str]) -> PhonemeVocab:
+        return cls(list(symbols))
+
+
+@dataclass
+class Dataset:
+    train: list[Utterance]
+    val: list[Utterance]
+    test: list[Utterance]
+    vocab: PhonemeVocab
+    sample_rate: int
+    hop_length: int
+    corpus_hash: str
+
+    def split(self, name: str) -> list[Utterance]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+@dataclass
+class Problem:
+    file: str  # the file at fault, with ":line" for metadata lines
+    message: str  # what is wrong and what was expected
+    utterance: str | None = None
+    kind: str = "other"  # short reason used to count rejects in the summary
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+def split_of(utterance_id: str, val_fraction: float, test_fraction: float) -> str:
+    """'train', 'val' or 'test' from a hash of the ID alone, so adding utterances moves no one."""
+    u = int.from_bytes(hashlib.sha256(utterance_id.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    if u < test_fraction:
+        return "test"
+    return "val" if u < test_fraction + val_fraction else "train"
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- finding the files
+
+@dataclass
+class _Entry:
+    id: str
+    text: str
+    line: int
+    wav: Path
+    textgrids: list[Path]
+
+
+@dataclass
+class _Plan:
+    """What a corpus folder lists and where each utterance's files are, before any audio is read."""
+    root: Path
+    alignments: Path
+    metadata: Path
+    entries: list[_Entry]
+    problems: list[Problem]
+    listed: int  # utterance lines in metadata.csv, good or bad
+
+
+def _plan(root: str | Path, alignments: str | Path | None, limit: int = 0) -> _Plan:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such corpus folder (expected metadata.csv and wavs/ inside)")
+    metadata = root / "metadata.csv"
+    align = Path(alignments) if alignments else root / "alignments"
+    if not metadata.is_file():
+        raise InputError(f"{metadata}: missing (expected lines id|text|normalized text, LJSpeech layout)")
+    if not align.is_dir():
+        raise InputError(f"{align}: no such alignments folder (expected ID.TextGrid files from MFA; "
+                         "point --alignments / data.alignments at them)")
+    problems: list[Problem] = []
+    try:
+        lines = metadata.read_bytes().decode("utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{metadata}: unreadable ({err}); expected UTF-8 text") from err
+    rows: dict[str, tuple[str, int]] = {}
+    listed = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        listed += 1
+        fields = line.split("|")
+        where = f"{metadata}:{number}"
+        if len(fields) not in (2, 3):
+            problems.append(Problem(where, f"{len(fields)} fields; expected 2 or 3 separated by '|' "
+                                    "(id|text|normalized text)", None, "bad metadata line"))
+            continue
+        uid = fields[0].strip()
+        text = fields[2].strip() if len(fields) == 3 and fields[2].strip() else fields[1].strip()
+        if not uid:
+            problems.append(Problem(where, "empty utterance ID in the first field", None, "bad metadata line"))
+        elif uid in rows:
+            problems.append(Problem(where, f"duplicate ID {uid!r} (first on line {rows[uid][1]})", uid,
+                                    "bad metadata line"))
+        else:
+            rows[uid] = (text, number)
+    if listed == 0:
+        problems.append(Problem(str(metadata), "empty: no utterance lines (expected id|text|normalized text)",
+                                None, "empty metadata"))
+    ids = sorted(rows)[:limit] if limit > 0 else sorted(rows)
+    grids: dict[str, list[Path]] = {}
+    wanted = set(ids)
+    for path in sorted(align.rglob("*")):
+        if path.suffix.lower() == ".textgrid" and path.stem in wanted and path.is_file():
+            grids.setdefault(path.stem, []).append(path)
+    entries = [_Entry(uid, rows[uid][0], rows[uid][1], root / "wavs" / f"{uid}.wav", grids.get(uid, []))
+               for uid in ids]
+    return _Plan(root, align, metadata, entries, problems, listed)
+
+
+def _file_problems(entry: _Entry, plan: _Plan) -> list[Problem]:
+    found = []
+    if not entry.wav.is_file():
+        found.append(Problem(str(entry.wav), f"missing (listed on {plan.metadata.name} line {entry.line})",
+                             entry.id, "missing wav"))
+    if not entry.textgrids:
+        found.append(Problem(str(plan.alignments / f"{entry.id}.TextGrid"),
+                             f"missing: no {entry.id}.TextGrid anywhere under {plan.alignments}",
+                             entry.id, "missing TextGrid"))
+    elif len(entry.textgrids) > 1:
+        found.append(Problem(str(entry.textgrids[0]), "ambiguous: also " + ", ".join(map(str, entry.textgrids[1:])),
+                             entry.id, "ambiguous TextGrid"))
+    return found
+
+
+def _content_hash(plan: _Plan) -> str:
+    """sha256 over the bytes of metadata.csv and of every selected utterance's wav and TextGrid."""
+    digest = hashlib.sha256()
+    digest.update(plan.metadata.read_bytes())
+    for entry in plan.entries:
+        for path in [entry.wav, *entry.textgrids]:
+            digest.update(f"\0{entry.id}\0{path.suffix}\0".encode())
+            try:
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+            except OSError:
+                digest.update(b"<unreadable>")
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- reading one utterance
+
+@dataclass
+class _Read:
+    utterance: Utterance | None
+    problems: list[Problem]
+    rate: int = 0
+    channels: int = 1
+    zero_length: int = 0
+
+
+# Praat's text formats are one token stream: the long format is the short one with comments
+# (`xmin =`, `item [1]:`) around the values. Values are quoted strings ("" escapes a quote),
+# flags (<exists>) and numbers standing alone (not the 1 of `[1]`).
+_PRAAT_TOKEN = re.compile(r'"((?:[^"]|"")*)"|<(exists|absent)>|(?<![\w.\[])([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?![\w.\]])')
+
+
+def _praat_tokens(path: Path) -> list[str | float]:
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = data.decode("utf-16")  # Praat writes UTF-16 when a label needs it
+    else:
+        text = data.decode("utf-8-sig")
+    tokens: list[str | float] = []
+    for string, flag, number in _PRAAT_TOKEN.findall(text):
+        tokens.append(float(number) if number else (f"<{flag}>" if flag else string.replace('""', '"')))
+    return tokens
+
+
+def _phone_intervals(path: Path) -> tuple[list[tuple[float, float, str]], float]:
+    """(start, end, label) of the phones tier, sorted, and the TextGrid's end time; ValueError if unusable."""
+    try:
+        tokens = _praat_tokens(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"unreadable TextGrid ({err})") from err
+    try:
+        if tokens[0] not in ("ooTextFile", "ooTextFile short") or tokens[1] != "TextGrid":
+            raise ValueError("not a text TextGrid (expected 'File type = \"ooTextFile\"', "
+                             "'Object class = \"TextGrid\"')")
+        end_time = float(tokens[3])
+        n_tiers = int(tokens[5]) if tokens[4] == "<exists>" else 0
+        i, tiers = 6, {}
+        for _ in range(n_tiers):
+            kind, name, n = tokens[i], str(tokens[i + 1]), int(tokens[i + 4])
+            width = 3 if kind == "IntervalTier" else 2  # TextTier points: time, mark
+            if kind not in ("IntervalTier", "TextTier"):
+                raise ValueError(f"unknown tier class {kind!r}")
+            items = tokens[i + 5:i + 5 + width * n]
+            if len(items) != width * n:
+                raise IndexError
+            if kind == "IntervalTier":
+                items = [(float(items[k]), float(items[k + 1]), str(items[k + 2])) for k in range(0, len(items), 3)]
+            tiers[name] = (kind, items)
+            i += 5 + width * n
+    except (IndexError, TypeError, ValueError) as err:
+        detail = str(err) if isinstance(err, ValueError) and str(err) else "truncated or malformed"
+        raise ValueError(f"unreadable TextGrid ({detail})") from err
+    names = [n for n in tiers if n.strip().lower() == "phones"]
+    if not names:
+        raise ValueError(f"no tier named 'phones' (tiers: {', '.join(tiers) or 'none'})")
+    kind, items = tiers[names[0]]
+    if kind != "IntervalTier":
+        raise ValueError(f"tier {names[0]!r} is a point tier; expected intervals")
+    return sorted(items), end_time
+
+
+def _tokens(entries: list[tuple[float, float, str]], end_time: float) -> tuple[list[str], list[float]]:
+    """Tokens and their end times; gaps and silence labels become one merged SILENCE."""
+    tokens: list[str] = []
+    ends: list[float] = []
+
+    def add(token: str, end: float) -> None:
+        if token == SILENCE and tokens and tokens[-1] == SILENCE:
+            ends[-1] = end
+        else:
+            tokens.append(token)
+            ends.append(end)
+
+    previous = 0.0
+    for start, end, label in entries:
+        if start > previous + 1e-7:
+            add(SILENCE, start)
+        label = label.strip()
+        add(SILENCE if label.lower() in SILENCE_LABELS else label, end)
+        previous = max(previous, end)
+    if end_time > previous + 1e-7:
+        add(SILENCE, end_time)
+    return tokens, ends
+
+
+def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
+    import soundfile
+
+    wav_path, grid_path = entry.wav, entry.textgrids[0]
+    try:
+        audio, rate = soundfile.read(str(wav_path), dtype="float32", always_2d=True)  # (n, channels)
+    except Exception as err:  # libsndfile errors are plain RuntimeErrors with its message
+        return _Read(None, [Problem(str(wav_path), f"unreadable audio ({err}); expected a wav file",
+                                    entry.id, "unreadable wav")])
+    channels = audio.shape[1]
+    audio = audio.mean(axis=1) if channels > 1 else audio[:, 0]  # (n,)
+    if rate != sample_rate:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(rate, sample_rate)
+        audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
+    audio = np.clip(audio, -1.0, 1.0)
+    try:
+        entries, end_time = _phone_intervals(grid_path)
+    except ValueError as err:
+        return _Read(None, [Problem(str(grid_path), str(err), entry.id, "unreadable TextGrid")], rate, channels)
+    tokens, ends = _tokens(entries, end_time)
+    n_frames = int(math.floor(len(audio) / hop + 0.5))
+    frames_off = abs(ends[-1] - len(audio) / sample_rate) * sample_rate / hop if ends else 0.0
+    if frames_off > 1.0:
+        msg = (f"ends at {ends[-1]:.3f} s but {wav_path.name} lasts {len(audio) / sample_rate:.3f} s: "
+               f"{frames_off:.1f} frames apart; expected within one frame ({hop} samples at {sample_rate} Hz)")
+        return _Read(None, [Problem(str(grid_path), msg, entry.id, "length mismatch")], rate, channels)
+    if n_frames < 1 or all(t == SILENCE for t in tokens):
+        what = "no phones (only silence)" if n_frames >= 1 else f"shorter than half a frame ({len(audio)} samples)"
+        return _Read(None, [Problem(str(grid_path), what, entry.id, "empty")], rate, channels)
+    bounds = np.floor(np.asarray(ends) * sample_rate / hop + 0.5).astype(np.int64)
+    bounds = np.maximum.accumulate(np.minimum(bounds, n_frames))
+    bounds[-1] = n_frames  # the audio settles the last frame
+    durations = np.diff(bounds, prepend=0)  # int64 (N,)
+    n_samples = n_frames * hop
+    audio = audio[:n_samples] if len(audio) >= n_samples else np.pad(audio, (0, n_samples - len(audio)))
+    utterance = Utterance(entry.id, entry.text, tokens, durations, np.ascontiguousarray(audio, np.float32))
+    return _Read(utterance, [], rate, channels, int((durations == 0).sum()))
+
+
+# ----------------------------------------------------------------------------- the whole corpus
+
+@dataclass
+class CorpusReport:
+    root: Path
+    alignments: Path
+    sample_rate: int
+    hop_length: int
+    skip_bad: bool
+    listed: int  # utterance lines in metadata.csv
+    utterances: list[Utterance]  # the usable ones, sorted by ID
+    problems: list[Problem]
+    warnings: list[str]
+    zero_length_tokens: int
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.utterances) and (self.skip_bad or not self.problems)
+
+    def error_message(self) -> str:
+        head = (f"{self.root}: {len(self.problems)} problem(s)"
+                + ("" if self.utterances else "; no usable utterances"))
+        hint = "" if self.skip_bad else " (--skip-bad / data.skip_bad = true drops those utterances)"
+        return head + hint + ":\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+    def raise_if_unusable(self) -> None:
+        if not self.usable:
+            raise InputError(self.error_message())
+
+    def summary(self) -> str:
+        hours = sum(len(u.audio) for u in self.utterances) / self.sample_rate / 3600
+        tokens = Counter(p for u in self.utterances for p in u.phonemes)
+        phones = [p for p in sorted(tokens) if p != SILENCE]
+        frames = np.concatenate([u.durations for u in self.utterances]) if self.utterances else np.zeros(0, np.int64)
+        is_sil = np.array([p == SILENCE for u in self.utterances for p in u.phonemes], dtype=bool)
+
+        def stats(values: np.ndarray) -> str:
+            if len(values) == 0:
+                return "none"
+            return f"min {values.min()}, median {float(np.median(values)):g}, max {values.max()}"
+
+        n_tokens = len(frames)
+        lines = [
+            f"corpus: {self.root} (alignments: {self.alignments})",
+            f"utterances: {len(self.utterances)} usable of {self.listed} listed, {hours:.3f} hours "
+            f"at {self.sample_rate} Hz, frames of {self.hop_length} samples",
+            f"phoneme inventory: {len(phones)} phonemes + {SILENCE}: {' '.join(phones)}",
+            f"frames per phoneme: {stats(frames[~is_sil])}; per silence: {stats(frames[is_sil])}",
+            f"zero-length tokens: {self.zero_length_tokens} of {n_tokens} (boundaries rounding to the same frame); "
+            "kept with duration 0",
+        ]
+        kinds = Counter(p.kind for p in self.problems)
+        reasons = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))
+        if not self.problems:
+            lines.append("rejected: 0")
+        else:
+            action = "skipped (--skip-bad)" if self.skip_bad else "corpus unusable until fixed"
+            lines.append(f"rejected: {len(self.problems)} problem(s), {action} ({reasons})")
+            lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _read_plan(plan: _Plan, sample_rate: int, hop_length: int, skip_bad: bool, progress: bool) -> CorpusReport:
+    from tqdm import tqdm
+
+    problems = list(plan.problems)
+    todo: list[_Entry] = []
+    for entry in plan.entries:
+        found = _file_problems(entry, plan)
+        problems += found
+        if not found:
+            todo.append(entry)
+    bar = tqdm(total=len(todo), desc="reading corpus", unit="utt", disable=not progress, leave=False)
+    results = []
+    for e in todo:
+        results.append(_read_one(e, sample_rate, hop_length))
+        bar.update()
+    bar.close()
+    utterances = [r.utterance for r in results if r.utterance is not None]
+    for r in results:
+        problems += r.problems
+    read = [r for r in results if r.rate]
+    warnings = []
+    other_rates = Counter(r.rate for r in read if r.rate != sample_rate)
+    if other_rates:
+        rates = ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(other_rates.items()))
+        warnings.append(f"{sum(other_rates.values())} of {len(read)} wav files not at {sample_rate} Hz ({rates}); "
+                        f"resampled to {sample_rate} Hz with scipy.signal.resample_poly")
+    multi = Counter(r.channels for r in read if r.channels > 1)
+    if multi:
+        chans = ", ".join(f"{c} channels: {n}" for c, n in sorted(multi.items()))
+        warnings.append(f"{sum(multi.values())} of {len(read)} wav files not mono ({chans}); "
+                        "downmixed to mono (mean of channels)")
+    return CorpusReport(plan.root, plan.alignments, sample_rate, hop_length, skip_bad, plan.listed, utterances,
+                        problems, warnings, sum(r.zero_length for r in results))
+
+
+def read_corpus(root: str | Path, alignments: str | Path | None = None, sample_rate: int = 22050,
+                hop_length: int = 300, skip_bad: bool = False, limit: int = 0,
+                progress: bool = False) -> CorpusReport:
+    """Read every utterance (or the first `limit` by sorted ID) and collect every problem; never raises
+    for a bad utterance (see CorpusReport.usable), only when the folder, metadata.csv or alignments are missing."""
+    return _read_plan(_plan(root, alignments, limit), sample_rate, hop_length, skip_bad, progress)
+
+
+def cmd_check(args) -> int:
+    """`wg2 corpus check DIR`: read a corpus like training would and print what it holds."""
+    report = read_corpus(args.dir, args.alignments, args.sample_rate, args.hop_length, args.skip_bad, progress=True)
+    for message in report.warnings:
+        _warn(message)
+    report.raise_if_unusable()
+    print(report.summary())
+    return 0
+
+
+# ----------------------------------------------------------------------------- dataset and cache
+
+def _cache_key(content: str, cfg: DataConfig) -> str:
+    processing = {"version": CACHE_VERSION, "content": content, "sample_rate": cfg.sample_rate,
+                  "hop_length": cfg.hop_length, "skip_bad": cfg.skip_bad, "max_utterances": cfg.max_utterances}
+    return hashlib.sha256(json.dumps(processing, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _write_cache(folder: Path, report: CorpusReport) -> None:
+    """One folder per key: audio.npy (all audio, float32, concatenated), durations.npy, index.json.
+    Written under a temporary name and renamed, so a reader never sees half of it."""
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    us = report.utterances
+    np.save(tmp / "audio.npy", np.concatenate([u.audio for u in us]).astype(np.float32))
+    np.save(tmp / "durations.npy", np.concatenate([u.durations for u in us]).astype(np.int64))
+    index = {"ids": [u.id for u in us], "texts": [u.text for u in us], "phonemes": [u.phonemes for u in us],
+             "samples": [len(u.audio) for u in us], "warnings": report.warnings, "skipped": [str(p) for p in report.problems]}
+    (tmp / "index.json").write_text(json.dumps(index, ensure_ascii=False))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same key first: theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(folder: Path) -> tuple[list[Utterance], list[str], list[str]]:
+    index = json.loads((folder / "index.json").read_text())
+    audio = np.load(folder / "audio.npy", mmap_mode="c")  # copy-on-write: shared pages, writable views
+    durations = np.load(folder / "durations.npy")
+    utterances, a, d = [], 0, 0
+    for uid, text, phonemes, n in zip(index["ids"], index["texts"], index["phonemes"], index["samples"]):
+        utterances.append(Utterance(uid, text, phonemes, durations[d:d + len(phonemes)], audio[a:a + n]))
+        a, d = a + n, d + len(phonemes)
+    return utterances, index["warnings"], index["skipped"]
+
+
+def _default_root_missing(cfg: DataConfig) -> bool:
+    return cfg.root == DataConfig().root and not Path(cfg.root).exists()
+
+
+def load_dataset(cfg: DataConfig, progress: bool = True) -> Dataset:
+    """The corpus of `cfg` as train/val/test utterances and a vocabulary from the training split.
+    Processed data is cached under cfg.cache_dir, keyed by the corpus content and the data config."""
+    if _default_root_missing(cfg):
+        raise InputError(f"data.root = {cfg.root!r} does not exist: build the default corpus first with "
+                         "`wg2 corpus build`, or set data.root to an LJSpeech-layout corpus")
+    plan = _plan(cfg.root, cfg.alignments or None, cfg.max_utterances)
+    corpus_hash = _content_hash(plan)
+    folder = Path(cfg.cache_dir) / "corpus" / _cache_key(corpus_hash, cfg) if cfg.cache_dir else None
+    if folder is None or not (folder / "index.json").is_file():
+        report = _read_plan(plan, cfg.sample_rate, cfg.hop_length, cfg.skip_bad, progress)
+        report.raise_if_unusable()
+        if folder is None:
+            utterances, warnings, skipped = report.utterances, report.warnings, [str(p) for p in report.problems]
+        else:
+            _write_cache(folder, report)
+    if folder is not None:
+        utterances, warnings, skipped = _read_cache(folder)
+    for message in warnings:
+        _warn(message)
+    if skipped:
+        _warn(f"skipped {len(skipped)} unusable utterance(s) (data.skip_bad = true); first: {skipped[0]}")
+    parts: dict[str, list[Utterance]] = {name: [] for name in SPLITS}
+    for u in utterances:
+        parts[split_of(u.id, cfg.val_fraction, cfg.test_fraction)].append(u)
+    if not parts["train"]:
+        raise InputError(f"data.root = {cfg.root!r}: no training utterances among {len(utterances)} "
+                         f"(val_fraction {cfg.val_fraction}, test_fraction {cfg.test_fraction})")
+    vocab = PhonemeVocab.build(parts["train"])
+    for name in ("val", "test"):
+        kept = [u for u in parts[name] if all(p in vocab for p in u.phonemes)]
+        if len(kept) < len(parts[name]):
+            _warn(f"dropped {len(parts[name]) - len(kept)} {name} utterance(s) holding phonemes "
+                  "never seen in the training split")
+        parts[name] = kept
+    return Dataset(parts["train"], parts["val"], parts["test"], vocab, cfg.sample_rate, cfg.hop_length,
+                   corpus_hash)

@@ -1,0 +1,198 @@
+"""`wg2 eval CKPT [--schedules ...] [--split val] [--limit N] [--out DIR]`: quality and speed per schedule.
+
+Protocol (README, "Evaluation protocol"): the split's utterances (a subset fixed by eval.seed) are
+synthesized twice per schedule: with ground-truth durations, so output and reference line up sample
+for sample (aligned metrics), and with predicted durations (free-running metrics: MCD with DTW,
+duration error, length ratio). Real-time factor = synthesis seconds / audio seconds of the ground-truth
+pass, after one warm-up synthesis, with the device synchronized; peak memory is the CUDA allocator
+peak on GPU and the process's peak resident set size on CPU.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.schedules import resolve_schedule_name, schedule_label
+from evaluation.metrics import Missing
+from evaluation.pool import ScoreJob, score_many
+from evaluation.stats import summarize
+from experiments.config import EvalConfig, InputError
+from experiments.synth import LoadedModel, load_checkpoint, synthesize, write_wav
+from experiments.train import peak_memory_mb
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    summary: dict
+    files: list[Path] = field(default_factory=list)
+
+
+def pick_utterances(utterances: list, limit: int, seed: int) -> list:
+    """A subset fixed by seed (stable across runs and models), in ID order."""
+    ordered = sorted(utterances, key=lambda u: u.id)
+    if limit and limit < len(ordered):
+        keep = np.random.default_rng(seed).permutation(len(ordered))[:limit]
+        ordered = [ordered[i] for i in sorted(keep)]
+    return ordered
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_synthesis(loaded: LoadedModel, ids: list[np.ndarray], betas: np.ndarray, durations, seed: int,
+                    batch_size: int):
+    """Synthesize after one warm-up call; returns outputs, seconds, peak memory in MiB."""
+    synthesize(loaded, ids[:1], betas, None if durations is None else durations[:1], seed=seed)
+    if loaded.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(loaded.device)
+    _sync(loaded.device)
+    start = time.perf_counter()
+    out = synthesize(loaded, ids, betas, durations, seed=seed, batch_size=batch_size)
+    _sync(loaded.device)
+    return out, time.perf_counter() - start, peak_memory_mb(loaded.device)
+
+
+def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, dataset=None,
+             progress: bool = True) -> EvalResult:
+    from experiments.corpus import load_dataset
+
+    dataset = dataset or load_dataset(loaded.config.data, progress=progress)
+    utterances = pick_utterances(dataset.split(config.split), config.limit, config.seed)
+    if not utterances:
+        raise InputError(f"eval.split = {config.split!r} has no utterances in {loaded.config.data.root}")
+    ids = [loaded.vocab.encode(u.phonemes) for u in utterances]
+    true_durations = [u.durations for u in utterances]
+    sr = loaded.sample_rate
+    jobs, speed, outputs = [], {}, {}
+    for name in config.schedules:
+        betas, label = resolve_schedule_name(name), schedule_label(name)
+        aligned, seconds, memory = timed_synthesis(loaded, ids, betas, true_durations, config.seed, config.batch_size)
+        audio_seconds = sum(len(s.audio) for s in aligned) / sr
+        free = synthesize(loaded, ids, betas, None, pace=config.pace, seed=config.seed)
+        speed[label] = {"rtf": seconds / audio_seconds, "synthesis_seconds": seconds, "audio_seconds": audio_seconds,
+                        "peak_memory_mb": memory, "batch_size": config.batch_size, "steps": len(betas)}
+        outputs[label] = (aligned, free)
+        for u, a, f in zip(utterances, aligned, free):
+            jobs.append(ScoreJob(u.id, u.audio, a.audio, sr, aligned=True, tag=label))
+            jobs.append(ScoreJob(u.id, u.audio, f.audio, sr, aligned=False, tag=label))
+    scores = score_many(jobs, config.metric_workers, progress=progress)
+
+    rows, per_metric = [], {}
+    for job, score in zip(jobs, scores):
+        row = {"utterance": job.id, "schedule": job.tag, "durations": "true" if job.aligned else "predicted"}
+        for metric, value in score.items():
+            row[metric] = value.reason if isinstance(value, Missing) else value
+            per_metric.setdefault((job.tag, metric), []).append(value)
+        rows.append(row)
+    for label, (_, free) in outputs.items():
+        errors = [float(np.abs(f.durations.astype(float) - d).mean()) for f, d in zip(free, true_durations)]
+        per_metric[(label, "duration_error_frames")] = errors
+
+    summary = {"checkpoint": str(loaded.path), "step": loaded.step, "split": config.split,
+               "utterances": [u.id for u in utterances], "device": str(loaded.device),
+               "machine": machine_name(loaded.device), "speed": speed, "metrics": {}}
+    metrics: dict[str, float] = {}
+    for (label, metric), values in sorted(per_metric.items()):
+        s = summarize(values)
+        summary["metrics"].setdefault(label, {})[metric] = s
+        for key, value in (("", s["mean"]), ("_ci_low", s["ci_low"]), ("_ci_high", s["ci_high"])):
+            if value is not None:
+                metrics[f"{label}/{metric}{key}"] = value
+        metrics[f"{label}/{metric}_n_missing"] = s["n_missing"]
+    for label, sp in speed.items():
+        metrics[f"{label}/rtf"] = sp["rtf"]
+        metrics[f"{label}/peak_memory_mb"] = sp["peak_memory_mb"]
+
+    files = write_outputs(Path(out_dir), rows, summary, utterances, outputs, config, sr, loaded) if out_dir else []
+    return EvalResult(metrics, summary, files)
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def write_outputs(out_dir: Path, rows, summary, utterances, outputs, config: EvalConfig, sr: int,
+                  loaded: LoadedModel) -> list[Path]:
+    from evaluation.plots import alignment_plot, spectrogram_comparison
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    path = out_dir / "per_utterance.csv"
+    with open(path.with_suffix(".tmp"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path.with_suffix(".tmp"), path)
+    files.append(path)
+    path = out_dir / "summary.json"
+    path.with_suffix(".tmp").write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(path.with_suffix(".tmp"), path)
+    files.append(path)
+    shown = utterances[:min(3, len(utterances))]
+    for label, (aligned, free) in outputs.items():
+        for u, a in list(zip(utterances, aligned))[:config.audio_artifacts]:
+            wav = out_dir / "audio" / label / f"{u.id}.wav"
+            write_wav(wav, a.audio, sr)
+            files.append(wav)
+        png = out_dir / f"spectrograms_{label}.png"
+        spectrogram_comparison(png, [(f"{u.id} ({label})", u.audio, a.audio) for u, a in zip(shown, aligned)], sr)
+        files.append(png)
+        png = out_dir / f"alignment_{label}.png"
+        alignment_plot(png, utterances[0].durations, free[0].durations, utterances[0].phonemes)
+        files.append(png)
+    return files
+
+
+def cmd_eval(args) -> int:
+    loaded = load_checkpoint(args.checkpoint, args.device)
+    changes = {}
+    if args.schedules:
+        changes["schedules"] = [s.strip() for s in args.schedules.split(",") if s.strip()]
+        for name in changes["schedules"]:
+            try:
+                resolve_schedule_name(name)
+            except ValueError as err:
+                raise InputError(f"--schedules: {err}") from err
+    for key in ("split", "limit"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    if args.workers is not None:
+        changes["metric_workers"] = args.workers
+    config = dataclasses.replace(loaded.config.eval, **changes)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    result = evaluate(loaded, config, out)
+    print(format_summary(result.summary))
+    print(f"wrote {len(result.files)} files to {out}")
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['checkpoint']} (step {summary['step']}), split {summary['split']}, "
+             f"{len(summary['utterances'])} utterances, {summary['machine']}"]
+    for label, metrics in summary["metrics"].items():
+        sp = summary["speed"][label]
+        lines.append(f"\n[{label}] {sp['steps']} steps: RTF {sp['rtf']:.4f} (batch {sp['batch_size']}), "
+                     f"peak memory {sp['peak_memory_mb']:.0f} MiB")
+        for metric, s in metrics.items():
+            if s["mean"] is None:
+                lines.append(f"  {metric:24s} missing ({s['n_missing']}): {s['missing_reasons']}")
+                continue
+            ci = f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if s["ci_low"] is not None else "(one value)"
+            extra = f", {s['n_missing']} missing" if s["n_missing"] else ""
+            lines.append(f"  {metric:24s} {s['mean']:8.3f} 95% CI {ci} n={s['n']}{extra}")
+    return "\n".join(lines)

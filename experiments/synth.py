@@ -1,0 +1,146 @@
+"""Synthesis: `wg2 synth CKPT "text" -o out.wav [--schedule NAME|FILE] [--pace 1.0] [--utterance ID]`,
+and the batched `synthesize` that evaluation and schedule search call."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from components.diffusion import Diffusion
+from components.durations import DurationPredictor
+from components.model import WaveGrad2
+from components.schedules import resolve_schedule_name
+from experiments.config import InputError, RunConfig, config_from_dict
+from experiments.train import CHECKPOINT_FORMAT, resolve_device
+
+
+@dataclass
+class LoadedModel:
+    model: WaveGrad2
+    config: RunConfig
+    vocab: object  # experiments.corpus.PhonemeVocab
+    sample_rate: int
+    hop_length: int
+    device: torch.device
+    autoencoder: torch.nn.Module | None
+    path: Path
+    step: int
+
+
+@dataclass
+class Synthesis:
+    audio: np.ndarray  # (samples,) float32 at the model's sample rate
+    durations: np.ndarray  # (N,) int64 frames used
+    weights: np.ndarray  # (frames, N) alignment of frames to tokens
+
+
+def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedModel:
+    from experiments.corpus import PhonemeVocab
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a wg2 checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    dev = resolve_device(device)
+    config = config_from_dict(state["config"], str(path))
+    vocab = PhonemeVocab.from_list(state["vocab"])
+    model = WaveGrad2(config.model, len(vocab.symbols), config.autoencoder)
+    model.load_state_dict(state["model"])
+    model.to(dev).eval()
+    autoencoder = None
+    if config.model.space == "latent":
+        from components.autoencoder import AUTOENCODERS
+        autoencoder = AUTOENCODERS.get(config.autoencoder.kind)(config.autoencoder)
+        autoencoder.load_state_dict(state["autoencoder"])
+        autoencoder.to(dev).eval()
+    return LoadedModel(model, config, vocab, state["sample_rate"], state["hop_length"], dev, autoencoder, path,
+                       state["step"])
+
+
+@torch.no_grad()
+def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.ndarray,
+               durations: list[np.ndarray] | None = None, pace: float = 1.0, seed: int = 0,
+               batch_size: int = 1) -> list[Synthesis]:
+    """Synthesize utterances. With `durations` (ground truth) outputs have exactly sum(d) * hop samples;
+    without, durations are predicted (divided by pace; rounded to whole frames)."""
+    model, device = loaded.model, loaded.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    results: list[Synthesis] = []
+    for start in range(0, len(phoneme_ids), batch_size):
+        chunk = phoneme_ids[start:start + batch_size]
+        n_tokens = max(len(p) for p in chunk)
+        ids = torch.zeros(len(chunk), n_tokens, dtype=torch.long)
+        mask = torch.zeros(len(chunk), n_tokens)
+        for b, p in enumerate(chunk):
+            ids[b, :len(p)], mask[b, :len(p)] = torch.from_numpy(np.asarray(p, dtype=np.int64)), 1.0
+        ids, mask = ids.to(device), mask.to(device)
+        encoded, log_d = model.encode(ids, mask)
+        if durations is not None:
+            dur = torch.zeros(len(chunk), n_tokens, device=device)
+            for b, d in enumerate(durations[start:start + batch_size]):
+                dur[b, :len(d)] = torch.from_numpy(np.asarray(d, dtype=np.float32))
+        else:
+            dur = torch.round(DurationPredictor.to_frames(log_d, mask, pace))
+            dur[:, 0] = torch.where(dur.sum(1) == 0, torch.ones_like(dur[:, 0]), dur[:, 0])  # never 0 frames
+        n_frames = dur.sum(1).long()  # (B,)
+        frames = torch.arange(int(n_frames.max()), device=device)[None].expand(len(chunk), -1)
+        cond = model.condition(encoded, dur, mask, frames)
+        shape = (len(chunk), model.signal_channels, frames.shape[1] * model.hop)
+        signal = Diffusion.sample(lambda x, level: model.denoise(x, cond.states, level), shape, betas, device,
+                                  generator, clip=1.0 if loaded.autoencoder is None else None)
+        audio = loaded.autoencoder.decode(signal) if loaded.autoencoder is not None else signal[:, 0]
+        for b in range(len(chunk)):
+            length = int(n_frames[b]) * loaded.hop_length
+            results.append(Synthesis(audio[b, :length].float().cpu().numpy(),
+                                     dur[b, :len(chunk[b])].long().cpu().numpy(),
+                                     cond.weights[b, :int(n_frames[b]), :len(chunk[b])].cpu().numpy()))
+    return results
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.wav")
+    sf.write(tmp, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16")
+    os.replace(tmp, path)
+
+
+def cmd_synth(args) -> int:
+    loaded = load_checkpoint(args.checkpoint, args.device)
+    try:
+        betas = resolve_schedule_name(args.schedule)
+    except ValueError as err:
+        raise InputError(f"--schedule: {err}") from err
+    durations = None
+    if sum(x is not None for x in (args.text, args.utterance, args.phonemes)) != 1:
+        raise InputError("give exactly one of: TEXT, --utterance ID, --phonemes '...'")
+    if args.utterance:
+        from experiments.corpus import load_dataset
+        dataset = load_dataset(loaded.config.data, progress=False)
+        found = [u for split in ("train", "val", "test") for u in dataset.split(split) if u.id == args.utterance]
+        if not found:
+            raise InputError(f"--utterance {args.utterance}: not in the corpus at {loaded.config.data.root}")
+        phonemes, durations = found[0].phonemes, [found[0].durations]
+    elif args.phonemes:
+        phonemes = args.phonemes.split()
+    else:
+        from experiments.espeak import text_to_phonemes
+        phonemes = text_to_phonemes(args.text)
+    try:
+        ids = loaded.vocab.encode(phonemes)
+    except ValueError as err:
+        raise InputError(f"{err} (the model's phonemes come from its training corpus)") from err
+    result = synthesize(loaded, [ids], betas, durations, pace=args.pace, seed=args.seed)[0]
+    write_wav(args.out, result.audio, loaded.sample_rate)
+    print(f"wrote {args.out}: {len(result.audio) / loaded.sample_rate:.2f} s at {loaded.sample_rate} Hz, "
+          f"{int(result.durations.sum())} frames, schedule {args.schedule} ({len(betas)} steps)")
+    return 0

@@ -1,0 +1,351 @@
+"""MLflow helpers shared by the grid runner, the schedule search and the autoencoder stage.
+
+Layout: tracking URI from MLFLOW_TRACKING_URI, else a SQLite store `mlflow.db` in the working
+directory. For a local SQLite store, new experiments keep their artifacts in `mlartifacts/` beside
+the database file (so the default store puts them in `<cwd>/mlartifacts`). A remote tracking server
+decides its own artifact location.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+from urllib.parse import unquote, urlparse
+
+T = TypeVar("T")
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+MAX_PARAMS_PER_BATCH = 100
+PACKAGES = ("torch", "numpy", "scipy", "mlflow", "optuna", "pesq", "pystoi", "soundfile")
+
+
+def quiet_mlflow_logs() -> None:
+    """The SQLite store runs its schema migrations through alembic, which logs every step at INFO."""
+    for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///...` URI, or None for any other store."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = unquote(urlparse(uri).path)
+    # sqlite:///relative.db -> path "/relative.db"; sqlite:////abs.db -> "//abs.db"
+    if uri.startswith("sqlite:////"):
+        return Path("/" + path.lstrip("/"))
+    return Path(path.lstrip("/")).resolve() if path else None
+
+
+def default_artifact_root(uri: str) -> Path | None:
+    """`mlartifacts/` beside a local SQLite file; None (the server's choice) for other stores."""
+    db = sqlite_path(uri)
+    return db.parent / "mlartifacts" if db is not None else None
+
+
+def client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    quiet_mlflow_logs()
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def ensure_store(uri: str | None = None) -> str:
+    """Create (and migrate) the store once, in this process, before any worker touches it: several
+    processes creating one SQLite schema at the same time race and fail. Returns the URI."""
+    uri = uri or tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    client(uri).search_experiments(max_results=1)  # opening the store runs the migrations
+    return uri
+
+
+def _slug(name: str) -> str:
+    """A folder name for an experiment: readable, and unique per name thanks to a short hash."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:60] or "experiment"
+    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+
+
+def get_or_create_experiment(name: str, artifact_location: str | None = None, uri: str | None = None,
+                             tags: dict[str, str] | None = None) -> str:
+    """The id of experiment `name`, created if missing. Race-safe: when another process creates it
+    between our lookup and our create, the already-exists error is caught and the name re-read."""
+    from mlflow.exceptions import MlflowException
+
+    uri = uri or tracking_uri()
+    mlf = client(uri)
+    found = mlf.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            mlf.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    if artifact_location is None:
+        root = default_artifact_root(uri)
+        artifact_location = (root / _slug(name)).as_uri() if root is not None else None
+    try:
+        return mlf.create_experiment(name, artifact_location=artifact_location, tags=tags)
+    except MlflowException as err:
+        if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code) and "already exists" not in str(err):
+            raise
+        found = mlf.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+# ----------------------------------------------------------------------------- tags
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str = "cpu") -> str:
+    """OS, CPU (with core count) and, when the device is a GPU, its name."""
+    parts = [platform.platform(terse=True), f"{cpu_name()} x{os.cpu_count()}"]
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            index = torch.device(device).index or 0
+            parts.append(torch.cuda.get_device_name(index))
+    return "; ".join(parts)
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def run_tags(device: str) -> dict[str, str]:
+    """Where and with what a run was made: git commit, machine, device, torch and package versions."""
+    versions = package_versions()
+    tags = {"wg2.git_commit": git_commit(), "wg2.machine": machine(device), "wg2.device": device,
+            "wg2.torch_version": versions.get("torch", "absent"), "wg2.python": platform.python_version()}
+    tags.update({f"wg2.version.{name}": version for name, version in versions.items()})
+    return tags
+
+
+# ----------------------------------------------------------------------------- batched logging
+
+def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def log_metrics(mlf, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    """Log a flat dict of metrics in as few calls as MLflow allows."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, step) for key, value in values.items() if value is not None]
+    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+        mlf.log_batch(run_id, metrics=chunk)
+
+
+def log_params(mlf, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)) for key, value in params.items()]
+    for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
+        mlf.log_batch(run_id, params=chunk)
+
+
+def log_tags(mlf, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(key, str(value)) for key, value in tags.items()]
+    for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
+        mlf.log_batch(run_id, tags=chunk)
+
+
+def log_history(mlf, run_id: str, history: list[dict[str, float]], prefix: str = "train/",
+                skip_steps: set[int] | frozenset[int] = frozenset()) -> int:
+    """Log a training history ([{"step": s, "loss": ..., ...}, ...]) as metric curves, batched
+    (at most 1000 values per call). Entries whose step is in `skip_steps` (already logged) are left
+    out. Returns the number of values logged."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = []
+    for entry in history:
+        step = int(entry["step"])
+        if step in skip_steps:
+            continue
+        for key, value in entry.items():
+            if key != "step" and value is not None:
+                metrics.append(Metric(f"{prefix}{key}", float(value), now, step))
+    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+        mlf.log_batch(run_id, metrics=chunk)
+    return len(metrics)
+
+
+def logged_steps(mlf, run_id: str, key: str = "train/loss") -> set[int]:
+    """Steps already present in a run's metric history (to avoid logging a curve twice on resume)."""
+    return {m.step for m in mlf.get_metric_history(run_id, key)}
+
+
+def search_all_runs(mlf, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every active run matching the filter, following MLflow's pagination."""
+    runs, token = [], None
+    while True:
+        page = mlf.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def retry(call: Callable[[], T], attempts: int = 5, delay: float = 0.5) -> T:
+    """Retry a store call that failed because a SQLite database was briefly locked by another process."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as err:  # noqa: BLE001 - only lock errors are retried, the rest re-raised
+            if "locked" not in str(err).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(delay * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------- claiming runs
+#
+# A unit of work (a grid cell) is one MLflow run found by a key tag. A worker claims it by creating
+# the run, or by taking over one that nobody is working on: not RUNNING (FAILED, KILLED), or RUNNING
+# with a dead owner. The owner tag says host:pid:process-start; on the same host a dead owner is seen
+# at once (the pid is gone or belongs to another process), on another host by a heartbeat tag older
+# than `stale_seconds` (a live owner refreshes it every HEARTBEAT_SECONDS). Two workers racing to
+# create the same run both create one, then both list the runs: the earliest (start time, run id)
+# wins and the other deletes its own. This needs nothing but tags, so any tracking store works.
+
+OWNER_TAG, HEARTBEAT_TAG = "wg2.owner", "wg2.heartbeat"
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = float(os.environ.get("WG2_STALE_SECONDS", 600))
+SETTLE_SECONDS = 0.5  # after a takeover, wait this long and re-read the owner: the last writer wins
+
+
+def owner_id() -> str:
+    import psutil
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{int(psutil.Process().create_time())}"
+
+
+def owner_alive(tags: dict[str, str], stale_seconds: float = STALE_SECONDS, now: float | None = None) -> bool:
+    """Is the process named by a run's owner tag still working on it?"""
+    import psutil
+    import socket
+
+    owner = tags.get(OWNER_TAG, "")
+    host, _, rest = owner.partition(":")
+    pid_text, _, started_text = rest.partition(":")
+    if host == socket.gethostname() and pid_text.isdigit():
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return False  # this very process: whatever it was doing with the run, it is not doing it now
+        try:
+            return abs(psutil.Process(pid).create_time() - float(started_text or 0)) < 2.0
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+            return False
+    try:
+        beat = float(tags.get(HEARTBEAT_TAG, "0"))
+    except ValueError:
+        return False
+    return (now or time.time()) - beat < stale_seconds
+
+
+class Heartbeat:
+    """Refreshes a run's heartbeat tag from a background thread while work on it goes on."""
+
+    def __init__(self, uri: str, run_id: str, every: float = HEARTBEAT_SECONDS):
+        import threading
+
+        self.uri, self.run_id, self.every = uri, run_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="wg2-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        mlf = client(self.uri)
+        while not self._stop.wait(self.every):
+            try:
+                mlf.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+            except Exception:  # noqa: BLE001 - a missed beat only makes the run look stale sooner
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _earliest(runs: list):
+    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def claim_run(mlf, experiment_id: str, key_tag: str, key_value: str, create: Callable[[dict[str, str]], str],
+              stale_seconds: float = STALE_SECONDS) -> tuple[str | None, str]:
+    """Find or create the one run for `key_value` and claim it for this process.
+
+    Returns (run_id, state): "finished" (a FINISHED run exists; do nothing), "busy" (a live owner is
+    working on it), "resumed" (an interrupted or failed run taken over) or "new" (created here by
+    `create(tags)`, which must create the run with the given tags and return its id)."""
+    me = owner_id()
+    query = f"tags.`{key_tag}` = '{key_value}'"
+    for _ in range(3):
+        runs = retry(lambda: search_all_runs(mlf, [experiment_id], query))
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        if finished:
+            return _earliest(finished).info.run_id, "finished"
+        if runs:
+            run = _earliest(runs)
+            if run.info.status == "RUNNING" and owner_alive(run.data.tags, stale_seconds):
+                return run.info.run_id, "busy"
+            run_id = run.info.run_id
+            retry(lambda: mlf.set_tag(run_id, OWNER_TAG, me))
+            retry(lambda: mlf.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}"))
+            retry(lambda: mlf.update_run(run_id, status="RUNNING"))
+            time.sleep(SETTLE_SECONDS)
+            if mlf.get_run(run_id).data.tags.get(OWNER_TAG) != me:
+                return run_id, "busy"
+            return run_id, "resumed"
+        run_id = create({OWNER_TAG: me, HEARTBEAT_TAG: f"{time.time():.0f}", key_tag: key_value})
+        runs = retry(lambda: search_all_runs(mlf, [experiment_id], query))
+        winner = _earliest(runs) if runs else None
+        if winner is None or winner.info.run_id == run_id:
+            return run_id, "new"
+        retry(lambda: mlf.delete_run(run_id))  # lost the race: the earlier run is the cell's run
+    raise RuntimeError(f"could not claim a run for {key_tag} = {key_value}")

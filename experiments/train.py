@@ -1,0 +1,188 @@
+"""Training one WaveGrad 2 model: `wg2 train CONFIG.toml [--set ...] [--device] [--out DIR] [--resume]`.
+
+Loss = noise loss (L1 on the predicted noise, on a random window) + weight x duration loss (L2 on
+log(1 + frames)). The range predictor learns only through the noise loss (see components/durations.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from components.diffusion import Diffusion
+from components.durations import DurationPredictor
+from components.model import WaveGrad2
+from components.schedules import resolve_schedule_name
+from experiments.batches import TrainingItem, batch_indices, make_batch
+from experiments.config import InputError, RunConfig, config_hash, load_config, to_dict
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    history: list[dict] = field(default_factory=list)
+    throughput: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    autoencoder_run: dict | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible")
+    return torch.device(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA allocator peak on GPU; the process's peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def learning_rate_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def training_items(dataset, vocab, signals: list[np.ndarray]) -> list[TrainingItem]:
+    return [TrainingItem(vocab.encode(u.phonemes), u.durations.astype(np.int64), s)
+            for u, s in zip(dataset.train, signals)]
+
+
+def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool = False, progress: bool = True,
+          on_log: Callable[[int, dict[str, float]], None] | None = None, dataset=None) -> TrainResult:
+    from experiments.corpus import load_dataset
+
+    out_dir = Path(out_dir)
+    device = resolve_device(device)
+    ckpt_path = out_dir / CHECKPOINT
+    existing = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
+    if existing is not None and existing["config_hash"] != config_hash(config):
+        raise InputError(f"{ckpt_path}: holds a run with another config (hash {existing['config_hash']}, "
+                         f"this config {config_hash(config)}); use another --out")
+    if existing is not None and existing["step"] >= config.train.steps:
+        return TrainResult(ckpt_path, existing["step"], existing["history"], existing.get("throughput", {}))
+    if existing is not None and not resume:
+        raise InputError(f"{ckpt_path}: a checkpoint exists at step {existing['step']}; pass --resume or another --out")
+
+    dataset = dataset or load_dataset(config.data, progress=progress)
+    longest = max(int(u.durations.sum()) for u in dataset.train)
+    if config.train.window_frames > longest:
+        raise InputError(f"train.window_frames = {config.train.window_frames} is longer than the longest training "
+                         f"utterance ({longest} frames)")
+    t, hop = config.train, dataset.hop_length
+    autoencoder, ae_info = None, None
+    if config.model.space == "latent":
+        from experiments.autoencoder_stage import ensure_autoencoder, encode_utterances
+        autoencoder, ae_info = ensure_autoencoder(config, dataset, device, progress=progress)
+        signals = encode_utterances(autoencoder, dataset.train, device)
+        hop_signal = hop // config.autoencoder.stride
+    else:
+        signals = [u.audio[None, :] for u in dataset.train]
+        hop_signal = hop
+    items = training_items(dataset, dataset.vocab, signals)
+
+    torch.manual_seed(t.seed)
+    model = WaveGrad2(config.model, len(dataset.vocab.symbols), config.autoencoder).to(device)
+    if model.hop != hop_signal:
+        raise InputError(f"hop mismatch: the decoder produces {model.hop} signal steps per frame, the data needs {hop_signal}")
+    diffusion = Diffusion(resolve_schedule_name(t.schedule), t.noise_loss)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    step, history = 0, []
+    if existing is not None:
+        model.load_state_dict(existing["model"])
+        optimizer.load_state_dict(existing["optimizer"])
+        step, history = existing["step"], existing["history"]
+    use_bf16 = t.bf16 and device.type == "cuda"
+    audio_per_step = min(t.batch_size, len(items)) * t.window_frames * hop / dataset.sample_rate
+
+    def checkpoint(at_step: int, throughput: dict) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_atomic({
+            "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": at_step, "config": to_dict(config), "config_hash": config_hash(config),
+            "vocab": dataset.vocab.to_list(), "sample_rate": dataset.sample_rate, "hop_length": hop,
+            "history": history, "throughput": throughput,
+            "autoencoder": autoencoder.state_dict() if autoencoder is not None else None,
+            "autoencoder_info": ae_info,
+        }, ckpt_path)
+
+    model.train()
+    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    started, steps_done, throughput = time.perf_counter(), 0, {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    while step < t.steps:
+        batch = make_batch([items[i] for i in batch_indices(len(items), t.batch_size, t.seed, step)],
+                           t.window_frames, hop_signal, t.seed, step).to(device)
+        torch.manual_seed(t.seed * 1_000_003 + step)  # dropout and ZoneOut masks: a function of the step
+        noise_rng = torch.Generator(device="cpu").manual_seed(t.seed * 1_000_003 + step)
+        for group in optimizer.param_groups:
+            group["lr"] = t.learning_rate * learning_rate_factor(step, t.warmup_steps, t.steps)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            encoded, log_durations = model.encode(batch.phoneme_ids, batch.token_mask)
+            duration_loss = DurationPredictor.loss(log_durations.float(), batch.durations, batch.token_mask)
+            cond = model.condition(encoded, batch.durations, batch.token_mask, batch.frames)
+            noise_loss = diffusion.loss(lambda x, level: model.denoise(x, cond.states, level), batch.signal,
+                                        batch.signal_mask, noise_rng, step)
+        loss = noise_loss + t.duration_loss_weight * duration_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        step, steps_done = step + 1, steps_done + 1
+        bar.update(1)
+        if step % t.log_every == 0 or step == t.steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            rate = steps_done / (time.perf_counter() - started)
+            entry = {"step": step, "loss": loss.item(), "noise_loss": noise_loss.item(),
+                     "duration_loss": duration_loss.item(), "learning_rate": optimizer.param_groups[0]["lr"],
+                     "steps_per_sec": rate}
+            history.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", steps_per_s=f"{rate:.2f}")
+            if on_log:
+                on_log(step, {k: v for k, v in entry.items() if k != "step"})
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall = time.perf_counter() - started
+            rate = steps_done / wall
+            throughput = {"steps_per_sec": rate, "audio_seconds_per_sec": rate * audio_per_step,
+                          "peak_memory_mb": peak_memory_mb(device)}
+            checkpoint(step, throughput)
+    bar.close()
+    return TrainResult(ckpt_path, step, history, throughput, time.perf_counter() - started, ae_info)
+
+
+def cmd_train(args) -> int:
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / config_hash(config)
+    result = train(config, out, device=args.device, resume=args.resume)
+    first, last = result.history[0]["loss"] if result.history else float("nan"), result.history[-1]["loss"] if result.history else float("nan")
+    print(f"trained {result.steps} steps: loss {first:.4f} -> {last:.4f}; "
+          f"{result.throughput.get('steps_per_sec', float('nan')):.2f} steps/s; checkpoint {result.checkpoint}")
+    return 0
