@@ -438,8 +438,8 @@ def _effects(runs: list[RunRecord], axes: list[str], metric: str, schedules: lis
         values = _axis_values(runs, axis, orders.get(axis, []))
         for a, b in itertools.combinations(values, 2):
             candidates = [""] if "/" in metric else schedules
-            usable = [s for s in candidates
-                      if _strata(runs, axis, a, metric, s, schedules).keys() & _strata(runs, axis, b, metric, s, schedules).keys()]
+            usable = [s for s in candidates if _strata(runs, axis, a, metric, s, schedules).keys()
+                      & _strata(runs, axis, b, metric, s, schedules).keys()]
             for s in usable or [None]:  # None: each run at its own schedule (an eval.schedules axis)
                 side_a, side_b = (_strata(runs, axis, v, metric, s, schedules) for v in (a, b))
                 common = sorted(side_a.keys() & side_b.keys())
@@ -487,14 +487,16 @@ def _rows(finished: list[RunRecord], axes: list[str], orders: dict[str, list[str
         for axis in axes:
             value = canonical(row.assignment.get(axis))
             known = orders.get(axis, [])
-            out.append((known.index(value), ()) if value in known else (len(known), _sort_key(row.assignment.get(axis))))
+            out.append((known.index(value), ()) if value in known
+                       else (len(known), _sort_key(row.assignment.get(axis))))
         return tuple(out) + (row.label,)
     return sorted(rows, key=order)
 
 
 # ----------------------------------------------------------------------------- latent space
 
-def _attach_ceilings(client, rows: list[CellRow], runs: list[RunRecord], experiment_id: str) -> list[tuple[str, dict]]:
+def _attach_ceilings(client, rows: list[CellRow], runs: list[RunRecord],
+                     experiment_id: str) -> list[tuple[str, dict]]:
     """Give each latent cell its autoencoder's recon/* metrics (tag wg2.autoencoder_run on its runs; else the
     experiment's only autoencoder run). Returns the autoencoders found: (label, recon metrics)."""
     by_id = {r.run_id: r for r in runs}
@@ -542,9 +544,24 @@ def fraction_of_ceiling(value: float | None, ceiling: float | None, metric: str)
     return value / ceiling if direction(metric) > 0 else (ceiling / value if value else None)
 
 
+def _space_axes(rows: list[CellRow]) -> set[str]:
+    """Axes that choose the space: model.space, autoencoder.*, and any axis (a multi-key one, say) whose every
+    value fixes model.space while its values span both spaces. Latent and waveform cells are matched on the rest."""
+    keys = {k for r in rows for k in r.assignment}
+    out = {k for k in keys if k == "model.space" or k.startswith("autoencoder.")}
+    for k in keys - out:
+        spaces: dict[str, set[str]] = {}
+        for r in rows:
+            spaces.setdefault(canonical(r.assignment.get(k)), set()).add(r.params.get("model.space", "waveform"))
+        if all(len(v) == 1 for v in spaces.values()) and len(set().union(*spaces.values())) > 1:
+            out.add(k)
+    return out
+
+
 def _is_r16(row: CellRow) -> bool:
     try:
-        return row.params.get("model.space") == "latent" and int(row.params.get("autoencoder.stride", -1)) == TARGET_STRIDE
+        stride = int(row.params.get("autoencoder.stride", -1))
+        return row.params.get("model.space") == "latent" and stride == TARGET_STRIDE
     except ValueError:
         return False
 
@@ -560,9 +577,10 @@ def latent_target(rows: list[CellRow], schedules: list[str]) -> Target:
     if why:
         return Target(None, f"**Target undecided**: {why}, so R=16 cannot be compared with waveform space.")
 
+    space_axes = _space_axes(rows)
+
     def rest(row: CellRow) -> str:
-        return canonical({k: v for k, v in row.assignment.items()
-                          if k != "model.space" and not k.startswith("autoencoder.")})
+        return canonical({k: v for k, v in row.assignment.items() if k not in space_axes})
     comparisons = []
     for row, s in itertools.product(latent, six):
         peers = [w for w in wave if rest(w) == rest(row)] or wave
@@ -581,9 +599,13 @@ def latent_target(rows: list[CellRow], schedules: list[str]) -> Target:
     best = max(comparisons, key=lambda c: (c["reached"], min(c["speedup"] / TARGET_SPEEDUP,
                                                              c["quality_fraction"] / TARGET_QUALITY)))
     head = "**Target reached**" if best["reached"] else "**Target not reached**"
+    short = [w for w, ok in (("speed", best["speedup"] >= TARGET_SPEEDUP),
+                             ("quality", best["quality_fraction"] >= TARGET_QUALITY)) if not ok]
     text = (f"{head}: latent R=16 (`{best['cell']}`) samples {best['speedup']:.1f}x as fast as waveform space at "
-            f"{best['schedule']} with {100 * best['quality_fraction']:.0f}% of its PESQ-wb "
-            f"(target: at least {TARGET_SPEEDUP:g}x at {100 * TARGET_QUALITY:.0f}% or more).")
+            f"{best['schedule']} with {100 * best['quality_fraction']:.0f}% of its PESQ-wb (target: at least "
+            f"{TARGET_SPEEDUP:g}x at {100 * TARGET_QUALITY:.0f}% or more"
+            + (f"; short on {' and '.join(short)}" if short else "") + "). Point estimates (means over seeds); "
+            "their intervals are in the tables below.")
     return Target(best["reached"], text, comparisons)
 
 
@@ -650,6 +672,30 @@ def _provenance(parent, runs: list[RunRecord]) -> list[str]:
             f"- commit: {values('wg2.git_commit')}"]
 
 
+def _in_brief(effects: list[Effect], metric: str) -> list[str]:
+    """One plain sentence per pair of axis values, at the first schedule each was compared at."""
+    lines, seen = [], set()
+    sign = direction(metric)
+    for e in effects:
+        if (e.axis, e.a, e.b) in seen:
+            continue
+        seen.add((e.axis, e.a, e.b))
+        where = f"at {e.schedule}" if e.schedule else ""
+        ci = f"95% interval [{e.ci_low:+.3g}, {e.ci_high:+.3g}]" if e.ci_low is not None else "no interval"
+        if sign == 0:
+            lines.append(f"- `{e.axis}`: {e.a} − {e.b} = {e.diff:+.3g} {metric} {where} ({ci}).")
+            continue
+        better, worse = (e.a, e.b) if sign * e.diff > 0 else (e.b, e.a)
+        if e.ci_low is not None and e.ci_low <= 0 <= e.ci_high:
+            lines.append(f"- `{e.axis}`: no clear difference between {e.a} and {e.b} on {metric} {where} "
+                         f"({e.a} − {e.b} = {e.diff:+.3g}, {ci} includes 0).")
+        else:
+            lines.append(f"- `{e.axis}`: {better} beats {worse} on {metric} {where} by {abs(e.diff):.3g} "
+                         f"({e.a} − {e.b}, {ci}" + (", too few runs to tell it from noise" if e.ci_low is None
+                                                     else "") + ").")
+    return lines
+
+
 OWN = "own-schedule"  # pseudo schedule of the combined table when every cell ran a single, different schedule
 
 
@@ -687,13 +733,21 @@ def _render(name: str, experiment_id: str, parent, question: str, rows: list[Cel
         if status[state]:
             out += ["", f"{state.capitalize()}:"] + [f"- `{_md_cell(t)}`" for t in status[state]]
     out.append("")
+    if not rows:
+        return "\n".join(out + ["No cell has finished yet, so there is nothing to compare.", ""])
+
+    brief = _in_brief(effects, metric)
+    if brief:
+        out += ["## In brief", ""] + brief + [""]
 
     if target is not None:
         out += ["## Latent space: was the target reached?", "", target.statement, ""]
         if target.comparisons:
-            out += ["| R=16 cell | schedule | speed-up vs waveform | PESQ-wb vs waveform | reached |", "|---|---|---|---|---|"]
+            out += ["| R=16 cell | schedule | speed-up vs waveform | PESQ-wb vs waveform | reached |",
+                    "|---|---|---|---|---|"]
             out += [f"| `{_md_cell(c['cell'])}` | {c['schedule']} | {c['speedup']:.2f}x | "
-                    f"{100 * c['quality_fraction']:.1f}% | {'yes' if c['reached'] else 'no'} |" for c in target.comparisons]
+                    f"{100 * c['quality_fraction']:.1f}% | {'yes' if c['reached'] else 'no'} |"
+                    for c in target.comparisons]
             out.append("")
         out += ["Autoencoder ceiling (reconstruction through stage one, val split): "
                 + ("; ".join(f"{lab}: " + ", ".join(f"{k} {fmt(v)}" for k, v in sorted(rec.items()))
@@ -705,7 +759,8 @@ def _render(name: str, experiment_id: str, parent, question: str, rows: list[Cel
                 "where both values finished (seeds pooled within a cell). 95% interval: with one setting, Welch "
                 "across seeds; with several, a t-interval from the seed-to-seed variance pooled over those cells "
                 "(without repeated seeds, from the spread of the differences across settings).", "",
-                "| axis | values | schedule | difference | 95% interval | runs (settings) |", "|---|---|---|---|---|---|"]
+                "| axis | values | schedule | difference | 95% interval | runs (settings) |",
+                "|---|---|---|---|---|---|"]
         for e in effects:
             ci = f"[{e.ci_low:+.3g}, {e.ci_high:+.3g}]" if e.ci_low is not None else "— (too few runs)"
             out.append(f"| `{e.axis}` | {_md_cell(e.a)} − {_md_cell(e.b)} | {e.schedule} | {e.diff:+.3g} | {ci} "
@@ -719,7 +774,7 @@ def _render(name: str, experiment_id: str, parent, question: str, rows: list[Cel
         cols = [(m, metric_key(m, s)) for m in dict.fromkeys((*QUALITY, metric)) if "/" not in m]
         cols.append(("rtf", f"{s}/rtf"))
         here = [r for r in here if any(r.mean(k) is not None for _, k in cols)]
-        cols = [(h, k) for h, k in cols if any(k in r.stats for r in here)]
+        cols = [(h, k) for h, k in cols if any(r.mean(k) is not None for r in here)]
         if not here:
             continue
         extra = {}
@@ -736,7 +791,7 @@ def _render(name: str, experiment_id: str, parent, question: str, rows: list[Cel
 
     cols = [(h, k) for h, k in (("train audio s/s", TRAINING[0]), ("peak train memory MB", TRAINING[1]),
                                  ("train wall s", TRAINING[2]), ("final train loss", TRAINING[3]))
-            if any(k in r.stats for r in rows)]
+            if any(r.mean(k) is not None for r in rows)]
     if cols:
         out += ["## Training speed and memory", ""] + _table(rows, cols) + ["", _legend(rows, [k for _, k in cols]), ""]
 
@@ -752,8 +807,6 @@ def _render(name: str, experiment_id: str, parent, question: str, rows: list[Cel
 
     if plot_files:
         out += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
-    if not rows:
-        out += ["No cell has finished yet, so there are no tables.", ""]
     return "\n".join(out)
 
 
@@ -842,7 +895,8 @@ def compare(experiment_name: str, out_dir: str | Path, metric: str = "pesq_wb", 
     runs = [_pick(rs) for rs in by_cell.values()]  # one run per cell (a retried cell counts once)
     finished = [r for r in runs if r.status == "FINISHED"]
     schedules = _schedules(finished)
-    if "/" not in metric and finished and not any(metric_key(metric, s) in r.metrics for r in finished for s in schedules):
+    if "/" not in metric and finished and not any(metric_key(metric, s) in r.metrics
+                                                  for r in finished for s in schedules):
         names = sorted({k.split("/", 1)[1] for r in finished for k in r.metrics
                         if "/" in k and not k.endswith(DERIVED)})
         raise CompareError(f"metric {metric!r} is in no finished run of {experiment_name!r}; available: "

@@ -65,6 +65,11 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _spans_decades(values: list[float]) -> bool:
+    """Log scale only pays when the values are positive and cover more than a factor of ten."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 10
+
+
 def _errors(value: float, ci: tuple[float, float] | None) -> list[list[float]] | None:
     """matplotlib's asymmetric error bars [[below], [above]] from an interval (None where there is none)."""
     if ci is None:
@@ -74,7 +79,7 @@ def _errors(value: float, ci: tuple[float, float] | None) -> list[list[float]] |
 
 def plot_quality_vs_rtf(points: list[Point], metric: str, path: Path,
                         ceilings: list[Ceiling] = ()) -> Path:
-    """Scatter of quality (y) against real-time factor (x, log scale: lower is faster), one point per cell and
+    """Scatter of quality (y) against real-time factor (x, log scale when it spans a decade), one point per cell and
     schedule: colour = cell, marker = schedule; error bars are the 95% intervals of the table."""
     fig = Figure(figsize=(10.0, 5.5))
     fig.subplots_adjust(left=0.08, right=0.66, bottom=0.1, top=0.93)  # the right third holds the legends
@@ -91,7 +96,7 @@ def plot_quality_vs_rtf(points: list[Point], metric: str, path: Path,
         ax.axhline(c.value, color="k", linestyle=("--", ":", "-.")[i % 3], linewidth=1.2)
         ax.annotate(c.label, xy=(0.01, c.value), xycoords=("axes fraction", "data"),
                     va="bottom", fontsize=8)
-    if points and all(p.x > 0 for p in points):
+    if _spans_decades([p.x for p in points]):
         ax.set_xscale("log")
     ax.set_xlabel("real-time factor (seconds of compute per second of audio; lower is faster)")
     ax.set_ylabel(metric)
@@ -143,7 +148,7 @@ def plot_loss_curves(curves: list[Curve], path: Path) -> Path:
     for i, c in enumerate(curves):
         ax.plot(c.steps, c.values, color=f"C{i % 10}", linestyle="-" if c.finished else "--",
                 linewidth=1.2, label=c.label + ("" if c.finished else " (not finished)"))
-    if curves and all(v > 0 for c in curves for v in c.values):
+    if _spans_decades([v for c in curves for v in c.values]):
         ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("train/loss")

@@ -309,14 +309,12 @@ def _resolve_cell(path: Path, base: dict, axes: list[Axis], combo: tuple[int, ..
 def check_windows(grid: Grid, progress: bool = True) -> None:
     """The data-dependent check: a training window must fit in the longest training utterance.
     Reads (and caches) each distinct corpus of the grid once."""
-    from experiments.corpus import load_dataset
-
     longest: dict[Any, int] = {}
     problems = []
     for cell in grid.cells:
         data = cell.config.data
         if data not in longest:
-            dataset = load_dataset(data, progress=progress)
+            dataset = _dataset(cell.config, progress)
             if not dataset.train:
                 raise ConfigError(f"{grid.path}: cell [{cell.label}]: data.root {data.root} has no training utterances")
             longest[data] = max(int(u.durations.sum()) for u in dataset.train)
@@ -441,10 +439,12 @@ class _FolderLock:
         self.path = folder / ".lock"
 
     def __enter__(self) -> "_FolderLock":
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a")
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one grid per run folder at a time there
+            return self
         fcntl.flock(self.handle, fcntl.LOCK_EX)
         return self
 
@@ -707,12 +707,15 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
         print("dry run: nothing trained; the corpus was not read, so the check that each training window "
               "fits the longest training utterance was skipped")
         return GridOutcome(grid, dry_run=True)
+    from experiments.train import resolve_device
+
+    resolved = str(resolve_device(device))  # `--device cuda` without a GPU: exit 2 now, not a failed cell each
     check_windows(grid, progress)
 
     uri = tracking.ensure_store(tracking.tracking_uri())  # once, here, before any worker opens it
     experiment_id = tracking.get_or_create_experiment(grid.name, uri=uri)
     mlf = tracking.client(uri)
-    parent_id = _parent_run(mlf, experiment_id, grid, device if device != "auto" else "cpu")
+    parent_id = _parent_run(mlf, experiment_id, grid, resolved)
     outcome = GridOutcome(grid, experiment_id, parent_id)
     done = _finished_cells(mlf, experiment_id)
     outcome.outcomes += [CellOutcome(c.label, c.cell_hash, "skipped") for c in grid.cells if c.cell_hash in done]

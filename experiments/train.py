@@ -73,7 +73,10 @@ def training_items(dataset, vocab, signals: list[np.ndarray]) -> list[TrainingIt
 
 
 def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool = False, progress: bool = True,
-          on_log: Callable[[int, dict[str, float]], None] | None = None, dataset=None) -> TrainResult:
+          on_log: Callable[[int, dict[str, float]], None] | None = None, dataset=None,
+          autoencoder_experiment: str | None = None) -> TrainResult:
+    """Train one model (see the module docstring); `autoencoder_experiment` is the MLflow experiment that
+    records the stage-one autoencoder run of a latent-space model (default: 'wg2 autoencoders')."""
     from experiments.corpus import load_dataset
 
     out_dir = Path(out_dir)
@@ -97,7 +100,8 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     autoencoder, ae_info = None, None
     if config.model.space == "latent":
         from experiments.autoencoder_stage import ensure_autoencoder, encode_utterances
-        autoencoder, ae_info = ensure_autoencoder(config, dataset, device, progress=progress)
+        autoencoder, ae_info = ensure_autoencoder(config, dataset, device, progress=progress,
+                                                  experiment_id=autoencoder_experiment)
         signals = encode_utterances(autoencoder, dataset.train, device)
         hop_signal = hop // config.autoencoder.stride
     else:

@@ -167,7 +167,8 @@ def test_best_marked_on_right_rows(grid_report):
     assert "across seeds" in md and "across that run's utterances" in md
     # the pooled mean is the mean of the seeds
     row = next(r for r in report.rows if r.label == "model.upsampler=gaussian train.window_frames=256")
-    assert row.stats["manual-6/pesq_wb"].mean == pytest.approx((_pesq("gaussian", 256, 0) + _pesq("gaussian", 256, 1)) / 2)
+    seeds_mean = (_pesq("gaussian", 256, 0) + _pesq("gaussian", 256, 1)) / 2
+    assert row.stats["manual-6/pesq_wb"].mean == pytest.approx(seeds_mean)
     assert row.stats["manual-6/pesq_wb"].interval == "seeds" and row.seeds == [0, 1]
     missing = md.split("## Missing metric values", 1)[1]
     assert f"| `{row.label}` | manual-6/mcd_dtw | 2 |" in missing  # one utterance per seed, summed
@@ -183,7 +184,10 @@ def test_marginal_effects_signs(grid_report):
     win = by[("train.window_frames", "manual-6")]
     assert (win.a, win.b) == ("64", "256") and win.diff < 0 and win.ci_high < 0
     assert ("model.upsampler", "linear-50") in by
-    assert "## Marginal effect of each axis on pesq_wb" in report.report_md.read_text()
+    md = report.report_md.read_text()
+    assert "## Marginal effect of each axis on pesq_wb" in md
+    assert "`model.upsampler`: gaussian beats repeat on pesq_wb at manual-6" in md
+    assert "`train.window_frames`: 256 beats 64 on pesq_wb at manual-6" in md
 
 
 def test_csv_plots_and_artifacts(grid_report, store):
@@ -252,7 +256,7 @@ def test_latent_target_not_reached(store, tmp_path):
     report = compare("latent-no", tmp_path, tracking_uri=uri)
     md = report.report_md.read_text()
     assert report.target is not None and report.target.reached is False
-    assert "**Target not reached**" in md and "2.5x" in md
+    assert "**Target not reached**" in md and "2.5x" in md and "short on speed" in md
 
 
 def test_cli_grid_file_and_errors(store, tmp_path, monkeypatch, capsys):
@@ -293,3 +297,30 @@ def test_schedule_axis_one_table(store, tmp_path):
     (effect,) = report.effects
     assert effect.schedule == "own schedule" and effect.diff == pytest.approx(
         (quality["linear-50"] - quality["manual-6"]) * (1 if effect.a == "linear-50" else -1))
+
+
+def _row(label: str, assignment: dict, params: dict, means: dict[str, float]):
+    from evaluation.compare import CellRow, Stat
+    return CellRow(group=label, label=label, assignment=assignment, seeds=[0], run_ids=[label], params=params,
+                   stats={k: Stat(v, n=1) for k, v in means.items()})
+
+
+def test_latent_target_matching_and_undecided():
+    """A multi-key space axis is matched on the other axes (steps here); no 6-step schedule: undecided."""
+    from evaluation.compare import latent_target
+
+    rows = []
+    for steps, (w_rtf, l_rtf) in ((1000, (0.5, 0.05)), (2000, (0.5, 0.2))):
+        rows.append(_row(f"wave {steps}", {"space": "waveform", "train.steps": steps}, {"model.space": "waveform"},
+                         {"manual-6/rtf": w_rtf, "manual-6/pesq_wb": 3.0}))
+        rows.append(_row(f"r16 {steps}", {"space": "latent-R16", "train.steps": steps},
+                         {"model.space": "latent", "autoencoder.stride": "16"},
+                         {"manual-6/rtf": l_rtf, "manual-6/pesq_wb": 2.9}))
+    target = latent_target(rows, ["manual-6"])
+    by_cell = {c["cell"]: c for c in target.comparisons}
+    assert by_cell["r16 1000"]["speedup"] == pytest.approx(10.0) and by_cell["r16 1000"]["reached"]
+    assert by_cell["r16 2000"]["speedup"] == pytest.approx(2.5) and not by_cell["r16 2000"]["reached"]
+    assert target.reached is True and "r16 1000" in target.statement
+    undecided = latent_target(rows, ["linear-50"])
+    assert undecided.reached is None and "no 6-step schedule" in undecided.statement
+    assert latent_target(rows[:1], ["manual-6"]).reached is None
