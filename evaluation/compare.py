@@ -810,13 +810,16 @@ def _render(name: str, experiment_id: str, parent, question: str, rows: list[Cel
     return "\n".join(out)
 
 
-def _csv(rows: list[CellRow], axes: list[str], metric: str) -> str:
+def _csv(rows: list[CellRow], axes: list[str], metric: str, schedules: list[str]) -> str:
+    """One row per cell: its axis values, then every metric's mean, interval, n, interval kind and missing count;
+    latent grids add the autoencoder's recon metrics and each schedule's fraction of that ceiling."""
     keys = sorted({k for r in rows for k in r.stats})
     heads = ["cell", "group", *axes, "n_runs", "seeds"]
     for k in keys:
         heads += [f"{k}_mean", f"{k}_ci_low", f"{k}_ci_high", f"{k}_n", f"{k}_interval", f"{k}_n_missing"]
     ceiling_keys = sorted({k for r in rows for k in r.ceiling})
-    heads += [f"ceiling/{k}" for k in ceiling_keys]
+    fractions = [metric_key(metric, s) for s in schedules] if metric in ceiling_keys else []
+    heads += [f"ceiling/{k}" for k in ceiling_keys] + [f"{k}_fraction_of_ceiling" for k in fractions]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(heads)
@@ -827,6 +830,7 @@ def _csv(rows: list[CellRow], axes: list[str], metric: str) -> str:
             s = r.stats.get(k) or Stat(None)
             line += ["" if v is None else v for v in (s.mean, s.ci_low, s.ci_high)] + [s.n, s.interval, s.n_missing]
         line += [r.ceiling.get(k, "") for k in ceiling_keys]
+        line += [fraction_of_ceiling(r.mean(k), r.ceiling.get(metric), metric) or "" for k in fractions]
         writer.writerow(line)
     return buf.getvalue()
 
@@ -948,7 +952,7 @@ def compare(experiment_name: str, out_dir: str | Path, metric: str = "pesq_wb", 
     md = _write_atomic(out_dir / "report.md", _render(
         experiment_name, exp_id, parent, question, rows, runs, status, source, schedules, metric, effects,
         ceilings, target, plot_files))
-    table = _write_atomic(out_dir / "results.csv", _csv(rows, axes, metric))
+    table = _write_atomic(out_dir / "results.csv", _csv(rows, axes, metric, schedules))
 
     logged = False
     if parent is not None:

@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import sys
 from collections import Counter
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.config import DataConfig, InputError
+from experiments.textgrid import read_phone_intervals
 
 SILENCE = "<sil>"
 PAD = "<pad>"
@@ -262,61 +262,6 @@ class _Read:
     zero_length: int = 0
 
 
-# Praat's text formats are one token stream: the long format is the short one with comments
-# (`xmin =`, `item [1]:`) around the values. Values are quoted strings ("" escapes a quote),
-# flags (<exists>) and numbers standing alone (not the 1 of `[1]`).
-_PRAAT_TOKEN = re.compile(r'"((?:[^"]|"")*)"|<(exists|absent)>|(?<![\w.\[])([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?![\w.\]])')
-
-
-def _praat_tokens(path: Path) -> list[str | float]:
-    data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        text = data.decode("utf-16")  # Praat writes UTF-16 when a label needs it
-    else:
-        text = data.decode("utf-8-sig")
-    tokens: list[str | float] = []
-    for string, flag, number in _PRAAT_TOKEN.findall(text):
-        tokens.append(float(number) if number else (f"<{flag}>" if flag else string.replace('""', '"')))
-    return tokens
-
-
-def _phone_intervals(path: Path) -> tuple[list[tuple[float, float, str]], float]:
-    """(start, end, label) of the phones tier, sorted, and the TextGrid's end time; ValueError if unusable."""
-    try:
-        tokens = _praat_tokens(path)
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"unreadable TextGrid ({err})") from err
-    try:
-        if tokens[0] not in ("ooTextFile", "ooTextFile short") or tokens[1] != "TextGrid":
-            raise ValueError("not a text TextGrid (expected 'File type = \"ooTextFile\"', "
-                             "'Object class = \"TextGrid\"')")
-        end_time = float(tokens[3])
-        n_tiers = int(tokens[5]) if tokens[4] == "<exists>" else 0
-        i, tiers = 6, {}
-        for _ in range(n_tiers):
-            kind, name, n = tokens[i], str(tokens[i + 1]), int(tokens[i + 4])
-            width = 3 if kind == "IntervalTier" else 2  # TextTier points: time, mark
-            if kind not in ("IntervalTier", "TextTier"):
-                raise ValueError(f"unknown tier class {kind!r}")
-            items = tokens[i + 5:i + 5 + width * n]
-            if len(items) != width * n:
-                raise IndexError
-            if kind == "IntervalTier":
-                items = [(float(items[k]), float(items[k + 1]), str(items[k + 2])) for k in range(0, len(items), 3)]
-            tiers[name] = (kind, items)
-            i += 5 + width * n
-    except (IndexError, TypeError, ValueError) as err:
-        detail = str(err) if isinstance(err, ValueError) and str(err) else "truncated or malformed"
-        raise ValueError(f"unreadable TextGrid ({detail})") from err
-    names = [n for n in tiers if n.strip().lower() == "phones"]
-    if not names:
-        raise ValueError(f"no tier named 'phones' (tiers: {', '.join(tiers) or 'none'})")
-    kind, items = tiers[names[0]]
-    if kind != "IntervalTier":
-        raise ValueError(f"tier {names[0]!r} is a point tier; expected intervals")
-    return sorted(items), end_time
-
-
 def _tokens(entries: list[tuple[float, float, str]], end_time: float) -> tuple[list[str], list[float]]:
     """Tokens and their end times; gaps and silence labels become one merged SILENCE."""
     tokens: list[str] = []
@@ -359,7 +304,7 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
         audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
     audio = np.clip(audio, -1.0, 1.0)
     try:
-        entries, end_time = _phone_intervals(grid_path)
+        entries, end_time = read_phone_intervals(grid_path)
     except ValueError as err:
         return _Read(None, [Problem(str(grid_path), str(err), entry.id, "unreadable TextGrid")], rate, channels)
     tokens, ends = _tokens(entries, end_time)

@@ -247,6 +247,10 @@ def test_latent_target_reached(store, tmp_path):
     table = _table(md, "## Quality and speed at schedule `manual-6`")
     assert table["model.space=latent"]["fraction of ceiling (pesq_wb)"] == "0.75"  # 2.85 / 3.8
     assert table["model.space=waveform"]["fraction of ceiling (pesq_wb)"] == "—"
+    with report.results_csv.open() as fh:
+        latent_row = next(r for r in csv.DictReader(fh) if r["model.space"] == "latent")
+    assert float(latent_row["manual-6/pesq_wb_fraction_of_ceiling"]) == pytest.approx(2.85 / 3.8)
+    assert float(latent_row["ceiling/pesq_wb"]) == pytest.approx(3.8)
     _check_png(tmp_path / "quality_vs_rtf.png")
 
 

@@ -11,6 +11,7 @@ import soundfile
 from praatio import textgrid
 from scipy.signal import resample_poly
 
+from experiments.textgrid import read_phone_intervals
 from experiments import corpus
 from experiments.cli import main
 from experiments.config import DataConfig, InputError
@@ -163,19 +164,19 @@ def test_mfa_corpus_from_another_voice_passes_check(corpus_dir: Path, tmp_path: 
 
 def test_textgrid_reader_takes_praat_long_short_and_utf16(corpus_dir: Path, tmp_path: Path):
     source = corpus_dir / "alignments" / f"{uid(1)}.TextGrid"
-    entries, end = corpus._phone_intervals(source)
+    entries, end = read_phone_intervals(source)
     assert entries == phone_entries(source) and entries[0][0] == 0 and entries[-1][1] == end  # praatio agrees
     short = tmp_path / "short.TextGrid"
     write_grid(short, entries, end)
-    assert "intervals [" not in short.read_text() and corpus._phone_intervals(short) == (entries, end)
+    assert "intervals [" not in short.read_text() and read_phone_intervals(short) == (entries, end)
     utf16 = tmp_path / "utf16.TextGrid"
     utf16.write_bytes(source.read_text().replace('text = "ð"', 'text = "say ""2"""', 1).encode("utf-16"))
-    labels = [label for *_, label in corpus._phone_intervals(utf16)[0]]
+    labels = [label for *_, label in read_phone_intervals(utf16)[0]]
     assert 'say "2"' in labels and len(labels) == len(entries)
     truncated = tmp_path / "truncated.TextGrid"
     truncated.write_text(source.read_text()[: len(source.read_text()) // 2])
     with pytest.raises(ValueError, match="unreadable TextGrid"):
-        corpus._phone_intervals(truncated)
+        read_phone_intervals(truncated)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,0 +1,60 @@
+"""Reading Praat TextGrids (long, short and UTF-16 text formats) as MFA writes them: the phones tier."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+# Praat's text formats are one token stream: the long format is the short one with comments
+# (`xmin =`, `item [1]:`) around the values. Values are quoted strings ("" escapes a quote),
+# flags (<exists>) and numbers standing alone (not the 1 of `[1]`).
+_PRAAT_TOKEN = re.compile(r'"((?:[^"]|"")*)"|<(exists|absent)>|(?<![\w.\[])([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?![\w.\]])')
+
+
+def _praat_tokens(path: Path) -> list[str | float]:
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = data.decode("utf-16")  # Praat writes UTF-16 when a label needs it
+    else:
+        text = data.decode("utf-8-sig")
+    tokens: list[str | float] = []
+    for string, flag, number in _PRAAT_TOKEN.findall(text):
+        tokens.append(float(number) if number else (f"<{flag}>" if flag else string.replace('""', '"')))
+    return tokens
+
+
+def read_phone_intervals(path: Path) -> tuple[list[tuple[float, float, str]], float]:
+    """(start, end, label) of the phones tier, sorted, and the TextGrid's end time; ValueError if unusable."""
+    try:
+        tokens = _praat_tokens(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"unreadable TextGrid ({err})") from err
+    try:
+        if tokens[0] not in ("ooTextFile", "ooTextFile short") or tokens[1] != "TextGrid":
+            raise ValueError("not a text TextGrid (expected 'File type = \"ooTextFile\"', "
+                             "'Object class = \"TextGrid\"')")
+        end_time = float(tokens[3])
+        n_tiers = int(tokens[5]) if tokens[4] == "<exists>" else 0
+        i, tiers = 6, {}
+        for _ in range(n_tiers):
+            kind, name, n = tokens[i], str(tokens[i + 1]), int(tokens[i + 4])
+            width = 3 if kind == "IntervalTier" else 2  # TextTier points: time, mark
+            if kind not in ("IntervalTier", "TextTier"):
+                raise ValueError(f"unknown tier class {kind!r}")
+            items = tokens[i + 5:i + 5 + width * n]
+            if len(items) != width * n:
+                raise IndexError
+            if kind == "IntervalTier":
+                items = [(float(items[k]), float(items[k + 1]), str(items[k + 2])) for k in range(0, len(items), 3)]
+            tiers[name] = (kind, items)
+            i += 5 + width * n
+    except (IndexError, TypeError, ValueError) as err:
+        detail = str(err) if isinstance(err, ValueError) and str(err) else "truncated or malformed"
+        raise ValueError(f"unreadable TextGrid ({detail})") from err
+    names = [n for n in tiers if n.strip().lower() == "phones"]
+    if not names:
+        raise ValueError(f"no tier named 'phones' (tiers: {', '.join(tiers) or 'none'})")
+    kind, items = tiers[names[0]]
+    if kind != "IntervalTier":
+        raise ValueError(f"tier {names[0]!r} is a point tier; expected intervals")
+    return sorted(items), end_time
