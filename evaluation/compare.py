@@ -326,6 +326,8 @@ def grid_cells(raw: dict[str, Any]) -> list[dict] | None:
             flat[key] = values
     if not all(isinstance(v, list) and v for v in flat.values()):
         return None
+    if any(isinstance(v, dict) for values in flat.values() for v in values):
+        return None  # a multi-key axis: runs carry its labels, which only the grid runner knows how to make
     seeds = raw.get("seeds", [None])
     excludes = [e for e in raw.get("exclude", []) if isinstance(e, dict)]
     cells = []
@@ -477,8 +479,9 @@ def _rows(finished: list[RunRecord], axes: list[str], orders: dict[str, list[str
     for group, runs in groups.items():
         runs.sort(key=lambda r: (r.seed is None, r.seed))
         first = runs[0]
-        rows.append(CellRow(group=group, label=label_of(first.assignment) if first.assignment else
-                            re.sub(r"\s*seed=\S+", "", first.name) or group, assignment=first.assignment,
+        # the grid runner's own label (the run name less its seed) so rows read like the MLflow runs
+        named = re.sub(r"\s*seed=-?\d+$", "", first.tags.get("wg2.label") or first.name).strip()
+        rows.append(CellRow(group=group, label=named or label_of(first.assignment), assignment=first.assignment,
                             seeds=[r.seed for r in runs if r.seed is not None], run_ids=[r.run_id for r in runs],
                             params=first.params, stats={k: _stat(runs, k) for k in keys}))
 
@@ -868,10 +871,15 @@ def _plots(client, out_dir: Path, rows: list[CellRow], runs: list[RunRecord], ax
         made.append(plots.plot_axis_bars(panels, metric, out_dir / "axes.png"))
 
     curves = []
-    for r in tqdm(runs, desc="loss curves", leave=False, disable=len(runs) < 20):
+    trained: dict[str, list[RunRecord]] = {}  # cells differing only in eval.* share one model: one curve
+    for r in sorted(runs, key=lambda r: r.name):
+        trained.setdefault(r.tags.get("wg2.train_hash") or r.run_id, []).append(r)
+    for sharing in tqdm(list(trained.values()), desc="loss curves", leave=False, disable=len(trained) < 20):
+        r = sharing[0]
         history = sorted(client.get_metric_history(r.run_id, "train/loss"), key=lambda m: m.step)
         if history:
-            curves.append(plots.Curve(label_of(r.assignment, r.seed) if r.assignment else r.name,
+            more = f" (+{len(sharing) - 1} cells sharing this model)" if len(sharing) > 1 else ""
+            curves.append(plots.Curve((r.name or label_of(r.assignment, r.seed)) + more,
                                       [m.step for m in history], [m.value for m in history], r.status == "FINISHED"))
     if curves:
         made.append(plots.plot_loss_curves(curves, out_dir / "loss_curves.png"))
