@@ -83,6 +83,15 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 
+def metrics_markdown() -> str:
+    """The METRICS table in Markdown (for the README and reports)."""
+    lines = ["| metric | what it measures | range | better | unit |", "|---|---|---|---|---|"]
+    for name, info in METRICS.items():
+        extra = f" (extra `[{info.extra}]`)" if info.extra else ""
+        lines.append(f"| `{name}` | {info.description}{extra} | {info.range} | {info.better} | {info.unit} |")
+    return "\n".join(lines)
+
+
 @functools.lru_cache(maxsize=1)
 def _dnsmos_module():
     """speechmos's dnsmos module, or None when the `[dnsmos]` extra is not installed (imported lazily: it pulls in

@@ -21,21 +21,38 @@ An axis on a list-valued key lists one list per cell: `"eval.schedules" = [["man
 `--set section.key=value` applies to every cell LAST (after base, axes and seeds), so one flag shrinks a
 whole grid (`--set train.steps=50`); setting an axis key or a seed key that way is refused.
 
-Every cell is resolved and validated before anything trains. Cells that differ only in `eval.*` share one
-trained model (runs/<train hash>/, or under $WG2_RUNS_DIR) and are evaluated once each. The MLflow side
-(one experiment per grid, a parent run, a child run per cell claimed through tags, resume, failures) is
-in run_cell and experiments/tracking.py.
+`exclude` entries are partial assignments: a cell is skipped when every key of an entry matches; keys are
+axis keys (also keys inside a multi-key axis), a multi-key axis name (matched against its labels) or `seed`.
+
+Every cell is resolved and validated before anything trains (`--dry-run` stops there and reads no data; a
+real run also checks each window against the corpus). Cells that differ only in `eval.*` share one trained
+model (runs/<train hash>/, or under $WG2_RUNS_DIR) and are evaluated once each.
+
+MLflow: one experiment per grid, a parent run (tag wg2.kind=grid, reused on rerun), one child run per cell
+found by tag wg2.cell_hash. Resume: a FINISHED cell is skipped; an interrupted (RUNNING with a dead owner,
+or KILLED) or FAILED cell is taken over in the same run and trains on from its run folder's checkpoint.
+Claiming (experiments/tracking.py, claim_run) uses only tags, so several `wg2 grid` commands, on one
+machine or on several pointed at one tracking server (MLFLOW_TRACKING_URI), can share a grid: each takes
+the cells nobody live holds; a holder on another machine counts as dead when its heartbeat tag is older
+than $WG2_STALE_SECONDS (600). Trainings restart from scratch on a machine without the run folder.
 """
 from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import os
+import queue
+import shutil
 import tempfile
+import threading
+import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments import tracking
 from experiments.config import (SECTIONS, ConfigError, EvalConfig, InputError, RunConfig, config_from_dict,
                                 config_hash, flatten, parse_override, read_toml, set_nested, validate)
 
@@ -381,42 +398,12 @@ class GridOutcome:
         return 1 if self.with_status("failed") else 0
 
 
-class CurveLogger:
-    """Training curves to MLflow while training runs: buffered, flushed in batches, never a step twice."""
-
-    def __init__(self, mlf, run_id: str, skip_steps: set[int], flush_every: int = 200, flush_seconds: float = 20.0):
-        import time
-
-        self.mlf, self.run_id, self.logged = mlf, run_id, set(skip_steps)
-        self.buffer: list[dict] = []
-        self.flush_every, self.flush_seconds, self._clock, self._last = flush_every, flush_seconds, time.monotonic, time.monotonic()
-
-    def on_log(self, step: int, values: dict[str, float]) -> None:
-        if step in self.logged:
-            return
-        self.buffer.append({"step": step, **values})
-        if len(self.buffer) >= self.flush_every or self._clock() - self._last > self.flush_seconds:
-            self.flush()
-
-    def flush(self, history: list[dict] = ()) -> None:
-        from experiments.tracking import log_history, retry
-
-        entries = self.buffer + [h for h in history if h["step"] not in self.logged]
-        entries = list({int(e["step"]): e for e in entries}.values())  # one entry per step
-        if entries:
-            retry(lambda: log_history(self.mlf, self.run_id, entries, skip_steps=self.logged))
-            self.logged.update(int(e["step"]) for e in entries)
-        self.buffer, self._last = [], self._clock()
-
-
 def _new_cell_run(mlf, ctx: RunContext, cell: Cell, tags: dict[str, str]) -> str:
-    from experiments.tracking import retry
-
     tags = {**tags, "mlflow.parentRunId": ctx.parent_run_id, "wg2.kind": "cell", "wg2.grid_name": ctx.grid_name,
             "wg2.train_hash": cell.train_hash, "wg2.group": cell.group, "wg2.seed": str(cell.seed),
             "wg2.assignment": json.dumps(cell.assignment, sort_keys=True), "wg2.label": cell.label,
             "wg2.overrides": json.dumps(list(ctx.overrides))}
-    run = retry(lambda: mlf.create_run(ctx.experiment_id, run_name=cell.label, tags=tags))
+    run = tracking.retry(lambda: mlf.create_run(ctx.experiment_id, run_name=cell.label, tags=tags))
     return run.info.run_id
 
 
@@ -465,9 +452,6 @@ def _autoencoder_run(result) -> str | None:
 
 
 def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
-    import shutil
-
-    from experiments import tracking
     from experiments.config import to_toml
     from experiments.evaluate import evaluate
     from experiments.synth import load_checkpoint
@@ -483,7 +467,7 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
             mlf.log_artifact(run_id, str(Path(tmp) / "config.toml"))
 
     folder = Path(ctx.runs_dir) / cell.train_hash
-    curves = CurveLogger(mlf, run_id, tracking.logged_steps(mlf, run_id))
+    curves = tracking.CurveLogger(mlf, run_id, tracking.logged_steps(mlf, run_id))
     dataset = _dataset(cell.config, ctx.progress)
     with _FolderLock(folder):
         result = train(cell.training_config(), folder, device=ctx.device, resume=True, progress=ctx.progress,
@@ -509,11 +493,6 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
 def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
     """Claim the cell's MLflow run, train (resuming the run folder), evaluate, log; never raises for a
     failing cell: the run is marked FAILED with the error as tag wg2.error and the traceback as error.log."""
-    import time
-    import traceback
-
-    from experiments import tracking
-
     mlf = mlf or tracking.client(ctx.uri)
     started = time.perf_counter()
     run_id, state = tracking.claim_run(mlf, ctx.experiment_id, "wg2.cell_hash", cell.cell_hash,
@@ -548,8 +527,6 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
 
 def _parent_run(mlf, experiment_id: str, grid: Grid, device: str) -> str:
     """The grid's parent run: found by tag wg2.kind=grid and reused on every rerun, or created once."""
-    from experiments import tracking
-
     tags = {"wg2.kind": "grid", "wg2.grid_name": grid.name, "wg2.description": grid.description,
             "mlflow.note.content": grid.description, "wg2.axes": json.dumps([a.name for a in grid.axes]),
             "wg2.seeds": json.dumps(list(grid.seeds)), "wg2.grid_file": str(grid.path),
@@ -559,11 +536,11 @@ def _parent_run(mlf, experiment_id: str, grid: Grid, device: str) -> str:
     if not runs:
         mine = tracking.retry(lambda: mlf.create_run(experiment_id, run_name=f"grid: {grid.name}", tags=tags))
         runs = tracking.retry(lambda: tracking.search_all_runs(mlf, [experiment_id], query))
-        winner = tracking._earliest(runs)
+        winner = tracking.earliest(runs)
         if winner.info.run_id != mine.info.run_id:  # another process created it at the same moment
             tracking.retry(lambda: mlf.delete_run(mine.info.run_id))
         runs = [winner]
-    run_id = tracking._earliest(runs).info.run_id
+    run_id = tracking.earliest(runs).info.run_id
     cells = expected_cells(grid)
     listed = json.dumps(cells)
     if len(listed) <= 5000:  # MLflow caps tag values; cells.json (below) always holds the list
@@ -584,8 +561,6 @@ def expected_cells(grid: Grid) -> list[dict[str, Any]]:
 
 
 def _finished_cells(mlf, experiment_id: str) -> set[str]:
-    from experiments import tracking
-
     query = "tags.`wg2.kind` = 'cell' and attributes.status = 'FINISHED'"
     return {r.data.tags.get("wg2.cell_hash") for r in tracking.retry(
         lambda: tracking.search_all_runs(mlf, [experiment_id], query))}
@@ -596,10 +571,6 @@ def _finished_cells(mlf, experiment_id: str) -> set[str]:
 def _watch_parent() -> None:
     """A worker stops when the grid command dies (kill -9 included): its cell stays RUNNING with a dead
     owner and is resumed from its last checkpoint by the next run of the grid."""
-    import multiprocessing
-    import threading
-    import time
-
     parent = multiprocessing.parent_process()
 
     def loop() -> None:
@@ -612,8 +583,6 @@ def _watch_parent() -> None:
 
 def _worker_main(ctx: RunContext, jobs, results) -> None:
     """One worker process: takes whole trainings (cells sharing a train hash, in order) from the queue."""
-    from experiments import tracking
-
     _watch_parent()
     mlf = tracking.client(ctx.uri)
     while True:
@@ -638,10 +607,7 @@ def _visible_gpus(device: str) -> list[str]:
 
 
 def _run_parallel(jobs: list[list[Cell]], ctx: RunContext, workers: int, record) -> None:
-    import multiprocessing
-    import queue
-
-    mp = multiprocessing.get_context("spawn")
+    mp = multiprocessing.get_context("spawn")  # not fork: the parent may hold torch threads and CUDA
     job_queue, results = mp.Queue(), mp.Queue()
     for job in jobs:
         job_queue.put(job)
@@ -697,7 +663,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
     when the grid, a cell or the data is wrong."""
     from tqdm import tqdm
 
-    from experiments import tracking
+    from experiments.train import resolve_device
 
     grid = load_grid(path, list(overrides))
     if workers < 1:
@@ -707,8 +673,6 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
         print("dry run: nothing trained; the corpus was not read, so the check that each training window "
               "fits the longest training utterance was skipped")
         return GridOutcome(grid, dry_run=True)
-    from experiments.train import resolve_device
-
     resolved = str(resolve_device(device))  # `--device cuda` without a GPU: exit 2 now, not a failed cell each
     check_windows(grid, progress)
 
@@ -745,9 +709,10 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
             _run_parallel(jobs, ctx, workers, record)
     finally:
         bar.close()
-    unfinished = outcome.with_status("failed") or outcome.with_status("busy")
-    if not outcome.with_status("busy"):
-        tracking.retry(lambda: mlf.set_terminated(parent_id, "FAILED" if unfinished else "FINISHED"))
+    if outcome.with_status("failed"):
+        tracking.retry(lambda: mlf.set_terminated(parent_id, "FAILED"))
+    elif not outcome.with_status("busy"):  # cells still running elsewhere: the parent stays RUNNING
+        tracking.retry(lambda: mlf.set_terminated(parent_id, "FINISHED"))
     print(summary(outcome))
     return outcome
 

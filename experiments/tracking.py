@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -211,6 +212,34 @@ def log_history(mlf, run_id: str, history: list[dict[str, float]], prefix: str =
     return len(metrics)
 
 
+class CurveLogger:
+    """Training curves to MLflow while training runs: buffered, flushed in batches, never a step twice."""
+
+    def __init__(self, mlf, run_id: str, skip_steps: set[int], flush_every: int = 200, flush_seconds: float = 20.0):
+        self.mlf, self.run_id, self.logged = mlf, run_id, set(skip_steps)
+        self.buffer: list[dict] = []
+        self.flush_every, self.flush_seconds, self._last = flush_every, flush_seconds, time.monotonic()
+
+    def on_log(self, step: int, values: dict[str, float]) -> None:
+        if step in self.logged:
+            return
+        self.buffer.append({"step": step, **values})
+        if len(self.buffer) >= self.flush_every or time.monotonic() - self._last > self.flush_seconds:
+            try:
+                self.flush()
+            except Exception as err:  # noqa: BLE001 - a store hiccup must not stop training; kept for later
+                self._last = time.monotonic()
+                logging.getLogger(__name__).warning("training curve not logged yet (will retry): %s", err)
+
+    def flush(self, history: list[dict] = ()) -> None:
+        entries = self.buffer + [h for h in history if h["step"] not in self.logged]
+        entries = list({int(e["step"]): e for e in entries}.values())  # one entry per step
+        if entries:
+            retry(lambda: log_history(self.mlf, self.run_id, entries, skip_steps=self.logged))
+            self.logged.update(int(e["step"]) for e in entries)
+        self.buffer, self._last = [], time.monotonic()
+
+
 def logged_steps(mlf, run_id: str, key: str = "train/loss") -> set[int]:
     """Steps already present in a run's metric history (to avoid logging a curve twice on resume)."""
     return {m.step for m in mlf.get_metric_history(run_id, key)}
@@ -257,7 +286,6 @@ SETTLE_SECONDS = 0.5  # after a takeover, wait this long and re-read the owner: 
 
 def owner_id() -> str:
     import psutil
-    import socket
 
     return f"{socket.gethostname()}:{os.getpid()}:{int(psutil.Process().create_time())}"
 
@@ -265,7 +293,6 @@ def owner_id() -> str:
 def owner_alive(tags: dict[str, str], stale_seconds: float = STALE_SECONDS, now: float | None = None) -> bool:
     """Is the process named by a run's owner tag still working on it?"""
     import psutil
-    import socket
 
     owner = tags.get(OWNER_TAG, "")
     host, _, rest = owner.partition(":")
@@ -312,7 +339,7 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def _earliest(runs: list):
+def earliest(runs: list):
     return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
@@ -329,9 +356,9 @@ def claim_run(mlf, experiment_id: str, key_tag: str, key_value: str, create: Cal
         runs = retry(lambda: search_all_runs(mlf, [experiment_id], query))
         finished = [r for r in runs if r.info.status == "FINISHED"]
         if finished:
-            return _earliest(finished).info.run_id, "finished"
+            return earliest(finished).info.run_id, "finished"
         if runs:
-            run = _earliest(runs)
+            run = earliest(runs)
             if run.info.status == "RUNNING" and owner_alive(run.data.tags, stale_seconds):
                 return run.info.run_id, "busy"
             run_id = run.info.run_id
@@ -344,7 +371,7 @@ def claim_run(mlf, experiment_id: str, key_tag: str, key_value: str, create: Cal
             return run_id, "resumed"
         run_id = create({OWNER_TAG: me, HEARTBEAT_TAG: f"{time.time():.0f}", key_tag: key_value})
         runs = retry(lambda: search_all_runs(mlf, [experiment_id], query))
-        winner = _earliest(runs) if runs else None
+        winner = earliest(runs) if runs else None
         if winner is None or winner.info.run_id == run_id:
             return run_id, "new"
         retry(lambda: mlf.delete_run(run_id))  # lost the race: the earlier run is the cell's run

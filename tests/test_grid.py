@@ -156,6 +156,9 @@ def test_window_longer_than_every_utterance_exits_2_but_dry_run_passes(workdir: 
     assert main(["grid", str(path)]) == 2
     err = capsys.readouterr().err
     assert "cell [train.window_frames=100000 seed=0]" in err and "longest training utterance" in err
+    if not torch.cuda.is_available():
+        assert main(["grid", str(path), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
     assert not (workdir / "runs").exists() and not (workdir / "mlflow.db").exists()
 
 
@@ -243,3 +246,46 @@ def test_kill_9_mid_cell_resumes_and_ends_with_one_finished_run_per_cell(workdir
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(2, 41, 2))  # the whole curve, no step twice
+
+
+# ----------------------------------------------------------------------------- claiming a cell's run
+
+def test_claims_skip_live_holders_take_over_dead_ones_and_settle_races(workdir: Path):
+    import socket
+
+    from experiments import tracking
+
+    uri = tracking.ensure_store()
+    exp = tracking.get_or_create_experiment("claims", uri=uri)
+    assert tracking.get_or_create_experiment("claims", uri=uri) == exp
+    mlf = tracking.client(uri)
+
+    def create(tags: dict, start_time: int | None = None) -> str:
+        return mlf.create_run(exp, start_time=start_time, tags=tags).info.run_id
+
+    def holder(owner: str, beat: float) -> None:
+        mlf.set_tag(run_id, tracking.OWNER_TAG, owner)
+        mlf.set_tag(run_id, tracking.HEARTBEAT_TAG, f"{beat:.0f}")
+
+    def claim(key: str = "abc", make=create):
+        return tracking.claim_run(mlf, exp, "wg2.cell_hash", key, make)
+
+    run_id, state = claim()
+    assert state == "new"
+    holder("other-host:123:0", time.time())  # another machine, heartbeat fresh: leave it alone
+    assert claim() == (run_id, "busy")
+    holder("other-host:123:0", time.time() - 2 * tracking.STALE_SECONDS)  # heartbeat stale: take it over
+    assert claim() == (run_id, "resumed")
+    holder(f"{socket.gethostname()}:{os.getppid()}:0", time.time())  # this host, pid alive but another process
+    assert claim() == (run_id, "resumed")
+    mlf.set_terminated(run_id, "FINISHED")
+    assert claim() == (run_id, "finished")
+
+    def racing_create(tags: dict) -> str:  # another machine created the same cell's run a moment earlier
+        create({**tags, tracking.OWNER_TAG: "other-host:9:0"}, start_time=int(time.time() * 1000) - 1000)
+        return create(tags)
+
+    other_id, state = claim("xyz", racing_create)
+    assert state == "busy"  # the earlier run won; ours was deleted
+    active = mlf.search_runs([exp], "tags.`wg2.cell_hash` = 'xyz'")
+    assert [r.info.run_id for r in active] == [other_id]
