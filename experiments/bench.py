@@ -95,7 +95,7 @@ def bench_inference(model, device, seconds_audio: float, schedule: str, bf16: bo
     return _clock(synth, device, 2) / (frames * model.hop / SAMPLE_RATE)
 
 
-def run_bench(presets: list[str], device: str, seconds_audio: float, batch_size: int, window: int, bf16: bool):
+def run_bench(presets: list[str], device: str, seconds_audio: float | None, batch_size: int, window: int, bf16: bool):
     dev = resolve_device(device)
     rows = []
     for preset in presets:
@@ -111,7 +111,7 @@ def run_bench(presets: list[str], device: str, seconds_audio: float, batch_size:
         if bf16 and dev.type == "cuda":
             row["bf16_steps_per_s"], _ = bench_training(model, config, dev, batch_size, window, True, repeats)
             row["bf16_speedup"] = row["bf16_steps_per_s"] / row["train_steps_per_s"]
-        seconds = seconds_audio if dev.type == "cuda" or preset == "tiny" else min(seconds_audio, 1.0)
+        seconds = seconds_audio or (10.0 if dev.type == "cuda" else 2.0)
         row["utterance_s"] = seconds
         for schedule in ("manual-6", "linear-50"):
             row[f"rtf_{schedule}"] = bench_inference(model, dev, seconds, schedule, bf16 and dev.type == "cuda")

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure training and inference speed and memory per preset")
     p.add_argument("--presets", default="tiny,base", help="comma-separated decoder presets")
-    p.add_argument("--seconds", type=float, default=10.0, help="utterance length for inference timing")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="utterance length for inference timing (default 10 s on CUDA, 2 s on CPU)")
     p.add_argument("--batch-size", type=int, default=4, help="training batch size")
     p.add_argument("--window-frames", type=int, default=64)
     p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CUDA)")
