@@ -1,8 +1,9 @@
 """`wg2 bench`: training and inference speed and memory per decoder preset, on the current device.
 
 Method: synthetic inputs of realistic shape (random phonemes with 8-frame durations, random audio), so no
-corpus is needed and every preset sees identical work. Each measurement warms up first (2 steps or 1
-synthesis), synchronizes the device before reading the clock, and repeats. Training: eager fp32 (and
+corpus is needed and every preset sees identical work. Each measurement warms up first (2 training
+steps; 1 synthesis per preset), synchronizes the device before reading the clock, and repeats (5 times on
+CUDA; on CPU 3 times for tiny and once for the larger presets, whose 50-step synthesis takes minutes). Training: eager fp32 (and
 bf16 autocast on CUDA with --bf16), steps/s and audio seconds per second. Inference: real-time factor
 (synthesis seconds / audio seconds) for manual-6 and linear-50 at batch 1. Peak memory: CUDA allocator
 peak, or the process's peak RSS on CPU (a high-water mark over the whole bench, so read it as an
@@ -76,7 +77,8 @@ def bench_training(model, config: ModelConfig, device, batch_size: int, window: 
 
 
 @torch.no_grad()
-def bench_inference(model, device, seconds_audio: float, schedule: str, bf16: bool) -> float:
+def bench_inference(model, device, seconds_audio: float, schedule: str, bf16: bool, warm_up: bool,
+                    repeats: int) -> float:
     betas = resolve_schedule_name(schedule)
     frames = int(seconds_audio * SAMPLE_RATE / model.hop)
     n_tokens = max(1, frames // 8)
@@ -91,8 +93,9 @@ def bench_inference(model, device, seconds_audio: float, schedule: str, bf16: bo
             cond = model.condition(enc, dur, mask, torch.arange(frames, device=device)[None])
             Diffusion.sample(lambda x, lvl: model.denoise(x, cond.states, lvl), (1, 1, frames * model.hop), betas, device)
 
-    _clock(synth, device, 1)
-    return _clock(synth, device, 2) / (frames * model.hop / SAMPLE_RATE)
+    if warm_up:
+        _clock(synth, device, 1)
+    return _clock(synth, device, repeats) / (frames * model.hop / SAMPLE_RATE)
 
 
 def run_bench(presets: list[str], device: str, seconds_audio: float | None, batch_size: int, window: int, bf16: bool):
@@ -104,7 +107,7 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
         model = WaveGrad2(config, VOCAB).to(dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        repeats = 5 if preset == "tiny" or dev.type == "cuda" else 2
+        repeats = 5 if dev.type == "cuda" else 3 if preset == "tiny" else 1
         row = {"preset": preset, "params_M": count_parameters(model) / 1e6,
                "decoder_params_M": count_parameters(model.decoder) / 1e6, "device": dev.type}
         row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, config, dev, batch_size, window, False, repeats)
@@ -113,8 +116,10 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
             row["bf16_speedup"] = row["bf16_steps_per_s"] / row["train_steps_per_s"]
         seconds = seconds_audio or (10.0 if dev.type == "cuda" else 2.0)
         row["utterance_s"] = seconds
-        for schedule in ("manual-6", "linear-50"):
-            row[f"rtf_{schedule}"] = bench_inference(model, dev, seconds, schedule, bf16 and dev.type == "cuda")
+        row["timed_repeats"] = repeats
+        for i, schedule in enumerate(("manual-6", "linear-50")):  # one warm-up per preset (same shapes)
+            row[f"rtf_{schedule}"] = bench_inference(model, dev, seconds, schedule, bf16 and dev.type == "cuda",
+                                                     warm_up=i == 0, repeats=repeats)
         row["peak_memory_mb"] = peak_memory_mb(dev)
         rows.append(row)
         print(json.dumps(row))

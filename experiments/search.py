@@ -24,7 +24,9 @@ startup set), seeded with --seed (worker k uses seed + k, worker 0 = the single-
 one-worker study is reproducible). Single-objective trials report their running mean after each batch of
 PRUNE_BATCH utterances; a MedianPruner (3 startup trials) stops a trial whose running mean is worse than
 the median of earlier trials at that point (state PRUNED, its last running mean kept). `--sampler grid`:
-optuna's GridSampler over search_space.grid_search_space (WaveGrad's authors' baseline), same study format.
+optuna's GridSampler over search_space.grid_search_space (WaveGrad's authors' baseline), same study format;
+the budget counts the enqueued baselines and is capped at baselines + grid points (the whole 3^6 grid of
+a 6-step search: --trials 732).
 
 Trial budget: `--trials N` is the study's total. A new study gets the baselines enqueued first (linear-50,
 manual-6, fibonacci-25 subsampled to N steps; for --multi at 6, min and max steps), then the parent tops
@@ -81,12 +83,14 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from evaluation.metrics import METRICS, Missing, describe_error, metric_names
+from evaluation.pool import ScoreJob, score_many
 from experiments import search_space as space
-from experiments import tracking
+from experiments import synth, tracking
 from experiments.config import InputError
 
 EXPERIMENT = "wg2 schedule search"
-PARAMETRIZATION = "log-increment-v1"
+PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search_space.py)
 MULTI_OBJECTIVES = ("pesq_wb", "stoi")
 PRUNE_BATCH = 2  # utterances between two reports of the running mean
 PRUNER_STARTUP = 3
@@ -128,8 +132,6 @@ class SearchSpec:
 
     @property
     def directions(self) -> list[str]:
-        from evaluation.metrics import METRICS
-
         if self.multi:
             return ["maximize", "maximize", "minimize"]
         return ["maximize" if METRICS[self.objective].better == "higher" else "minimize"]
@@ -142,10 +144,8 @@ class SearchSpec:
                 "split": SPLIT, **steps}
 
 
-def objective_names(multi: bool = False) -> list[str]:
+def objective_names() -> list[str]:
     """Metrics that can be searched: aligned-pass metrics with a direction, available here."""
-    from evaluation.metrics import METRICS, metric_names
-
     return [m for m in metric_names(aligned=True) if METRICS[m].better in ("higher", "lower")]
 
 
@@ -242,8 +242,6 @@ class MetricSummary:
 
 
 def summarize_scores(scores: list[dict]) -> dict[str, MetricSummary]:
-    from evaluation.metrics import Missing
-
     out = {}
     for name in dict.fromkeys(k for s in scores for k in s):
         values = [s[name] for s in scores if name in s]
@@ -267,15 +265,12 @@ class Evaluator:
 
     def batches(self, betas: np.ndarray, size: int) -> Iterator[tuple[int, list[dict]]]:
         """(utterances done, their scores) after each batch of `size` utterances."""
-        from evaluation.pool import ScoreJob, score_many
-        from experiments.synth import synthesize
-
         n = len(self.utterances)
         for start in range(0, n, max(1, size)):
             jobs = []
             for i in range(start, min(n, start + size)):
                 u = self.utterances[i]
-                out = synthesize(self.loaded, [self.ids[i]], betas, [u.durations], seed=self.noise_seed(i))[0]
+                out = synth.synthesize(self.loaded, [self.ids[i]], betas, [u.durations], seed=self.noise_seed(i))[0]
                 jobs.append(ScoreJob(u.id, u.audio, out.audio, self.loaded.sample_rate, aligned=True))
             yield min(n, start + size), score_many(jobs, 1, progress=False)
 
@@ -286,9 +281,8 @@ class Evaluator:
 def load_evaluator(spec: SearchSpec, progress: bool = False) -> Evaluator:
     from experiments.corpus import load_dataset
     from experiments.evaluate import pick_utterances
-    from experiments.synth import load_checkpoint
 
-    loaded = load_checkpoint(spec.checkpoint, spec.device)
+    loaded = synth.load_checkpoint(spec.checkpoint, spec.device)
     dataset = load_dataset(loaded.config.data, progress=progress)
     utterances = pick_utterances(dataset.split(SPLIT), spec.limit_utterances, spec.seed)
     if not utterances:
@@ -340,8 +334,6 @@ def objective(trial, spec: SearchSpec, ev: Evaluator) -> float | tuple[float, ..
 
 def run_trial(study, trial, spec: SearchSpec, ev: Evaluator):
     """Run one claimed trial and tell the study how it ended; returns the FrozenTrial."""
-    from evaluation.metrics import describe_error
-
     started = time.perf_counter()
     trial.set_user_attr(OWNER, tracking.owner_id())
     try:
@@ -461,11 +453,14 @@ def baseline_list(spec: SearchSpec) -> list[space.Baseline]:
     return space.multi_baselines(spec.min_steps, spec.max_steps) if spec.multi else space.baselines(spec.steps)
 
 
-def open_study(spec: SearchSpec, model: ModelInfo, utterance_ids: list[str]) -> tuple[optuna.Study, bool]:
+def open_study(spec: SearchSpec, model: ModelInfo, utterance_ids: list[str],
+               device_type: str = "cpu") -> tuple[optuna.Study, bool]:
     """Create the study (once, here in the parent) or load it and check it was made for the same model and
-    settings. Returns (study, created now)."""
+    settings. The device type is part of it: CPU and CUDA generators draw different noise from one seed,
+    so trials from both would not share their noise. Returns (study, created now)."""
     storage = make_storage(spec.storage)
-    identity = {**spec.identity(), "model_sha256": model.sha256, "utterances": utterance_ids}
+    identity = {**spec.identity(), "model_sha256": model.sha256, "utterances": utterance_ids,
+                "noise_device": device_type}
     if spec.study in optuna.study.get_all_study_names(storage):
         study = optuna.load_study(study_name=spec.study, storage=storage, sampler=make_sampler(spec),
                                   pruner=make_pruner(spec))
@@ -721,7 +716,10 @@ def run_workers(spec: SearchSpec, ctx: TrackingContext, study: optuna.Study, wor
             procs.append(proc)
     finally:
         for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def poll() -> None:
@@ -910,7 +908,7 @@ def plot_front(trials: list[FrozenTrial], front: list[FrozenTrial], path: Path) 
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("quality against steps")
+    fig.suptitle("quality against steps (Pareto front over PESQ-wb, STOI and steps)")
     return _save_figure(fig, path)
 
 
@@ -940,7 +938,7 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
     ev = load_evaluator(spec, progress=spec.progress)
     model = model_info(spec, ev.loaded)
     ids = [u.id for u in ev.utterances]
-    study, new = open_study(spec, model, ids)
+    study, new = open_study(spec, model, ids, ev.loaded.device.type)
     interrupted = fail_orphans(study)
     added = top_up(study, spec, new)
     ctx = open_parent_run(spec, model, ids)
@@ -963,6 +961,9 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
             work(study, spec, ev, TrialLogger(ctx, spec), report)
         elif waiting:
             errors = run_workers(spec, ctx, study, workers, report)
+    except KeyboardInterrupt:  # the running trials were marked failed; a rerun resumes the rest
+        tracking.retry(lambda: tracking.client(ctx.uri).set_terminated(ctx.parent_run_id, "KILLED"))
+        raise
     finally:
         bar.close()
     trials = study.get_trials(deepcopy=False)

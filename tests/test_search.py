@@ -1,0 +1,324 @@
+"""`wg2 search`: real Optuna studies in SQLite, real synthesis and real metrics on a tiny trained model, a real
+MLflow store per test. Worker processes are real spawned processes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+import soundfile as sf
+from optuna.trial import TrialState
+
+from components.configs import ModelConfig
+from components.schedules import BETA_MAX, BETA_MIN, load_schedule_file
+from experiments import search
+from experiments import search_space as space
+from experiments.cli import build_parser, main
+from experiments.config import DataConfig, InputError, RunConfig, TrainConfig
+from experiments.train import train
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(corpus_dir: Path, tmp_path_factory) -> Path:
+    """A tiny model trained long enough (60 steps, ~12 s) that the baselines beat pure noise on log-mel distance."""
+    root = tmp_path_factory.mktemp("search-model")
+    data = DataConfig(root=str(corpus_dir), cache_dir=str(root / "cache"), val_fraction=0.3, test_fraction=0.1)
+    config = RunConfig(data=data, model=ModelConfig(encoder_channels=32, duration_channels=16, decoder_preset="tiny"),
+                       train=TrainConfig(steps=60, batch_size=4, window_frames=16, learning_rate=2e-3, warmup_steps=3,
+                                         checkpoint_every=60, log_every=20))
+    return train(config, root / "run", device="cpu", progress=False).checkpoint
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def cli_args(checkpoint: Path, *extra: str) -> list[str]:
+    return ["search", str(checkpoint), "--limit-utterances", "2", "--device", "cpu", *extra]
+
+
+def make_spec(checkpoint: Path, *extra: str, **changes) -> search.SearchSpec:
+    """The spec `wg2 search` would build from these flags (defaults resolved the same way)."""
+    spec = search.spec_from_args(build_parser().parse_args(cli_args(checkpoint, *extra)))
+    return dataclasses.replace(spec, progress=False, **changes)
+
+
+def load(spec_or_name, storage: str | None = None) -> optuna.Study:
+    name = spec_or_name.study if isinstance(spec_or_name, search.SearchSpec) else spec_or_name
+    return optuna.load_study(study_name=name, storage=storage or spec_or_name.storage)
+
+
+def trial_runs(uri: str, study: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(search.EXPERIMENT)
+    return client.search_runs([exp.experiment_id], f"tags.`wg2.kind` = 'trial' and tags.`wg2.study` = '{study}'")
+
+
+# ----------------------------------------------------------------------------- the parametrization (no model)
+
+def test_every_point_of_the_unit_cube_is_a_valid_schedule_and_the_map_inverts():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        u = rng.random(rng.integers(1, 30))
+        u[rng.random(len(u)) < 0.2] = rng.choice([0.0, 1.0])  # the corners too
+        betas = space.betas_from_u(u)
+        assert np.all(np.diff(betas) >= 0) and betas.min() >= BETA_MIN and betas.max() <= BETA_MAX
+        np.testing.assert_allclose(space.betas_from_u(space.u_from_betas(betas)), betas, rtol=1e-10)
+    for steps in (2, 3, 6, 12):  # known schedules enter the space exactly (after the monotone fix, if any)
+        for b in space.baselines(steps):
+            np.testing.assert_allclose(space.betas_of_params(space.to_params(b.betas)), b.betas, rtol=1e-10)
+    assert [b.name for b in space.baselines(6)] == ["linear-50@6", "manual-6", "fibonacci-25@6"]
+    assert "manual-6@12" not in [b.name for b in space.baselines(12)]  # no betas invented above 6 steps
+    with pytest.raises(ValueError, match="decreases at beta"):
+        space.u_from_betas([1e-4, 1e-5])
+    with pytest.raises(ValueError, match="outside"):
+        space.u_from_betas([1e-4, 0.95])
+
+
+def test_random_schedules_of_any_length_end_near_the_trained_noise_levels():
+    """The exponent p(N) keeps the median final noise level of uniformly random schedules near the 6-step one
+    (without it, 12-step random schedules end at ~1e-4, far below anything the model was trained on)."""
+    from components.schedules import noise_levels
+
+    rng = np.random.default_rng(1)
+
+    def median_level(steps: int) -> float:
+        return float(np.median([noise_levels(space.betas_from_u(rng.random(steps)))[-1] for _ in range(1000)]))
+
+    six = median_level(6)
+    for steps in (9, 12, 25):
+        assert six / 3 < median_level(steps) < six * 3, steps
+
+
+def test_grid_points_are_monotone_and_the_grid_budget_is_capped():
+    values = space.grid_values(3)
+    for point in np.array(np.meshgrid(*[values] * 3)).reshape(3, -1).T:
+        assert np.all(np.diff(space.betas_from_u(point)) >= 0)
+    study = optuna.create_study(direction="maximize")  # in memory: top_up only enqueues
+    spec = SimpleNamespace(multi=False, steps=2, min_steps=3, max_steps=12, trials=50, sampler="grid")
+    added = search.top_up(study, spec, new=True)
+    assert added == 3 + len(values) ** 2  # the baselines, then at most every grid point once
+
+
+# ----------------------------------------------------------------------------- two workers, resume, export
+
+@pytest.fixture(scope="module")
+def searched(checkpoint: Path, tmp_path_factory) -> SimpleNamespace:
+    """`wg2 search --workers 2 --trials 4`, then the same study resumed with `--trials 6` on one worker."""
+    root = tmp_path_factory.mktemp("search-two-workers")
+    uri, storage = f"sqlite:///{root / 'mlflow.db'}", f"sqlite:///{root / 'optuna.db'}"
+    args = cli_args(checkpoint, "--steps", "6", "--storage", storage, "--study", "two-workers", "--out", str(root / "out"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        assert main([*args, "--trials", "4", "--workers", "2"]) == 0
+        first = {t.number: (t.state, t.values, t.user_attrs.get(search.OWNER)) for t in load("two-workers", storage).trials}
+        first_runs = trial_runs(uri, "two-workers")
+        assert main([*args, "--trials", "6", "--workers", "1"]) == 0
+        spec = make_spec(checkpoint, "--steps", "6", "--storage", storage, "--study", "two-workers")
+    return SimpleNamespace(root=root, uri=uri, storage=storage, args=args, first=first, first_runs=first_runs,
+                           study=load("two-workers", storage), spec=spec, file=root / "out" / "two-workers.json")
+
+
+def test_two_workers_run_exactly_the_budget_between_them(searched):
+    first = searched.first
+    assert sorted(first) == [0, 1, 2, 3], "exactly 4 trials, numbered without gaps or duplicates"
+    assert all(state in FINISHED for state, _, _ in first.values())
+    owners = {owner for _, _, owner in first.values()}
+    assert all(int(o.split(":")[1]) != os.getpid() for o in owners), "the worker processes ran the trials"
+    assert len(owners) <= 2
+    runs = searched.first_runs  # each worker logged its own trials
+    assert sorted(int(r.data.tags["wg2.trial_number"]) for r in runs) == [0, 1, 2, 3]
+    assert {r.data.tags["wg2.owner"] for r in runs} == owners
+
+
+def test_resumed_study_continues_numbering_without_enqueuing_the_baselines_again(searched):
+    trials = searched.study.trials
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5] and all(t.state in FINISHED for t in trials)
+    for t in trials[:4]:
+        assert (t.state, t.values, t.user_attrs.get(search.OWNER)) == searched.first[t.number], "kept as they were"
+    assert [t.user_attrs.get(search.BASELINE) for t in trials[:3]] == ["linear-50@6", "manual-6", "fibonacci-25@6"]
+    assert not any(search.BASELINE in t.user_attrs for t in trials[3:])
+    runs = trial_runs(searched.uri, "two-workers")
+    assert sorted(int(r.data.tags["wg2.trial_number"]) for r in runs) == list(range(6)), "every trial in MLflow once"
+    for run in runs:
+        t = trials[int(run.data.tags["wg2.trial_number"])]
+        assert run.data.tags["wg2.state"] == t.state.name
+        assert json.loads(run.data.params["betas"]) == pytest.approx(t.user_attrs["wg2.betas"])
+        assert run.data.tags["mlflow.parentRunId"] and run.data.metrics["seconds"] > 0
+        if t.state == TrialState.COMPLETE:
+            assert run.info.status == "FINISHED" and run.data.metrics["objective/pesq_wb"] == pytest.approx(t.value)
+
+
+def test_the_exported_schedule_round_trips_into_eval_and_synth(searched, checkpoint, tmp_path, capsys):
+    doc = json.loads(searched.file.read_text())
+    best = searched.study.best_trial
+    assert doc["steps"] == 6 and doc["value"] == pytest.approx(best.value)
+    np.testing.assert_allclose(load_schedule_file(searched.file), best.user_attrs["wg2.betas"])
+    assert doc["model"]["checkpoint"] == str(checkpoint.resolve()) and len(doc["model"]["sha256"]) == 64
+    assert set(doc["baselines"]) == {"linear-50@6", "manual-6", "fibonacci-25@6"}
+    assert doc["study"]["name"] == "two-workers" and doc["study"]["trials"] and len(doc["evaluation"]["utterances"]) == 2
+
+    out = tmp_path / "eval"
+    assert main(["eval", str(checkpoint), "--schedules", str(searched.file), "--limit", "2", "--out", str(out),
+                 "--workers", "1", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["speed"]["two-workers"]["steps"] == 6
+    pesq = summary["metrics"]["two-workers"]["pesq_wb"]
+    assert pesq["n"] + pesq["n_missing"] == 2
+
+    utterance = doc["evaluation"]["utterances"][0]
+    wav = tmp_path / "synth.wav"
+    assert main(["synth", str(checkpoint), "--utterance", utterance, "--schedule", str(searched.file), "-o", str(wav),
+                 "--device", "cpu"]) == 0
+    assert sf.info(wav).frames > 0 and "6 steps" in capsys.readouterr().out
+
+
+def test_found_schedule_is_at_least_as_good_as_the_worst_baseline_evaluated_separately(searched):
+    """Baselines re-evaluated outside the study (same utterances, same noise) reproduce the trial values, and the
+    exported schedule is no worse than the worst of them on the objective (PESQ-wb, higher is better)."""
+    doc = json.loads(searched.file.read_text())
+    ev = search.load_evaluator(searched.spec)
+    assert [u.id for u in ev.utterances] == doc["evaluation"]["utterances"]
+    separate = {b.name: ev.evaluate(b.betas)["pesq_wb"].mean for b in space.baselines(6)}
+    for name, value in separate.items():
+        assert doc["baselines"][name]["metrics"]["pesq_wb"] == pytest.approx(value, rel=1e-6), name
+    found = ev.evaluate(np.asarray(doc["betas"]))["pesq_wb"].mean
+    assert found == pytest.approx(doc["value"], rel=1e-6)
+    assert found >= min(separate.values())
+
+
+def test_resume_with_other_settings_is_refused(searched, checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", searched.uri)
+    args = [a if a != "2" else "1" for a in searched.args]  # --limit-utterances 1
+    assert main([*args, "--trials", "7"]) == 2
+    assert "limit_utterances" in capsys.readouterr().err
+    assert len(load("two-workers", searched.storage).trials) == 6, "nothing was added"
+
+
+# ----------------------------------------------------------------------------- failures and pruning
+
+def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(checkpoint, workdir, monkeypatch):
+    from experiments import synth
+
+    real = synth.synthesize
+    schedules = {b.name: b.betas for b in space.baselines(6)}
+
+    def flaky(loaded, ids, betas, durations=None, pace=1.0, seed=0, batch_size=1):
+        if np.allclose(betas, schedules["linear-50@6"]):
+            raise RuntimeError("synthesis exploded")
+        out = real(loaded, ids, betas, durations, pace=pace, seed=seed, batch_size=batch_size)
+        # manual-6: NaN audio for every utterance; fibonacci: for the first utterance (noise seed 0) only
+        if np.allclose(betas, schedules["manual-6"]) or (np.allclose(betas, schedules["fibonacci-25@6"]) and seed == 0):
+            for o in out:
+                o.audio = np.full_like(o.audio, np.nan)
+        return out
+
+    monkeypatch.setattr(synth, "synthesize", flaky)
+    spec = make_spec(checkpoint, "--steps", "6", "--trials", "5", "--study", "failing")
+    outcome = search.run_search(spec)
+    trials = load(spec).trials
+    assert [t.state for t in trials[:3]] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert "RuntimeError: synthesis exploded" in trials[0].user_attrs["wg2.fail_reason"]
+    assert "pesq_wb is missing for all 2 utterances" in trials[1].user_attrs["wg2.fail_reason"]
+    assert "NaN" in trials[1].user_attrs["wg2.fail_reason"]
+    partial = trials[2]  # the mean of the utterance that has a value, and the count of the missing one
+    assert partial.user_attrs["wg2.n_missing"]["pesq_wb"] == 1 and np.isfinite(partial.value)
+    assert len(trials) == 5 and all(t.state in FINISHED for t in trials), "the study went on to its budget"
+    assert outcome.exit_code == 0 and outcome.files
+    runs = {int(r.data.tags["wg2.trial_number"]): r for r in trial_runs(os.environ["MLFLOW_TRACKING_URI"], "failing")}
+    assert runs[0].info.status == "FAILED" and "synthesis exploded" in runs[0].data.tags["wg2.error"]
+    assert runs[1].info.status == "FAILED" and "NaN" in runs[1].data.tags["wg2.error"]
+    doc = json.loads(outcome.files[0].read_text())
+    assert doc["baselines"]["manual-6"]["state"] == "FAIL" and "NaN" in doc["baselines"]["manual-6"]["reason"]
+
+
+def test_median_pruner_stops_trials_in_a_region_of_tiny_betas(checkpoint, workdir):
+    """Three good enqueued baselines complete; then schedules whose betas are all tiny (the output stays the
+    initial noise) are worse on log-mel distance after their first utterance and get pruned there."""
+    spec = make_spec(checkpoint, "--steps", "6", "--trials", "3", "--objective", "log_mel_distance",
+                     "--study", "pruning", prune_batch=1)
+    search.run_search(spec)
+    study = load(spec)
+    for betas in (np.full(6, 1e-7), np.full(6, 1e-6), np.geomspace(1e-7, 1e-5, 6)):
+        study.enqueue_trial(space.to_params(betas), user_attrs={search.TICKET: "test"})
+    search.run_search(dataclasses.replace(spec, trials=6))
+    trials = load(spec).trials
+    assert [t.state for t in trials[:3]] == [TrialState.COMPLETE] * 3
+    pruned = [t for t in trials[3:] if t.state == TrialState.PRUNED]
+    assert len(pruned) >= 1, [(t.number, t.state, t.intermediate_values) for t in trials]
+    for t in pruned:
+        assert t.user_attrs["wg2.utterances_scored"] == 1 and "median" in t.user_attrs["wg2.prune_reason"]
+    states = {int(r.data.tags["wg2.trial_number"]): r.data.tags["wg2.state"]
+              for r in trial_runs(os.environ["MLFLOW_TRACKING_URI"], "pruning")}
+    assert all(states[t.number] == "PRUNED" for t in pruned)
+
+
+# ----------------------------------------------------------------------------- multi-objective, grid, model input
+
+def test_multi_objective_search_writes_one_schedule_per_step_count_on_the_front(checkpoint, workdir):
+    assert main(cli_args(checkpoint, "--multi", "--min-steps", "2", "--max-steps", "3", "--trials", "7",
+                         "--out", "out")) == 0
+    name = search.default_study_name(checkpoint.resolve(), None, 6, "pesq_wb", True, 2, 3, "tpe")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(study.trials) == 7 and sum(search.BASELINE in t.user_attrs for t in study.trials) == 6
+    assert all(t.values[2] == t.params["steps"] == len(t.user_attrs["wg2.betas"]) for t in done)
+    front = json.loads((workdir / "out" / f"{name}-front.json").read_text())
+    assert front["schedules"] and {e["steps"] for e in front["schedules"]} <= {2, 3}
+    for entry in front["schedules"]:
+        assert len(load_schedule_file(workdir / "out" / entry["file"])) == entry["steps"]
+    assert (workdir / "out" / f"{name}-pareto.png").stat().st_size > 1000
+    from mlflow import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    parent = client.search_runs([client.get_experiment_by_name(search.EXPERIMENT).experiment_id],
+                                "tags.`wg2.kind` = 'search'")
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert {f"{name}-front.json", f"{name}-pareto.png", f"{name}-history.png"} <= logged
+    assert {e["file"] for e in front["schedules"]} <= logged
+
+
+def test_grid_sampler_baseline_samples_the_log_grid(checkpoint, workdir):
+    assert main(cli_args(checkpoint, "--sampler", "grid", "--steps", "2", "--trials", "5")) == 0
+    name = search.default_study_name(checkpoint.resolve(), None, 2, "pesq_wb", False, 3, 12, "grid")
+    assert name.endswith("-grid")
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}").trials
+    grid = [t for t in trials if search.BASELINE not in t.user_attrs]
+    assert len(trials) == 5 and len(grid) == 2
+    assert all(v in space.grid_values(2) for t in grid for v in t.params.values())
+    assert len({tuple(sorted(t.params.items())) for t in grid}) == 2, "distinct grid points"
+
+
+def test_bad_input_fails_before_any_work(checkpoint, workdir, capsys):
+    assert main(cli_args(checkpoint, "--objective", "length_ratio")) == 2
+    assert "allowed" in capsys.readouterr().err
+    assert main(cli_args(checkpoint, "--multi", "--objective", "stoi")) == 2
+    assert main(cli_args(Path("missing.pt"))) == 2
+    assert "not an MLflow run ID" in capsys.readouterr().err
+    assert not (workdir / "optuna.db").exists()
+
+
+def test_model_can_be_an_mlflow_run_id(checkpoint, workdir):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.create_run(client.create_experiment("models"))
+    client.log_artifact(run.info.run_id, str(checkpoint))
+    path, run_id = search.resolve_model(run.info.run_id, os.environ["MLFLOW_TRACKING_URI"])
+    assert run_id == run.info.run_id and path.read_bytes() == checkpoint.read_bytes()
+    assert search.default_study_name(path, run_id, 6, "pesq_wb", False, 3, 12, "tpe") == f"{run_id[:8]}-6steps-pesq_wb"
+    with pytest.raises(InputError, match="could not download"):
+        search.resolve_model("0" * 32, os.environ["MLFLOW_TRACKING_URI"])
