@@ -71,7 +71,9 @@ def test_wrapper_matches_direct_pesq_and_pystoi_calls(speech):
     assert s["pesq_wb"] == pesq.pesq(16000, ref16, deg16, "wb")
     assert s["pesq_nb"] == pesq.pesq(8000, ref8, deg8, "nb")
     assert s["stoi"] == stoi(x, y, sr, extended=False)
-    assert s["estoi"] == stoi(x, y, sr, extended=True)
+    # ESTOI's matrix products run under a one-thread BLAS limit in our wrapper and not in this direct call;
+    # the summation order then differs in the last bit (seen: ...372 vs ...374), so 1e-12 relative, not ==.
+    assert s["estoi"] == pytest.approx(stoi(x, y, sr, extended=True), rel=1e-12)
 
 
 @pytest.mark.parametrize("case, needle", [("silent", "silent"), ("short", "too short: 0.100 s"),
