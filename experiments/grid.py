@@ -45,7 +45,6 @@ import os
 import queue
 import shutil
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import tracking
+from experiments.workers import start_workers, watch_parent
 from experiments.config import (SECTIONS, ConfigError, EvalConfig, InputError, RunConfig, config_from_dict,
                                 config_hash, flatten, parse_override, read_toml, set_nested, validate)
 
@@ -568,22 +568,11 @@ def _finished_cells(mlf, experiment_id: str) -> set[str]:
 
 # ----------------------------------------------------------------------------- workers
 
-def _watch_parent() -> None:
-    """A worker stops when the grid command dies (kill -9 included): its cell stays RUNNING with a dead
-    owner and is resumed from its last checkpoint by the next run of the grid."""
-    parent = multiprocessing.parent_process()
-
-    def loop() -> None:
-        while parent is not None and parent.is_alive():
-            time.sleep(1.0)
-        os._exit(3)
-
-    threading.Thread(target=loop, name="wg2-parent-watch", daemon=True).start()
 
 
 def _worker_main(ctx: RunContext, jobs, results) -> None:
     """One worker process: takes whole trainings (cells sharing a train hash, in order) from the queue."""
-    _watch_parent()
+    watch_parent()
     mlf = tracking.client(ctx.uri)
     while True:
         job = jobs.get()
@@ -593,17 +582,6 @@ def _worker_main(ctx: RunContext, jobs, results) -> None:
             results.put(run_cell(cell, ctx, mlf))
 
 
-def _visible_gpus(device: str) -> list[str]:
-    """GPU ids to spread workers over (one worker per GPU, round robin); [] to leave the env alone."""
-    if device == "cpu":
-        return []
-    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if listed:
-        return listed if len(listed) > 1 else []
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [str(i) for i in range(count)] if count > 1 else []
 
 
 def _run_parallel(jobs: list[list[Cell]], ctx: RunContext, workers: int, record) -> None:
@@ -613,24 +591,8 @@ def _run_parallel(jobs: list[list[Cell]], ctx: RunContext, workers: int, record)
         job_queue.put(job)
     for _ in range(workers):
         job_queue.put(None)
-    gpus = _visible_gpus(ctx.device)
-    saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
-    procs = []
-    try:
-        if saved["OMP_NUM_THREADS"] is None:  # share the cores: more torch threads than cores spin and crawl
-            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-        for i in range(workers):
-            if gpus:  # set in the environment the worker starts with, so before it imports torch
-                os.environ["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-            proc = mp.Process(target=_worker_main, args=(ctx, job_queue, results), name=f"wg2-grid-worker-{i}")
-            proc.start()
-            procs.append(proc)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    procs = start_workers(mp, _worker_main, lambda i: (ctx, job_queue, results), workers, ctx.device,
+                          "wg2-grid-worker")
     remaining = {cell.cell_hash: cell for job in jobs for cell in job}
     try:
         while remaining:

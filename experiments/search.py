@@ -71,7 +71,6 @@ import os
 import re
 import socket
 import tempfile
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -87,6 +86,7 @@ from evaluation.metrics import METRICS, Missing, describe_error, metric_names
 from evaluation.pool import ScoreJob, score_many
 from experiments import search_space as space
 from experiments import synth, tracking
+from experiments.workers import start_workers, watch_parent
 from experiments.config import InputError
 
 EXPERIMENT = "wg2 schedule search"
@@ -667,22 +667,12 @@ def work(study: optuna.Study, spec: SearchSpec, ev: Evaluator, logger: TrialLogg
     return ran
 
 
-def _watch_parent() -> None:
-    """A worker ends when the search command dies (kill -9 included); its trial is then failed on resume."""
-    parent = multiprocessing.parent_process()
-
-    def loop() -> None:
-        while parent is not None and parent.is_alive():
-            time.sleep(1.0)
-        os._exit(3)
-
-    threading.Thread(target=loop, name="wg2-parent-watch", daemon=True).start()
 
 
 def _worker_main(spec: SearchSpec, ctx: TrackingContext, index: int) -> None:
     import torch
 
-    _watch_parent()
+    watch_parent()
     # more torch threads than cores makes the convolutions spin (measured 8x slower on 2 cores)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -690,36 +680,13 @@ def _worker_main(spec: SearchSpec, ctx: TrackingContext, index: int) -> None:
     work(load_study(spec, index), spec, load_evaluator(spec), TrialLogger(ctx, spec))
 
 
-def _gpus(device: str) -> list[str]:
-    """GPU ids to spread workers over, round robin; [] leaves CUDA_VISIBLE_DEVICES alone."""
-    if device == "cpu":
-        return []
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [str(i) for i in range(count)] if count > 1 else []
 
 
 def run_workers(spec: SearchSpec, ctx: TrackingContext, study: optuna.Study, workers: int, report) -> list[str]:
     """Start `workers` spawned processes on the study; `report(frozen)` for each trial they finish.
     Returns error lines for workers that exited abnormally."""
     mp = multiprocessing.get_context("spawn")  # not fork: this process holds torch threads (and maybe CUDA)
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")}
-    gpus, procs = _gpus(spec.device), []
-    try:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-        for i in range(workers):
-            if gpus:  # read by the child when it imports torch
-                os.environ["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-            proc = mp.Process(target=_worker_main, args=(spec, ctx, i), name=f"wg2-search-worker-{i}")
-            proc.start()
-            procs.append(proc)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    procs = start_workers(mp, _worker_main, lambda i: (spec, ctx, i), workers, spec.device, "wg2-search-worker")
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
 
     def poll() -> None:
