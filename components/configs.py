@@ -25,6 +25,12 @@ class ModelConfig:
     upsample_factors: list[int] = field(default_factory=lambda: [5, 5, 3, 2, 2])  # coarse -> fine
     # where diffusion runs: the raw waveform, or the latent sequence of a learned autoencoder
     space: str = "waveform"
+    # The diffusion signal is scaled to this corpus-wide standard deviation (the gain is measured on the
+    # training split and stored in the checkpoint; synthesis divides it out). 0 keeps the waveform as it is
+    # (WaveGrad: speech std 0.06-0.09, so most training noise levels bury it 10-27 dB under the noise and
+    # the text barely changes the loss) and scales latents to the waveform's std. 1 puts both spaces at unit
+    # variance: the text then decides most of the loss, and the decoder learns to read it many times faster.
+    signal_std: float = 1.0
 
     def decoder_hop(self) -> int:
         """Samples (or latent steps) per frame the decoder produces: the product of its factors."""
@@ -72,6 +78,8 @@ def validate_model_config(model: ModelConfig, autoencoder: AutoencoderConfig, ho
         raise ValueError(f"model.upsample_factors = {model.upsample_factors}; expected positive integers")
     if not 0.0 <= model.zoneout < 1.0:
         raise ValueError(f"model.zoneout = {model.zoneout}; expected 0 <= zoneout < 1")
+    if not (math.isfinite(model.signal_std) and model.signal_std >= 0):
+        raise ValueError(f"model.signal_std = {model.signal_std}; expected a finite number >= 0 (0 = unscaled)")
     if model.sigma_floor <= 0:
         raise ValueError(f"model.sigma_floor = {model.sigma_floor}; expected > 0")
     max_levels = len(DECODER_PRESETS[model.decoder_preset]["ublocks"])

@@ -55,6 +55,11 @@ class TrainConfig:
     schedule: str = "linear-1000"  # training noise schedule (any schedule name or file)
     bf16: bool = False  # bf16 autocast; used on CUDA only
     seed: int = 0
+    # Exponential moving average of the weights, used by eval, synth and search (0 = off). The decay
+    # warms up as min(ema_decay, (1 + step) / (10 + step)), so short CPU runs are not stuck near the init.
+    ema_decay: float = 0.999
+    # held-out (val) utterances the conditioning gain is measured on at every checkpoint (0 = never)
+    gain_utterances: int = 4
     checkpoint_every: int = 500
     log_every: int = 25
     num_workers: int = 0  # DataLoader workers
@@ -222,6 +227,10 @@ def validate(config: RunConfig, where: str = "config") -> None:
                        ("data.hop_length", d.hop_length), ("eval.batch_size", e.batch_size)):
         if value <= 0:
             raise ConfigError(f"{where}: {key} = {value}; expected a positive integer")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"{where}: train.ema_decay = {t.ema_decay}; expected 0 <= ema_decay < 1 (0 = off)")
+    if t.gain_utterances < 0:
+        raise ConfigError(f"{where}: train.gain_utterances = {t.gain_utterances}; expected >= 0")
     if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
         raise ConfigError(f"{where}: data.val_fraction + data.test_fraction must lie in [0, 1)")
     if e.split not in ("train", "val", "test"):

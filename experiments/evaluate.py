@@ -22,11 +22,13 @@ import numpy as np
 import torch
 
 from components.schedules import resolve_schedule_name, schedule_label
+from components.schedules import noise_levels
+from evaluation.conditioning import READS_TEXT_THRESHOLD, conditioning_gain, reads_text
 from evaluation.metrics import Missing
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
-from experiments.synth import LoadedModel, load_checkpoint, synthesize, write_wav
+from experiments.synth import LoadedModel, conditioning_items, load_checkpoint, synthesize, write_wav
 from experiments.train import peak_memory_mb
 
 
@@ -79,6 +81,8 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
     ids = [loaded.vocab.encode(u.phonemes) for u in utterances]
     true_durations = [u.durations for u in utterances]
     sr = loaded.sample_rate
+    # Does the model read its text? Reported beside (and above) every quality number.
+    gain = conditioning_gain(loaded.model, conditioning_items(loaded, utterances), loaded.config.train.noise_loss)
     jobs, speed, outputs = [], {}, {}
     for name in config.schedules:
         betas, label = resolve_schedule_name(name), schedule_label(name)
@@ -86,7 +90,8 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
         audio_seconds = sum(len(s.audio) for s in aligned) / sr
         free = synthesize(loaded, ids, betas, None, pace=config.pace, seed=config.seed)
         speed[label] = {"rtf": seconds / audio_seconds, "synthesis_seconds": seconds, "audio_seconds": audio_seconds,
-                        "peak_memory_mb": memory, "batch_size": config.batch_size, "steps": len(betas)}
+                        "peak_memory_mb": memory, "batch_size": config.batch_size, "steps": len(betas),
+                        "start_snr_db": start_snr_db(betas, loaded.signal.get("std"))}
         outputs[label] = (aligned, free)
         for u, a, f in zip(utterances, aligned, free):
             jobs.append(ScoreJob(u.id, u.audio, a.audio, sr, aligned=True, tag=label))
@@ -108,8 +113,11 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
 
     summary = {"checkpoint": str(loaded.path), "step": loaded.step, "split": config.split,
                "utterances": [u.id for u in utterances], "device": str(loaded.device),
-               "machine": machine_name(loaded.device), "speed": speed, "metrics": {}}
-    metrics: dict[str, float] = {}
+               "machine": machine_name(loaded.device), "speed": speed, "weights": loaded.weights,
+               "signal": loaded.signal,
+               "conditioning_gain": {**gain.summary, "per_level": gain.per_level, "reads_text": reads_text(gain.summary)},
+               "metrics": {}}
+    metrics: dict[str, float] = gain.metrics()
     for (label, metric), values in sorted(per_metric.items()):
         s = summarize(values)
         summary["metrics"].setdefault(label, {})[metric] = s
@@ -123,6 +131,14 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
 
     files = write_outputs(Path(out_dir), rows, summary, utterances, outputs, config, sr, loaded) if out_dir else []
     return EvalResult(metrics, summary, files)
+
+
+def start_snr_db(betas, signal_std: float | None) -> float | None:
+    """SNR of the first refinement step's input: level^2 x signal variance / (1 - level^2), in dB."""
+    if signal_std is None:
+        return None
+    level = float(noise_levels(betas)[-1])
+    return float(10 * np.log10(level**2 * signal_std**2 / (1 - level**2)))
 
 
 def machine_name(device: torch.device) -> str:
@@ -188,12 +204,19 @@ def cmd_eval(args) -> int:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{summary['checkpoint']} (step {summary['step']}), split {summary['split']}, "
-             f"{len(summary['utterances'])} utterances, {summary['machine']}"]
+    lines = [f"{summary['checkpoint']} (step {summary['step']}, {summary.get('weights', 'raw')} weights), split "
+             f"{summary['split']}, {len(summary['utterances'])} utterances, {summary['machine']}"]
+    g = summary.get("conditioning_gain")
+    if g and g.get("mean") is not None:
+        ci = f"[{g['ci_low']:.3f}, {g['ci_high']:.3f}]" if g.get("ci_low") is not None else "(one utterance)"
+        verdict = "reads its text" if g["reads_text"] else (f"DOES NOT USE ITS TEXT (gain not above "
+                                                            f"{READS_TEXT_THRESHOLD}): quality numbers compare noise")
+        lines.append(f"conditioning gain {g['mean']:.3f} 95% CI {ci} n={g['n']}: {verdict}")
     for label, metrics in summary["metrics"].items():
         sp = summary["speed"][label]
+        snr = f", start SNR {sp['start_snr_db']:.1f} dB" if sp.get("start_snr_db") is not None else ""
         lines.append(f"\n[{label}] {sp['steps']} steps: RTF {sp['rtf']:.4f} (batch {sp['batch_size']}), "
-                     f"peak memory {sp['peak_memory_mb']:.0f} MiB")
+                     f"peak memory {sp['peak_memory_mb']:.0f} MiB{snr}")
         for metric, s in metrics.items():
             if s["mean"] is None:
                 lines.append(f"  {metric:24s} missing ({s['n_missing']}): {s['missing_reasons']}")

@@ -14,6 +14,7 @@ from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
+from evaluation.conditioning import ConditioningItem
 from experiments.config import InputError, RunConfig, config_from_dict
 from experiments.train import CHECKPOINT_FORMAT, resolve_device
 
@@ -29,6 +30,8 @@ class LoadedModel:
     autoencoder: torch.nn.Module | None
     path: Path
     step: int
+    signal: dict  # "gain": diffusion signal = gain x waveform (or latent); "clip": its range when sampling
+    weights: str = "ema"  # which weight set is loaded: "ema" or "raw"
 
 
 @dataclass
@@ -38,7 +41,9 @@ class Synthesis:
     weights: np.ndarray  # (frames, N) alignment of frames to tokens
 
 
-def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedModel:
+def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema") -> LoadedModel:
+    """A trained model for synthesis. weights = "ema" takes the moving average when the run kept one
+    (train.ema_decay > 0), else the raw weights; "raw" always takes the raw weights."""
     from experiments.corpus import PhonemeVocab
 
     path = Path(path)
@@ -48,14 +53,20 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedModel:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
         raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a wg2 checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    if not isinstance(state, dict) or state.get("format") not in (1, CHECKPOINT_FORMAT):
+        raise InputError(f"{path}: not a wg2 checkpoint (format 1 or {CHECKPOINT_FORMAT} expected)")
+    if weights not in ("ema", "raw"):
+        raise InputError(f"weights = {weights!r}; allowed: ema, raw")
     dev = resolve_device(device)
     config = config_from_dict(state["config"], str(path))
     vocab = PhonemeVocab.from_list(state["vocab"])
     model = WaveGrad2(config.model, len(vocab.symbols), config.autoencoder)
-    model.load_state_dict(state["model"])
+    use_ema = weights == "ema" and state.get("ema") is not None
+    model.load_state_dict(state["ema"] if use_ema else state["model"])
     model.to(dev).eval()
+    # format 1 trained on the raw signal and clipped only waveforms
+    latent = config.model.space == "latent"
+    signal = state.get("signal") or {"gain": 1.0, "clip": None if latent else 1.0}
     autoencoder = None
     if config.model.space == "latent":
         from components.autoencoder import AUTOENCODERS
@@ -63,7 +74,7 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedModel:
         autoencoder.load_state_dict(state["autoencoder"])
         autoencoder.to(dev).eval()
     return LoadedModel(model, config, vocab, state["sample_rate"], state["hop_length"], dev, autoencoder, path,
-                       state["step"])
+                       state["step"], signal, "ema" if use_ema else "raw")
 
 
 @torch.no_grad()
@@ -96,7 +107,8 @@ def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.nda
         cond = model.condition(encoded, dur, mask, frames)
         shape = (len(chunk), model.signal_channels, frames.shape[1] * model.hop)
         signal = Diffusion.sample(lambda x, level: model.denoise(x, cond.states, level), shape, betas, device,
-                                  generator, clip=1.0 if loaded.autoencoder is None else None)
+                                  generator, clip=loaded.signal["clip"])
+        signal = signal / loaded.signal["gain"]
         audio = loaded.autoencoder.decode(signal) if loaded.autoencoder is not None else signal[:, 0]
         for b in range(len(chunk)):
             length = int(n_frames[b]) * loaded.hop_length
@@ -104,6 +116,21 @@ def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.nda
                                      dur[b, :len(chunk[b])].long().cpu().numpy(),
                                      cond.weights[b, :int(n_frames[b]), :len(chunk[b])].cpu().numpy()))
     return results
+
+
+@torch.no_grad()
+def conditioning_items(loaded: LoadedModel, utterances) -> list[ConditioningItem]:
+    """Utterances as the diffusion signal this model was trained on (scaled waveform or latent)."""
+    items = []
+    for u in utterances:
+        if loaded.autoencoder is None:
+            signal = u.audio[None, :]
+        else:
+            audio = torch.from_numpy(u.audio[None, :len(u.audio) - len(u.audio) % loaded.autoencoder.stride])
+            signal = loaded.autoencoder.encode(audio.to(loaded.device))[0].float().cpu().numpy()
+        items.append(ConditioningItem(loaded.vocab.encode(u.phonemes), u.durations,
+                                      (signal * loaded.signal["gain"]).astype(np.float32)))
+    return items
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:

@@ -21,11 +21,12 @@ from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
+from evaluation.conditioning import ConditioningItem, conditioning_gain
 from experiments.batches import TrainingItem, batch_indices, make_batch
 from experiments.config import InputError, RunConfig, config_hash, load_config, to_dict
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
 
 
 @dataclass
@@ -67,9 +68,51 @@ def learning_rate_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def training_items(dataset, vocab, signals: list[np.ndarray]) -> list[TrainingItem]:
+def training_items(utterances, vocab, signals: list[np.ndarray]) -> list[TrainingItem]:
     return [TrainingItem(vocab.encode(u.phonemes), u.durations.astype(np.int64), s)
-            for u, s in zip(dataset.train, signals)]
+            for u, s in zip(utterances, signals)]
+
+
+def signal_scale(config: RunConfig, train_audio: list[np.ndarray], latents: list[np.ndarray] | None) -> dict:
+    """The diffusion signal's gain (see ModelConfig.signal_std) and the range it is clipped to when sampling.
+    Waveform: gain = signal_std / corpus std (1 when signal_std = 0); clip = gain (audio lies in [-1, 1]).
+    Latent (unit variance after calibration): gain = signal_std, or the corpus waveform std when 0; clip =
+    gain x the largest latent magnitude seen in training."""
+    corpus_std = float(np.sqrt(np.mean([np.mean(a.astype(np.float64) ** 2) for a in train_audio])))
+    target = config.model.signal_std
+    if latents is None:
+        gain = target / corpus_std if target > 0 else 1.0
+        clip = gain
+    else:
+        gain = target if target > 0 else corpus_std
+        clip = gain * max(float(np.abs(z).max()) for z in latents)
+    return {"gain": gain, "clip": clip, "corpus_std": corpus_std, "std": gain * (corpus_std if latents is None else 1.0)}
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point weights (buffers copied as they are)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return self.shadow
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow = {k: v.clone() for k, v in state.items()}
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(self.shadow)
 
 
 def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool = False, progress: bool = True,
@@ -98,16 +141,23 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
                          f"utterance ({longest} frames)")
     t, hop = config.train, dataset.hop_length
     autoencoder, ae_info = None, None
+    probe = dataset.val[:t.gain_utterances]  # held out: the conditioning gain is measured on these
     if config.model.space == "latent":
         from experiments.autoencoder_stage import ensure_autoencoder, encode_utterances
         autoencoder, ae_info = ensure_autoencoder(config, dataset, device, progress=progress,
                                                   experiment_id=autoencoder_experiment)
         signals = encode_utterances(autoencoder, dataset.train, device)
+        probe_signals = encode_utterances(autoencoder, probe, device)
         hop_signal = hop // config.autoencoder.stride
     else:
         signals = [u.audio[None, :] for u in dataset.train]
+        probe_signals = [u.audio[None, :] for u in probe]
         hop_signal = hop
-    items = training_items(dataset, dataset.vocab, signals)
+    scale = signal_scale(config, [u.audio for u in dataset.train], signals if autoencoder is not None else None)
+    signals = [(s * scale["gain"]).astype(np.float32) for s in signals]
+    items = training_items(dataset.train, dataset.vocab, signals)
+    probe_items = [ConditioningItem(it.phoneme_ids, it.durations, it.signal) for it in
+                   training_items(probe, dataset.vocab, [(s * scale["gain"]).astype(np.float32) for s in probe_signals])]
 
     torch.manual_seed(t.seed)
     model = WaveGrad2(config.model, len(dataset.vocab.symbols), config.autoencoder).to(device)
@@ -115,10 +165,13 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         raise InputError(f"hop mismatch: the decoder produces {model.hop} signal steps per frame, the data needs {hop_signal}")
     diffusion = Diffusion(resolve_schedule_name(t.schedule), t.noise_loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
     step, history = 0, []
     if existing is not None:
         model.load_state_dict(existing["model"])
         optimizer.load_state_dict(existing["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(existing["ema"])
         step, history = existing["step"], existing["history"]
     use_bf16 = t.bf16 and device.type == "cuda"
     audio_per_step = min(t.batch_size, len(items)) * t.window_frames * hop / dataset.sample_rate
@@ -127,6 +180,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         out_dir.mkdir(parents=True, exist_ok=True)
         save_atomic({
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "signal": scale,
             "step": at_step, "config": to_dict(config), "config_hash": config_hash(config),
             "vocab": dataset.vocab.to_list(), "sample_rate": dataset.sample_rate, "hop_length": hop,
             "history": history, "throughput": throughput,
@@ -157,6 +211,8 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update(model, step)
         step, steps_done = step + 1, steps_done + 1
         bar.update(1)
         if step % t.log_every == 0 or step == t.steps:
@@ -177,9 +233,28 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
             rate = steps_done / wall
             throughput = {"steps_per_sec": rate, "audio_seconds_per_sec": rate * audio_per_step,
                           "peak_memory_mb": peak_memory_mb(device)}
+            if probe_items:  # does the model read its text? (the weights eval and synth will use)
+                gain = measure_gain(model, ema, probe_items, t.noise_loss)
+                if history and history[-1]["step"] == step:
+                    history[-1].update(gain.metrics())
+                bar.write(f"step {step}: conditioning gain {gain.mean:.3f} on {len(probe_items)} val utterances")
+                if on_log:
+                    on_log(step, gain.metrics())
             checkpoint(step, throughput)
     bar.close()
     return TrainResult(ckpt_path, step, history, throughput, time.perf_counter() - started, ae_info)
+
+
+def measure_gain(model: WaveGrad2, ema: EMA | None, items: list[ConditioningItem], loss_kind: str):
+    """Conditioning gain of the weights that eval and synth use (the EMA when there is one)."""
+    if ema is None:
+        return conditioning_gain(model, items, loss_kind)
+    raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ema.copy_to(model)
+    try:
+        return conditioning_gain(model, items, loss_kind)
+    finally:
+        model.load_state_dict(raw)
 
 
 def cmd_train(args) -> int:
