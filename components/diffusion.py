@@ -69,7 +69,8 @@ class Diffusion:
         x0_hat = (x_n - sqrt(1 - alpha_bar_n) * eps) / sqrt(alpha_bar_n), clipped to [-clip, clip] when
         `clip` is not None (`clip` is the signal's range: 1.0 for waveforms; None leaves it unbounded).
         The next sample is the DDPM posterior mean
-        sqrt(alpha_bar_{n-1}) * beta_n / (1 - alpha_bar_n) * x0_hat + sqrt(alpha_n) * (1 - alpha_bar_{n-1}) / (1 - alpha_bar_n) * x_n
+        sqrt(alpha_bar_{n-1}) * beta_n / (1 - alpha_bar_n) * x0_hat
+            + sqrt(alpha_n) * (1 - alpha_bar_{n-1}) / (1 - alpha_bar_n) * x_n
         (alpha_bar_{-1} = 1, so the last step returns x0_hat) plus sigma_n * N(0, I),
         sigma_n = sqrt((1 - alpha_bar_{n-1}) / (1 - alpha_bar_n) * beta_n), for n > 0.
 
