@@ -63,7 +63,22 @@ class Diffusion:
     @torch.no_grad()
     def sample(predict: NoisePredictor, shape: tuple[int, ...], betas: np.ndarray, device: torch.device | str = "cpu",
                generator: torch.Generator | None = None, clip: float | None = 1.0) -> torch.Tensor:
-        """WaveGrad's sampler (Alg. 2) for any schedule: start from N(0, I) and refine len(betas) times."""
+        """DDPM ancestral sampling for any schedule: start from N(0, I) and refine len(betas) times.
+
+        At step n the network's noise estimate gives the clean-signal estimate
+        x0_hat = (x_n - sqrt(1 - alpha_bar_n) * eps) / sqrt(alpha_bar_n), clipped to [-clip, clip] when
+        `clip` is not None (`clip` is the signal's range: 1.0 for waveforms; None leaves it unbounded).
+        The next sample is the DDPM posterior mean
+        sqrt(alpha_bar_{n-1}) * beta_n / (1 - alpha_bar_n) * x0_hat
+            + sqrt(alpha_n) * (1 - alpha_bar_{n-1}) / (1 - alpha_bar_n) * x_n
+        (alpha_bar_{-1} = 1, so the last step returns x0_hat) plus sigma_n * N(0, I),
+        sigma_n = sqrt((1 - alpha_bar_{n-1}) / (1 - alpha_bar_n) * beta_n), for n > 0.
+
+        Without clipping this equals WaveGrad's Alg. 2 update (x_n - beta_n / sqrt(1 - alpha_bar_n) * eps) / sqrt(alpha_n).
+        Clipping x0_hat at every step (not only the final sample) is what keeps the sampler bounded: at high
+        noise 1/sqrt(alpha_bar_n) is large, so a modest error in eps makes an unbounded x0 estimate, and
+        feeding that back step after step is what diverged latent R=8 at refinement step 38 of 50.
+        A non-finite noise estimate or sample raises NonFiniteError naming the refinement step."""
         betas = check_betas(betas, "inference schedule")
         alphas = 1.0 - betas
         alpha_bar = np.cumprod(alphas)
@@ -72,10 +87,18 @@ class Diffusion:
         for n in reversed(range(steps)):
             level = torch.full((shape[0],), float(np.sqrt(alpha_bar[n])), device=device)
             eps = predict(x, level).float()
-            x = (x - betas[n] / np.sqrt(1 - alpha_bar[n]) * eps) / np.sqrt(alphas[n])
+            if not torch.isfinite(eps).all():  # clipping would hide it
+                raise NonFiniteError(f"non-finite noise estimate at refinement step {steps - n} of {steps}")
+            x0_hat = (x - np.sqrt(1 - alpha_bar[n]) * eps) / np.sqrt(alpha_bar[n])
+            if clip is not None:
+                x0_hat = x0_hat.clamp(-clip, clip)
             if n > 0:
+                coef_x0 = np.sqrt(alpha_bar[n - 1]) * betas[n] / (1 - alpha_bar[n])
+                coef_x = np.sqrt(alphas[n]) * (1 - alpha_bar[n - 1]) / (1 - alpha_bar[n])
                 sigma = np.sqrt((1 - alpha_bar[n - 1]) / (1 - alpha_bar[n]) * betas[n])
-                x = x + sigma * gaussian(shape, generator, device)
+                x = coef_x0 * x0_hat + coef_x * x + sigma * gaussian(shape, generator, device)
+            else:  # alpha_bar_{-1} = 1: the coefficients are exactly 1 and 0
+                x = x0_hat
             if not torch.isfinite(x).all():
                 raise NonFiniteError(f"non-finite sample at refinement step {steps - n} of {steps}")
-        return x.clamp(-clip, clip) if clip is not None else x
+        return x
