@@ -156,6 +156,17 @@ def mel_power(x: np.ndarray, sample_rate: int) -> np.ndarray:
     return spec @ mel_filterbank(sample_rate, n_fft).T  # (T, N_MELS)
 
 
+def frame_mel_power(x: np.ndarray, sample_rate: int, hop: int, n_frames: int, window: int = 1024) -> np.ndarray:
+    """Mel power on a model's frame grid, (n_frames, N_MELS): frame t is a Hann window of `window` samples
+    centred on samples [t * hop, (t + 1) * hop) (the signal is zero-padded at both ends)."""
+    n_fft = 1 << (window - 1).bit_length()
+    start = hop // 2  # centre of frame t in the padded signal: t * hop + hop / 2 + window / 2 - window / 2
+    padded = np.pad(np.asarray(x, dtype=np.float64), (window // 2, window // 2 + n_frames * hop))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, window)[start::hop][:n_frames]  # (n_frames, window)
+    spec = np.abs(np.fft.rfft(frames * np.hanning(window), n=n_fft, axis=-1)) ** 2
+    return spec @ mel_filterbank(sample_rate, n_fft).T
+
+
 def log_mel_db(power: np.ndarray, floor_db: float) -> np.ndarray:
     return np.maximum(10.0 * np.log10(np.maximum(power, 1e-20)), floor_db)
 

@@ -16,6 +16,7 @@ class TrainingItem:
     phoneme_ids: np.ndarray  # (N,) int64
     durations: np.ndarray  # (N,) int64 frames
     signal: np.ndarray  # (C_x, frames * hop_signal) float32: waveform (C_x = 1) or latent
+    mel: np.ndarray | None = None  # (frames, M) float32: normalized log-mel target of the auxiliary loss
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Batch:
     frames: torch.Tensor  # (B, W) long: absolute frame indices of the window
     signal: torch.Tensor  # (B, C_x, W * hop_signal)
     signal_mask: torch.Tensor  # (B, 1, W * hop_signal): 1 on real signal, 0 past the utterance's end
+    mel: torch.Tensor  # (B, W, M) log-mel target of the window's frames (M = 0 without targets)
+    frame_mask: torch.Tensor  # (B, W): 1 on real frames
 
     def to(self, device) -> "Batch":
         return Batch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
@@ -51,6 +54,9 @@ def make_batch(items: list[TrainingItem], window_frames: int, hop_signal: int, s
     frames = np.zeros((batch, window_frames), np.int64)
     signal = np.zeros((batch, channels, window_frames * hop_signal), np.float32)
     signal_mask = np.zeros((batch, 1, window_frames * hop_signal), np.float32)
+    bands = items[0].mel.shape[1] if items[0].mel is not None else 0
+    mel = np.zeros((batch, window_frames, bands), np.float32)
+    frame_mask = np.zeros((batch, window_frames), np.float32)
     for b, item in enumerate(items):
         n = len(item.phoneme_ids)
         ids[b, :n], mask[b, :n], durations[b, :n] = item.phoneme_ids, 1.0, item.durations
@@ -60,4 +66,8 @@ def make_batch(items: list[TrainingItem], window_frames: int, hop_signal: int, s
         piece = item.signal[:, start * hop_signal:(start + window_frames) * hop_signal]
         signal[b, :, :piece.shape[1]] = piece
         signal_mask[b, :, :piece.shape[1]] = 1.0
-    return Batch(*(torch.from_numpy(a) for a in (ids, mask, durations, frames, signal, signal_mask)))
+        real = min(window_frames, total - start)
+        frame_mask[b, :real] = 1.0
+        if bands:
+            mel[b, :real] = item.mel[start:start + real]
+    return Batch(*(torch.from_numpy(a) for a in (ids, mask, durations, frames, signal, signal_mask, mel, frame_mask)))
