@@ -19,6 +19,7 @@ from pathlib import Path
 from evaluation import report_plots as plots
 from evaluation.compare_report import (OWN, QUALITY, TRAINING, UTTERANCE_MARK, fmt, render_markdown, results_csv,
                                        write_atomic)
+from evaluation.runs import TAG_TRAIN_HASH
 from evaluation.compare_runs import (DERIVED, HIGHER_BETTER, LOWER_BETTER, NOT_SCHEDULES, TARGET_QUALITY,
                                      TARGET_SPEEDUP, TARGET_STRIDE, CellRow, CompareError, Effect, Grid, RunRecord,
                                      Stat, Target, axis_means, canonical, direction, fraction_of_ceiling, grid_cells,
@@ -81,7 +82,7 @@ def _plots(client, out_dir: Path, grid: Grid) -> list[Path]:
     curves = []
     trained: dict[str, list[RunRecord]] = {}  # cells differing only in eval.* share one model: one curve
     for r in sorted(runs, key=lambda r: r.name):
-        trained.setdefault(r.tags.get("wg2.train_hash") or r.run_id, []).append(r)
+        trained.setdefault(r.tags.get(TAG_TRAIN_HASH) or r.run_id, []).append(r)
     for sharing in tqdm(list(trained.values()), desc="loss curves", leave=False, disable=len(trained) < 20):
         r = sharing[0]
         history = sorted(client.get_metric_history(r.run_id, "train/loss"), key=lambda m: m.step)

@@ -16,7 +16,9 @@ import torch
 from tqdm import tqdm
 
 from components.autoencoder import AUTOENCODERS
+from evaluation.runs import KIND_AUTOENCODER, TAG_AUTOENCODER_KEY, TAG_KIND, tag_is, tracking_uri
 from experiments.config import RunConfig, load_config
+from experiments.tracking import ensure_store, get_or_create_experiment
 
 RECON_UTTERANCES = 8  # val utterances scored for the reconstruction ceiling
 RECON_METRICS = ("pesq_wb", "stoi", "estoi", "mcd")
@@ -131,18 +133,17 @@ def record_run(config: RunConfig, info: dict, experiment_id: str | None) -> str 
     try:
         import mlflow
         from mlflow.entities import Metric
-        from experiments.tracking import ensure_store, get_or_create_experiment, tracking_uri
     except ImportError:
         return None
     uri = tracking_uri()
     ensure_store(uri)
     client = mlflow.MlflowClient(uri)
     exp = experiment_id or get_or_create_experiment("wg2 autoencoders")
-    found = client.search_runs([exp], f"tags.`wg2.autoencoder_key` = '{info['key']}' and tags.`wg2.kind` = 'autoencoder'")
+    found = client.search_runs([exp], f"{tag_is(TAG_AUTOENCODER_KEY, info['key'])} and {tag_is(TAG_KIND, KIND_AUTOENCODER)}")
     if found:
         return found[0].info.run_id
     run = client.create_run(exp, run_name=f"autoencoder {config.autoencoder.kind} R={config.autoencoder.stride}",
-                            tags={"wg2.kind": "autoencoder", "wg2.autoencoder_key": info["key"]})
+                            tags={TAG_KIND: KIND_AUTOENCODER, TAG_AUTOENCODER_KEY: info["key"]})
     now = int(time.time() * 1000)
     params = [mlflow.entities.Param(f"autoencoder.{k}", str(v)) for k, v in dataclasses.asdict(config.autoencoder).items()]
     metrics = [Metric(k, float(v), now, 0) for k, v in info.get("recon", {}).items()]
