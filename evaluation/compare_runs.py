@@ -5,7 +5,7 @@ pooled: a value's interval is the 95% t-interval across seeds, and with a single
 interval across utterances (the "_ci_low"/"_ci_high" metrics). Only FINISHED runs are aggregated; the others are
 listed by state, beside the expected cells that have no run at all. Also here: each axis's marginal effect, and
 for latent grids the autoencoder ceiling and whether the latent target was reached. Nothing is written.
-This module never imports `experiments` (evaluation sits below experiments).
+Nothing here imports `experiments` (evaluation sits below experiments).
 """
 from __future__ import annotations
 
@@ -272,33 +272,6 @@ def _normalize_expected(items: list) -> list[dict]:
             out.append({"cell_hash": item.get("cell_hash") or item.get("hash"), "assignment": assignment,
                         "seed": seed, "label": item.get("label") or item.get("name") or label_of(assignment, seed)})
     return out
-
-
-def grid_cells(raw: dict[str, Any]) -> list[dict] | None:
-    """Expected cells of a grid file (the product of its axes times its seeds, minus `exclude`), or None when
-    the file is not in the expected shape (the grid runner is the one that validates it)."""
-    axes = raw.get("axes", {})
-    if not isinstance(axes, dict):
-        return None
-    flat: dict[str, list] = {}
-    for key, values in axes.items():  # [axes.model] upsampler = [...] is the same as "model.upsampler" = [...]
-        if isinstance(values, dict):
-            flat.update({f"{key}.{k}": v for k, v in values.items()})
-        else:
-            flat[key] = values
-    if not all(isinstance(v, list) and v for v in flat.values()):
-        return None
-    if any(isinstance(v, dict) for values in flat.values() for v in values):
-        return None  # a multi-key axis: runs carry its labels, which only the grid runner knows how to make
-    seeds = raw.get("seeds", [None])
-    excludes = [e for e in raw.get("exclude", []) if isinstance(e, dict)]
-    cells = []
-    for combo in itertools.product(*flat.values()):
-        assignment = dict(zip(flat, combo))
-        if any(all(canonical(assignment.get(k)) == canonical(v) for k, v in e.items()) for e in excludes):
-            continue
-        cells.extend({"assignment": assignment, "seed": s, "label": label_of(assignment, s)} for s in seeds)
-    return cells
 
 
 # ----------------------------------------------------------------------------- aggregation

@@ -31,13 +31,10 @@ from typing import Any
 from evaluation import runs
 from experiments import tracking
 from experiments.config import ConfigError, InputError, RunConfig, flatten
-from experiments.grid_file import (EVAL_KEYS, GRID_KEYS, MAX_ERRORS_SHOWN, SEED_KEYS, Axis, Cell, Grid, describe,
-                                   expected_cells, fmt, load_grid)
+from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
 from experiments.workers import start_workers, watch_parent
 
-__all__ = [  # grid_file's names stay importable from here
-    "EVAL_KEYS", "GRID_KEYS", "MAX_ERRORS_SHOWN", "SEED_KEYS", "Axis", "Cell", "Grid", "describe", "expected_cells",
-    "fmt", "load_grid",
+__all__ = [
     "RunContext", "CellOutcome", "GridOutcome", "check_windows", "runs_dir", "run_cell", "run_grid", "summary",
     "cmd_grid"]
 

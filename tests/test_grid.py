@@ -15,7 +15,8 @@ import torch
 
 from experiments.cli import main
 from experiments.config import ConfigError, _toml_value
-from experiments.grid import load_grid, run_grid
+from experiments.grid import run_grid
+from experiments.grid_file import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
