@@ -16,8 +16,12 @@ import torch
 from tqdm import tqdm
 
 from components.autoencoder import AUTOENCODERS
+from evaluation.pool import ScoreJob, score_many
 from evaluation.runs import KIND_AUTOENCODER, TAG_AUTOENCODER_KEY, TAG_KIND, tag_is, tracking_uri
+from evaluation.stats import summarize
 from experiments.config import RunConfig, load_config
+from experiments.corpus import load_dataset
+from experiments.runtime import atomic_save, resolve_device
 from experiments.tracking import ensure_store, get_or_create_experiment
 
 RECON_UTTERANCES = 8  # val utterances scored for the reconstruction ceiling
@@ -83,9 +87,6 @@ def encode_utterances(model, utterances, device: torch.device) -> list[np.ndarra
 @torch.no_grad()
 def reconstruction_quality(model, dataset, device: torch.device, workers: int = 2) -> dict[str, float]:
     """The ceiling of latent cells: encode-decode val utterances and score them like `wg2 eval` does."""
-    from evaluation.pool import ScoreJob, score_many
-    from evaluation.stats import summarize
-
     utterances = sorted(dataset.val or dataset.train, key=lambda u: u.id)[:RECON_UTTERANCES]
     jobs = []
     for u in utterances:
@@ -122,8 +123,7 @@ def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progres
                 "recon": reconstruction_quality(model, dataset, device, config.eval.metric_workers),
                 "history": history}
         path.parent.mkdir(parents=True, exist_ok=True)
-        from experiments.train import save_atomic
-        save_atomic({"model": model.state_dict(), "info": {k: v for k, v in info.items() if k not in ("path", "cache_hit")}}, path)
+        atomic_save({"model": model.state_dict(), "info": {k: v for k, v in info.items() if k not in ("path", "cache_hit")}}, path)
     info["mlflow_run_id"] = record_run(config, info, experiment_id)
     return model, info
 
@@ -158,9 +158,6 @@ def record_run(config: RunConfig, info: dict, experiment_id: str | None) -> str 
 
 
 def cmd_autoencoder_train(args) -> int:
-    from experiments.corpus import load_dataset
-    from experiments.train import resolve_device
-
     config = load_config(args.config, args.overrides)
     dataset = load_dataset(config.data)
     _, info = ensure_autoencoder(config, dataset, resolve_device(args.device))

@@ -26,7 +26,7 @@ from components.model import WaveGrad2, count_parameters
 from components.schedules import resolve_schedule_name
 from experiments.batches import TrainingItem, make_batch
 from experiments.evaluate import machine_name
-from experiments.train import peak_memory_mb, resolve_device
+from experiments.runtime import peak_memory_mb, resolve_device
 
 SAMPLE_RATE, VOCAB = 22050, 64
 PRESET_MODELS = {  # encoder sizes that go with each decoder preset (tiny = the quickstart model)

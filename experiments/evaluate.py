@@ -27,7 +27,7 @@ from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
 from experiments.synth import LoadedModel, load_checkpoint, synthesize, write_wav
-from experiments.train import peak_memory_mb
+from experiments.runtime import peak_memory_mb
 
 
 # Metrics of the free-running pass (predicted durations): output and reference lengths differ.

@@ -160,7 +160,8 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
     from experiments.config import to_toml
     from experiments.evaluate import evaluate
     from experiments.synth import load_checkpoint
-    from experiments.train import resolve_device, train
+    from experiments.runtime import resolve_device
+    from experiments.train import train
 
     device = str(resolve_device(ctx.device))
     run = mlf.get_run(run_id)
@@ -321,7 +322,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
     when the grid, a cell or the data is wrong."""
     from tqdm import tqdm
 
-    from experiments.train import resolve_device
+    from experiments.runtime import resolve_device
 
     grid = load_grid(path, list(overrides))
     if workers < 1:

@@ -93,6 +93,7 @@ from experiments import search_space as space
 from experiments import synth, tracking
 from experiments.workers import start_workers, watch_parent
 from experiments.config import InputError
+from experiments.runtime import atomic_write_bytes
 
 EXPERIMENT = "wg2 schedule search"
 PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search_space.py)
@@ -718,9 +719,7 @@ def run_workers(spec: SearchSpec, ctx: TrackingContext, study: optuna.Study, wor
 
 def _write_json(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
     return path
 
 
