@@ -45,7 +45,8 @@ def validate_model_config(model: ModelConfig, autoencoder: AutoencoderConfig, ho
         if model.decoder_hop() * autoencoder.stride != hop_length:
             raise ValueError(f"hop mismatch in latent space: product of model.upsample_factors "
                              f"{model.upsample_factors} = {model.decoder_hop()} must equal data.hop_length / "
-                             f"autoencoder.stride = {hop_length} / {autoencoder.stride} = {hop_length // autoencoder.stride}")
+                             f"autoencoder.stride = {hop_length} / {autoencoder.stride} = "
+                             f"{hop_length // autoencoder.stride}")
 
 
 def _unknown(key: str, value: str, allowed: list[str]) -> None:

@@ -108,7 +108,7 @@ def compare(experiment_name: str, out_dir: str | Path, metric: str = "pesq_wb", 
             for path in (md, table, *plot_files):
                 client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
             logged = True
-        except Exception as err:  # the local report stands even when the artifact store is unreachable
+        except Exception as err:  # noqa: BLE001 - the local report stands even when the artifact store is unreachable
             print(f"wg2 compare: warning: could not log the report on run {parent.info.run_id}: {err}",
                   file=sys.stderr)
     return Report(experiment_name, out_dir, md, table, plot_files, grid.rows, grid.status["missing"],

@@ -255,7 +255,7 @@ def _expected_from_parent(client, parent) -> list | None:
         if isinstance(listed, dict):
             listed = listed.get("cells")
         return listed if isinstance(listed, list) else None
-    except Exception as err:  # an unreadable artifact store must not stop the report
+    except Exception as err:  # noqa: BLE001 - an unreadable artifact store must not stop the report
         print(f"wg2 compare: warning: could not read cells.json of the parent run: {err}", file=sys.stderr)
         return None
 
@@ -460,7 +460,7 @@ def _attach_ceilings(client, rows: list[CellRow], runs: list[RunRecord],
         if run_id not in cache:
             try:
                 cache[run_id] = client.get_run(run_id)
-            except Exception:  # deleted or in another store: the ceiling is then unknown, said in the report
+            except Exception:  # noqa: BLE001 - deleted or in another store: the ceiling is then unknown, said in the report
                 cache[run_id] = None
         return cache[run_id]
 

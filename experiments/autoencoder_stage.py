@@ -123,7 +123,8 @@ def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progres
                 "recon": reconstruction_quality(model, dataset, device, config.eval.metric_workers),
                 "history": history}
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"model": model.state_dict(), "info": {k: v for k, v in info.items() if k not in ("path", "cache_hit")}}, path)
+        kept = {k: v for k, v in info.items() if k not in ("path", "cache_hit")}
+        atomic_save({"model": model.state_dict(), "info": kept}, path)
     info["mlflow_run_id"] = record_run(config, info, experiment_id)
     return model, info
 
@@ -139,13 +140,15 @@ def record_run(config: RunConfig, info: dict, experiment_id: str | None) -> str 
     ensure_store(uri)
     client = mlflow.MlflowClient(uri)
     exp = experiment_id or get_or_create_experiment("wg2 autoencoders")
-    found = client.search_runs([exp], f"{tag_is(TAG_AUTOENCODER_KEY, info['key'])} and {tag_is(TAG_KIND, KIND_AUTOENCODER)}")
+    query = f"{tag_is(TAG_AUTOENCODER_KEY, info['key'])} and {tag_is(TAG_KIND, KIND_AUTOENCODER)}"
+    found = client.search_runs([exp], query)
     if found:
         return found[0].info.run_id
     run = client.create_run(exp, run_name=f"autoencoder {config.autoencoder.kind} R={config.autoencoder.stride}",
                             tags={TAG_KIND: KIND_AUTOENCODER, TAG_AUTOENCODER_KEY: info["key"]})
     now = int(time.time() * 1000)
-    params = [mlflow.entities.Param(f"autoencoder.{k}", str(v)) for k, v in dataclasses.asdict(config.autoencoder).items()]
+    params = [mlflow.entities.Param(f"autoencoder.{k}", str(v))
+              for k, v in dataclasses.asdict(config.autoencoder).items()]
     metrics = [Metric(k, float(v), now, 0) for k, v in info.get("recon", {}).items()]
     metrics += [Metric(f"train/{k}", float(v), now, h["step"]) for h in info.get("history", []) for k, v in h.items()
                 if k != "step"]

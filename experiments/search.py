@@ -195,7 +195,7 @@ def resolve_model(model: str, uri: str) -> tuple[Path, str | None]:
         try:
             local = Path(mlflow.artifacts.download_artifacts(run_id=model, artifact_path="checkpoint.pt",
                                                              dst_path=str(dest), tracking_uri=uri))
-        except Exception as err:  # noqa: BLE001 - unknown run, no such artifact, unreachable store
+        except Exception as err:  # unknown run, no such artifact, unreachable store
             raise InputError(f"model {model!r}: could not download the run's checkpoint.pt artifact from MLflow "
                              f"{uri}: {type(err).__name__}: {err}") from err
     return local.resolve(), model
@@ -427,7 +427,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as err:  # noqa: BLE001 - bad URL, missing driver, unreachable server
+    except Exception as err:  # bad URL, missing driver, unreachable server
         raise InputError(f"--storage {redact(url)}: cannot open: {type(err).__name__}: {err}") from err
 
 
@@ -619,7 +619,8 @@ class TrialLogger:
                 metrics[key] = attrs[f"wg2.{key}"]
         retry(lambda: tracking.log_metrics(mlf, run_id, metrics))
         now = int(time.time() * 1000)
-        curve = [Metric(f"running/{self.spec.objective}", v, now, int(step)) for step, v in t.intermediate_values.items()]
+        curve = [Metric(f"running/{self.spec.objective}", v, now, int(step))
+                 for step, v in t.intermediate_values.items()]
         if curve:
             retry(lambda: mlf.log_batch(run_id, metrics=curve))
         if "wg2.betas" in attrs:

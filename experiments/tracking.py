@@ -1,9 +1,9 @@
 """MLflow helpers shared by the grid runner, the schedule search and the autoencoder stage.
 
 Layout (evaluation/runs.py, shared with the readers): tracking URI from MLFLOW_TRACKING_URI, else a SQLite
-store `mlflow.db` in the working directory. For a local SQLite store, new experiments keep their artifacts in `mlartifacts/` beside
-the database file (so the default store puts them in `<cwd>/mlartifacts`). A remote tracking server
-decides its own artifact location.
+store `mlflow.db` in the working directory. For a local SQLite store, new experiments keep their artifacts in
+`mlartifacts/` beside the database file (so the default store puts them in `<cwd>/mlartifacts`). A remote
+tracking server decides its own artifact location.
 """
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def retry(call: Callable[[], T], attempts: int = 5, delay: float = 0.5) -> T:
     for attempt in range(attempts):
         try:
             return call()
-        except Exception as err:  # noqa: BLE001 - only lock errors are retried, the rest re-raised
+        except Exception as err:  # only lock errors are retried, the rest re-raised
             if "locked" not in str(err).lower() or attempt == attempts - 1:
                 raise
             time.sleep(delay * (attempt + 1))
@@ -301,7 +301,7 @@ class Heartbeat:
         while not self._stop.wait(self.every):
             try:
                 mlf.set_tag(self.run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
-            except Exception:  # noqa: BLE001 - a missed beat only makes the run look stale sooner
+            except Exception:  # noqa: BLE001, S110 - a missed beat only makes the run look stale sooner
                 pass
 
     def __enter__(self) -> "Heartbeat":

@@ -349,8 +349,9 @@ def test_cli_grid_file_with_a_multi_key_axis(store, tmp_path, monkeypatch, capsy
           _eval_metrics(3.0, 5.0, {"manual-6": 0.05, "linear-50": 0.4}),
           extra_tags={"wg2.cell_hash": first.cell_hash, "wg2.label": first.label})
     spec = tmp_path / "latent.toml"  # the same grid under this test's experiment name
+    base = grid_file.parent.parent / "configs" / "base.toml"
     spec.write_text(grid_file.read_text().replace('name = "latent"', f'name = "{grid.name}-multi-key"')
-                    .replace('base_file = "../configs/base.toml"', f'base_file = "{grid_file.parent.parent}/configs/base.toml"'))
+                    .replace('base_file = "../configs/base.toml"', f'base_file = "{base}"'))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert main(["compare", str(spec), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
