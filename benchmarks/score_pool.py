@@ -25,8 +25,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation.metrics import Missing  # noqa: E402
-from evaluation.pool import ScoreJob, _context, score_many  # noqa: E402
+from evaluation.metrics import Missing
+from evaluation.pool import ScoreJob, _context, score_many
 
 
 def _spin(n: int) -> int:

@@ -5,9 +5,9 @@ marginal effect; speed beside quality; machine and commit; missing, failed and r
 the autoencoder ceiling and whether the latent target was reached), results.csv (one row per cell, every
 metric) and PNG plots. The same files are logged on the grid's parent run under `report/`.
 
-This module is the command: evaluation.compare_runs reads and aggregates the runs, evaluation.compare_report
-writes the text, evaluation.report_plots draws the pictures. Their public names are re-exported here. Works on
-any tracking URI and on partial grids. Never imports `experiments` at import time (evaluation sits below it).
+This module is the report: evaluation.compare_runs reads and aggregates the runs, evaluation.compare_report
+writes the text, evaluation.report_plots draws the pictures. Works on any tracking URI and on partial grids.
+The command line (reading a grid file for its expected cells) is experiments/compare_cmd.py.
 """
 from __future__ import annotations
 
@@ -16,20 +16,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation import report_plots as plots
-from evaluation.compare_report import (OWN, QUALITY, TRAINING, UTTERANCE_MARK, fmt, render_markdown, results_csv,
-                                       write_atomic)
-from evaluation.compare_runs import (DERIVED, HIGHER_BETTER, LOWER_BETTER, NOT_SCHEDULES, TARGET_QUALITY,
-                                     TARGET_SPEEDUP, TARGET_STRIDE, CellRow, CompareError, Effect, Grid, RunRecord,
-                                     Stat, Target, axis_means, canonical, direction, fraction_of_ceiling, grid_cells,
-                                     label_of, latent_target, metric_key, read_grid, resolve_tracking_uri,
-                                     show_value)
+from tqdm import tqdm
 
-__all__ = ["DERIVED", "HIGHER_BETTER", "LOWER_BETTER", "NOT_SCHEDULES", "OWN", "QUALITY", "TARGET_QUALITY",
-           "TARGET_SPEEDUP", "TARGET_STRIDE", "TRAINING", "UTTERANCE_MARK", "CellRow", "CompareError", "Effect",
-           "Grid", "Report", "RunRecord", "Stat", "Target", "canonical", "cmd_compare", "compare", "direction",
-           "fmt", "fraction_of_ceiling", "grid_cells", "label_of", "latent_target", "metric_key", "read_grid",
-           "resolve_tracking_uri", "show_value"]
+from evaluation import report_plots as plots
+from evaluation.compare_report import render_markdown, results_csv, write_atomic
+from evaluation.compare_runs import (CellRow, Effect, Grid, RunRecord, Target, axis_means, label_of, metric_key,
+                                     read_grid, resolve_tracking_uri)
+from evaluation.runs import TAG_TRAIN_HASH
 
 
 @dataclass
@@ -54,8 +47,6 @@ class Report:
 
 def _plots(client, out_dir: Path, grid: Grid) -> list[Path]:
     """quality_vs_rtf.png, axes.png and loss_curves.png, each only when the runs hold something to draw."""
-    from tqdm import tqdm
-
     rows, runs, axes, schedules, metric = grid.rows, grid.runs, grid.axes, grid.schedules, grid.metric
     made = []
     points = []
@@ -81,7 +72,7 @@ def _plots(client, out_dir: Path, grid: Grid) -> list[Path]:
     curves = []
     trained: dict[str, list[RunRecord]] = {}  # cells differing only in eval.* share one model: one curve
     for r in sorted(runs, key=lambda r: r.name):
-        trained.setdefault(r.tags.get("wg2.train_hash") or r.run_id, []).append(r)
+        trained.setdefault(r.tags.get(TAG_TRAIN_HASH) or r.run_id, []).append(r)
     for sharing in tqdm(list(trained.values()), desc="loss curves", leave=False, disable=len(trained) < 20):
         r = sharing[0]
         history = sorted(client.get_metric_history(r.run_id, "train/loss"), key=lambda m: m.step)
@@ -117,39 +108,9 @@ def compare(experiment_name: str, out_dir: str | Path, metric: str = "pesq_wb", 
             for path in (md, table, *plot_files):
                 client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
             logged = True
-        except Exception as err:  # the local report stands even when the artifact store is unreachable
+        except Exception as err:  # noqa: BLE001 - the local report stands even when the artifact store is unreachable
             print(f"wg2 compare: warning: could not log the report on run {parent.info.run_id}: {err}",
                   file=sys.stderr)
     return Report(experiment_name, out_dir, md, table, plot_files, grid.rows, grid.status["missing"],
                   grid.status["failed"], grid.status["running"], metric, grid.schedules, grid.effects, grid.target,
                   parent.info.run_id if parent is not None else None, logged)
-
-
-def cmd_compare(args) -> int:
-    """`wg2 compare GRID.toml|EXPERIMENT [--out DIR] [--metric M]`: exit 0 with a report, 2 on bad input."""
-    from experiments.config import InputError
-
-    target = str(args.target)
-    expected = None
-    if target.endswith(".toml") or Path(target).is_file():
-        from experiments.config import read_toml
-
-        raw = read_toml(target)  # raises ConfigError (an InputError) naming the file
-        name = raw.get("name")
-        if not isinstance(name, str) or not name:
-            raise InputError(f"{target}: the grid file has no `name` (a string naming its MLflow experiment)")
-        expected = grid_cells(raw)
-    else:
-        name = target
-    out = Path(args.out) if getattr(args, "out", None) else Path("results") / name
-    try:
-        report = compare(name, out, metric=getattr(args, "metric", None) or "pesq_wb", expected=expected)
-    except CompareError as err:
-        raise InputError(str(err)) from err
-    print(f"wrote {report.report_md} ({len(report.rows)} cells, {len(report.missing)} missing, "
-          f"{len(report.failed)} failed, {len(report.running)} running)")
-    if report.target is not None:
-        print(report.target.statement.replace("**", ""))
-    if report.parent_run_id and report.logged_on_parent:
-        print(f"logged on parent run {report.parent_run_id} under report/")
-    return 0

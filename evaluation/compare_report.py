@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from evaluation.runs import TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_VERSION
 from evaluation.compare_runs import (CellRow, Effect, Grid, RunRecord, Stat, direction, fraction_of_ceiling,
                                      metric_key, show_value)
 
@@ -104,8 +105,8 @@ def _provenance(parent, runs: list[RunRecord]) -> list[str]:
         if len(seen) <= 1:
             return f"`{next(iter(seen))}`" if seen else "unknown"
         return ", ".join(f"`{v}` ({n} runs)" for v, n in seen.items())
-    return [f"- machine: {values('wg2.machine')}; device: {values('wg2.device')}; torch: {values('wg2.torch_version')}",
-            f"- commit: {values('wg2.git_commit')}"]
+    return [f"- machine: {values(TAG_MACHINE)}; device: {values(TAG_DEVICE)}; torch: {values(TAG_TORCH_VERSION)}",
+            f"- commit: {values(TAG_GIT_COMMIT)}"]
 
 
 def _in_brief(effects: list[Effect], metric: str) -> list[str]:

@@ -5,7 +5,7 @@ pooled: a value's interval is the 95% t-interval across seeds, and with a single
 interval across utterances (the "_ci_low"/"_ci_high" metrics). Only FINISHED runs are aggregated; the others are
 listed by state, beside the expected cells that have no run at all. Also here: each axis's marginal effect, and
 for latent grids the autoencoder ceiling and whether the latent target was reached. Nothing is written.
-This module never imports `experiments` (evaluation sits below experiments).
+Nothing here imports `experiments` (evaluation sits below experiments).
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import ast
 import itertools
 import json
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -23,6 +22,9 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNMENT, TAG_AUTOENCODER_RUN, TAG_AXES,
+                             TAG_CELL_HASH, TAG_DESCRIPTION, TAG_ERROR, TAG_EXPECTED_CELLS, TAG_GROUP, TAG_HEARTBEAT,
+                             TAG_KIND, TAG_LABEL, TAG_SEED, search_all_runs, sqlite_path, tag_is, tracking_uri)
 from evaluation.stats import mean_difference, summarize
 
 HIGHER_BETTER = {"pesq_wb", "pesq_nb", "stoi", "estoi", "audio_seconds_per_sec", "steps_per_sec"}
@@ -184,36 +186,29 @@ def _json_tag(text: str | None, default: Any) -> Any:
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """Given URI, else MLFLOW_TRACKING_URI, else the working directory's SQLite store; a SQLite file that does
     not exist is an error (reading must not create an empty store)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise CompareError(f"no MLflow store at {path} (tracking URI {uri}); run `wg2 grid` first or set "
-                               "MLFLOW_TRACKING_URI")
+    uri = uri or tracking_uri()
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise CompareError(f"no MLflow store at {path} (tracking URI {uri}); run `wg2 grid` first or set "
+                           "MLFLOW_TRACKING_URI")
     return uri
 
 
-def _search(client, experiment_id: str, filter_string: str) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+def _search(client, experiment_id: str, kind: str) -> list:
+    return search_all_runs(client, [experiment_id], tag_is(TAG_KIND, kind))
 
 
 def _record(run) -> RunRecord:
     tags, params = dict(run.data.tags), dict(run.data.params)
-    seed_text = tags.get("wg2.seed", params.get("train.seed"))
+    seed_text = tags.get(TAG_SEED, params.get("train.seed"))
     try:
         seed = int(seed_text) if seed_text is not None else None
     except ValueError:
         seed = None
-    assignment = _json_tag(tags.get("wg2.assignment"), {})
+    assignment = _json_tag(tags.get(TAG_ASSIGNMENT), {})
     return RunRecord(run_id=run.info.run_id, name=run.info.run_name or tags.get("mlflow.runName", ""),
-                     status=run.info.status, group=tags.get("wg2.group") or canonical(assignment),
-                     seed=seed, cell_hash=tags.get("wg2.cell_hash", run.info.run_id), assignment=assignment,
+                     status=run.info.status, group=tags.get(TAG_GROUP) or canonical(assignment),
+                     seed=seed, cell_hash=tags.get(TAG_CELL_HASH, run.info.run_id), assignment=assignment,
                      params=params, tags=tags, metrics=dict(run.data.metrics), start_time=run.info.start_time or 0)
 
 
@@ -222,7 +217,7 @@ def _running(run: RunRecord) -> str:
     import time
 
     try:
-        age = time.time() - float(run.tags["wg2.heartbeat"])
+        age = time.time() - float(run.tags[TAG_HEARTBEAT])
     except (KeyError, ValueError):
         return f"{run.name} ({run.status})"
     return f"{run.name} ({run.status}, last heartbeat {age / 60:.0f} min ago)"
@@ -235,7 +230,7 @@ def _pick(runs: list[RunRecord]) -> RunRecord:
 
 
 def _parent(client, experiment_id: str, cells: list[RunRecord]):
-    parents = _search(client, experiment_id, "tags.`wg2.kind` = 'grid'")
+    parents = _search(client, experiment_id, KIND_GRID)
     if not parents:
         return None
     referenced = [r.tags.get("mlflow.parentRunId") for r in cells]
@@ -247,7 +242,7 @@ def _expected_from_parent(client, parent) -> list | None:
     absent: older or foreign runs)."""
     if parent is None:
         return None
-    listed = _json_tag(parent.data.tags.get("wg2.expected_cells"), None)
+    listed = _json_tag(parent.data.tags.get(TAG_EXPECTED_CELLS), None)
     if isinstance(listed, list):
         return listed
     try:
@@ -260,7 +255,7 @@ def _expected_from_parent(client, parent) -> list | None:
         if isinstance(listed, dict):
             listed = listed.get("cells")
         return listed if isinstance(listed, list) else None
-    except Exception as err:  # an unreadable artifact store must not stop the report
+    except Exception as err:  # noqa: BLE001 - an unreadable artifact store must not stop the report
         print(f"wg2 compare: warning: could not read cells.json of the parent run: {err}", file=sys.stderr)
         return None
 
@@ -277,33 +272,6 @@ def _normalize_expected(items: list) -> list[dict]:
             out.append({"cell_hash": item.get("cell_hash") or item.get("hash"), "assignment": assignment,
                         "seed": seed, "label": item.get("label") or item.get("name") or label_of(assignment, seed)})
     return out
-
-
-def grid_cells(raw: dict[str, Any]) -> list[dict] | None:
-    """Expected cells of a grid file (the product of its axes times its seeds, minus `exclude`), or None when
-    the file is not in the expected shape (the grid runner is the one that validates it)."""
-    axes = raw.get("axes", {})
-    if not isinstance(axes, dict):
-        return None
-    flat: dict[str, list] = {}
-    for key, values in axes.items():  # [axes.model] upsampler = [...] is the same as "model.upsampler" = [...]
-        if isinstance(values, dict):
-            flat.update({f"{key}.{k}": v for k, v in values.items()})
-        else:
-            flat[key] = values
-    if not all(isinstance(v, list) and v for v in flat.values()):
-        return None
-    if any(isinstance(v, dict) for values in flat.values() for v in values):
-        return None  # a multi-key axis: runs carry its labels, which only the grid runner knows how to make
-    seeds = raw.get("seeds", [None])
-    excludes = [e for e in raw.get("exclude", []) if isinstance(e, dict)]
-    cells = []
-    for combo in itertools.product(*flat.values()):
-        assignment = dict(zip(flat, combo))
-        if any(all(canonical(assignment.get(k)) == canonical(v) for k, v in e.items()) for e in excludes):
-            continue
-        cells.extend({"assignment": assignment, "seed": s, "label": label_of(assignment, s)} for s in seeds)
-    return cells
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -462,7 +430,7 @@ def _rows(finished: list[RunRecord], axes: list[str], orders: dict[str, list[str
         runs.sort(key=lambda r: (r.seed is None, r.seed))
         first = runs[0]
         # the grid runner's own label (the run name less its seed) so rows read like the MLflow runs
-        named = re.sub(r"\s*seed=-?\d+$", "", first.tags.get("wg2.label") or first.name).strip()
+        named = re.sub(r"\s*seed=-?\d+$", "", first.tags.get(TAG_LABEL) or first.name).strip()
         rows.append(CellRow(group=group, label=named or label_of(first.assignment), assignment=first.assignment,
                             seeds=[r.seed for r in runs if r.seed is not None], run_ids=[r.run_id for r in runs],
                             params=first.params, stats={k: _stat(runs, k) for k in keys}))
@@ -492,7 +460,7 @@ def _attach_ceilings(client, rows: list[CellRow], runs: list[RunRecord],
         if run_id not in cache:
             try:
                 cache[run_id] = client.get_run(run_id)
-            except Exception:  # deleted or in another store: the ceiling is then unknown, said in the report
+            except Exception:  # noqa: BLE001 - deleted or in another store: the ceiling is then unknown, said in the report
                 cache[run_id] = None
         return cache[run_id]
 
@@ -502,12 +470,12 @@ def _attach_ceilings(client, rows: list[CellRow], runs: list[RunRecord],
             continue
         ae = None
         for rid in row.run_ids:
-            link = by_id[rid].tags.get("wg2.autoencoder_run")
+            link = by_id[rid].tags.get(TAG_AUTOENCODER_RUN)
             if link and (ae := fetch(link)) is not None:
                 break
         if ae is None:
             if local is None:
-                local = _search(client, experiment_id, "tags.`wg2.kind` = 'autoencoder'")
+                local = _search(client, experiment_id, KIND_AUTOENCODER)
             ae = local[0] if len(local) == 1 else None
         if ae is None:
             continue
@@ -605,7 +573,7 @@ def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: l
         raise CompareError(f"no MLflow experiment named {experiment_name!r} at {client.tracking_uri}; "
                            f"experiments there: {', '.join(names) or 'none'}")
     exp_id = experiment.experiment_id
-    all_runs = [_record(r) for r in _search(client, exp_id, "tags.`wg2.kind` = 'cell'")]
+    all_runs = [_record(r) for r in _search(client, exp_id, KIND_CELL)]
     by_cell: dict[str, list[RunRecord]] = {}
     for r in all_runs:
         by_cell.setdefault(r.cell_hash, []).append(r)
@@ -621,8 +589,8 @@ def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: l
 
     parent = _parent(client, exp_id, runs)
     ptags = parent.data.tags if parent is not None else {}
-    question = ptags.get("wg2.description") or ptags.get("mlflow.note.content") or "(no description was logged)"
-    axes = _json_tag(ptags.get("wg2.axes"), None) or list(dict.fromkeys(k for r in runs for k in r.assignment))
+    question = ptags.get(TAG_DESCRIPTION) or ptags.get("mlflow.note.content") or "(no description was logged)"
+    axes = _json_tag(ptags.get(TAG_AXES), None) or list(dict.fromkeys(k for r in runs for k in r.assignment))
 
     # the cells that should exist: as the grid runner listed them, else from the grid file, else inferred
     listed, source = _expected_from_parent(client, parent), "listed by the grid's parent run"
@@ -649,7 +617,7 @@ def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: l
                                                        and (canonical(c["assignment"]), c.get("seed")) in keyed))]
     status = {"expected": expected_cells, "missing": missing,
               "finished": [r for r in runs if r.status == "FINISHED"],
-              "failed": [f"{r.name}: {(r.tags.get('wg2.error') or r.status).strip().splitlines()[0][:200]}"
+              "failed": [f"{r.name}: {(r.tags.get(TAG_ERROR) or r.status).strip().splitlines()[0][:200]}"
                          for r in runs if r.status in ("FAILED", "KILLED")],
               "running": [_running(r) for r in runs if r.status in ("RUNNING", "SCHEDULED")]}
 

@@ -98,7 +98,7 @@ def _dnsmos_module():
     onnxruntime and librosa, which most runs do not need)."""
     try:
         from speechmos import dnsmos
-    except Exception:  # ImportError, or a broken onnxruntime install: either way the metric is unavailable
+    except Exception:  # noqa: BLE001 - ImportError, or a broken onnxruntime install: either way the metric is unavailable
         return None
     return dnsmos
 
@@ -334,7 +334,7 @@ def _guard(scores: Scores, names: tuple[str, ...], compute: Callable[[], dict | 
     """Run one metric (or a group sharing work); any exception becomes Missing for each of its names."""
     try:
         value = compute()
-    except Exception as err:  # a metric's own failure (PesqError, parselmouth error, ...) is recorded, not raised
+    except Exception as err:  # noqa: BLE001 - a metric's own failure (PesqError, parselmouth error, ...) is recorded, not raised
         value = Missing(describe_error(err))
     if isinstance(value, dict):
         scores.update({k: value[k] for k in names})
@@ -388,7 +388,7 @@ def _score(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, degrad
         l_ref, l_deg = _features(reference, degraded, rate)  # (T_ref, N_MELS), (T_deg, N_MELS) dB
         c_ref, c_deg = mel_cepstrum(l_ref), mel_cepstrum(l_deg)  # (T_ref, 24), (T_deg, 24)
         failed: Missing | None = None
-    except Exception as err:  # every spectral metric is then missing with this reason
+    except Exception as err:  # noqa: BLE001 - every spectral metric is then missing with this reason
         failed = Missing(describe_error(err))
     if aligned:
         n = min(len(reference), len(degraded))

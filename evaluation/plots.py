@@ -11,10 +11,10 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display: safe in workers and on headless machines
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from evaluation.metrics import HOP_S, TOP_DB, log_mel_db, mel_power  # noqa: E402
+from evaluation.metrics import HOP_S, TOP_DB, log_mel_db, mel_power
 
 
 def _save_atomic(fig, path: str | Path) -> Path:

@@ -40,7 +40,7 @@ def score_job(job: ScoreJob) -> Scores:
     still becomes Missing for every metric so that one bad utterance never loses a whole evaluation."""
     try:
         return score_pair(job.reference, job.degraded, job.sample_rate, job.degraded_rate, aligned=job.aligned)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001
         reason = f"scoring failed for {job.id}: {describe_error(err)}"
         return {k: Missing(reason) for k in metric_names(job.aligned)}
 

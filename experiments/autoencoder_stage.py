@@ -16,7 +16,13 @@ import torch
 from tqdm import tqdm
 
 from components.autoencoder import AUTOENCODERS
+from evaluation.pool import ScoreJob, score_many
+from evaluation.runs import KIND_AUTOENCODER, TAG_AUTOENCODER_KEY, TAG_KIND, tag_is, tracking_uri
+from evaluation.stats import summarize
 from experiments.config import RunConfig, load_config
+from experiments.corpus import load_dataset
+from experiments.runtime import atomic_save, resolve_device
+from experiments.tracking import ensure_store, get_or_create_experiment
 
 RECON_UTTERANCES = 8  # val utterances scored for the reconstruction ceiling
 RECON_METRICS = ("pesq_wb", "stoi", "estoi", "mcd")
@@ -81,9 +87,6 @@ def encode_utterances(model, utterances, device: torch.device) -> list[np.ndarra
 @torch.no_grad()
 def reconstruction_quality(model, dataset, device: torch.device, workers: int = 2) -> dict[str, float]:
     """The ceiling of latent cells: encode-decode val utterances and score them like `wg2 eval` does."""
-    from evaluation.pool import ScoreJob, score_many
-    from evaluation.stats import summarize
-
     utterances = sorted(dataset.val or dataset.train, key=lambda u: u.id)[:RECON_UTTERANCES]
     jobs = []
     for u in utterances:
@@ -120,8 +123,8 @@ def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progres
                 "recon": reconstruction_quality(model, dataset, device, config.eval.metric_workers),
                 "history": history}
         path.parent.mkdir(parents=True, exist_ok=True)
-        from experiments.train import save_atomic
-        save_atomic({"model": model.state_dict(), "info": {k: v for k, v in info.items() if k not in ("path", "cache_hit")}}, path)
+        kept = {k: v for k, v in info.items() if k not in ("path", "cache_hit")}
+        atomic_save({"model": model.state_dict(), "info": kept}, path)
     info["mlflow_run_id"] = record_run(config, info, experiment_id)
     return model, info
 
@@ -131,20 +134,21 @@ def record_run(config: RunConfig, info: dict, experiment_id: str | None) -> str 
     try:
         import mlflow
         from mlflow.entities import Metric
-        from experiments.tracking import ensure_store, get_or_create_experiment, tracking_uri
     except ImportError:
         return None
     uri = tracking_uri()
     ensure_store(uri)
     client = mlflow.MlflowClient(uri)
     exp = experiment_id or get_or_create_experiment("wg2 autoencoders")
-    found = client.search_runs([exp], f"tags.`wg2.autoencoder_key` = '{info['key']}' and tags.`wg2.kind` = 'autoencoder'")
+    query = f"{tag_is(TAG_AUTOENCODER_KEY, info['key'])} and {tag_is(TAG_KIND, KIND_AUTOENCODER)}"
+    found = client.search_runs([exp], query)
     if found:
         return found[0].info.run_id
     run = client.create_run(exp, run_name=f"autoencoder {config.autoencoder.kind} R={config.autoencoder.stride}",
-                            tags={"wg2.kind": "autoencoder", "wg2.autoencoder_key": info["key"]})
+                            tags={TAG_KIND: KIND_AUTOENCODER, TAG_AUTOENCODER_KEY: info["key"]})
     now = int(time.time() * 1000)
-    params = [mlflow.entities.Param(f"autoencoder.{k}", str(v)) for k, v in dataclasses.asdict(config.autoencoder).items()]
+    params = [mlflow.entities.Param(f"autoencoder.{k}", str(v))
+              for k, v in dataclasses.asdict(config.autoencoder).items()]
     metrics = [Metric(k, float(v), now, 0) for k, v in info.get("recon", {}).items()]
     metrics += [Metric(f"train/{k}", float(v), now, h["step"]) for h in info.get("history", []) for k, v in h.items()
                 if k != "step"]
@@ -157,9 +161,6 @@ def record_run(config: RunConfig, info: dict, experiment_id: str | None) -> str 
 
 
 def cmd_autoencoder_train(args) -> int:
-    from experiments.corpus import load_dataset
-    from experiments.train import resolve_device
-
     config = load_config(args.config, args.overrides)
     dataset = load_dataset(config.data)
     _, info = ensure_autoencoder(config, dataset, resolve_device(args.device))

@@ -3,9 +3,10 @@
 Method: synthetic inputs of realistic shape (random phonemes with 8-frame durations, random audio), so no
 corpus is needed and every preset sees identical work. Each measurement warms up first (2 training
 steps; 1 synthesis per preset), synchronizes the device before reading the clock, and repeats (5 times on
-CUDA; on CPU 3 times for tiny and once for the larger presets, whose 50-step synthesis takes minutes). Training: eager fp32 (and
-bf16 autocast on CUDA with --bf16), steps/s and audio seconds per second. Inference: real-time factor
-(synthesis seconds / audio seconds) for manual-6 and linear-50 at batch 1. Peak memory: CUDA allocator
+CUDA; on CPU 3 times for tiny and once for the larger presets, whose 50-step synthesis takes minutes).
+Training: eager fp32 (and bf16 autocast on CUDA with --bf16), steps/s and audio seconds per second.
+Inference: real-time factor (synthesis seconds / audio seconds) for manual-6 and
+linear-50 at batch 1. Peak memory: CUDA allocator
 peak, or the process's peak RSS on CPU (a high-water mark over the whole bench, so read it as an
 upper bound on CPU).
 """
@@ -26,7 +27,7 @@ from components.model import WaveGrad2, count_parameters
 from components.schedules import resolve_schedule_name
 from experiments.batches import TrainingItem, make_batch
 from experiments.evaluate import machine_name
-from experiments.train import peak_memory_mb, resolve_device
+from experiments.runtime import peak_memory_mb, resolve_device
 
 SAMPLE_RATE, VOCAB = 22050, 64
 PRESET_MODELS = {  # encoder sizes that go with each decoder preset (tiny = the quickstart model)
@@ -54,7 +55,8 @@ def _clock(fn, device, repeats: int) -> float:
 def bench_training(model, config: ModelConfig, device, batch_size: int, window: int, bf16: bool, repeats: int):
     hop = model.hop
     rng = np.random.default_rng(0)
-    items = [TrainingItem(rng.integers(1, VOCAB, 40), np.full(40, 8), rng.uniform(-0.5, 0.5, (1, 320 * hop)).astype(np.float32))
+    items = [TrainingItem(rng.integers(1, VOCAB, 40), np.full(40, 8),
+                          rng.uniform(-0.5, 0.5, (1, 320 * hop)).astype(np.float32))
              for _ in range(batch_size)]
     batch = make_batch(items, window, hop, 0, 0).to(device)
     diffusion = Diffusion(resolve_schedule_name("linear-1000"))
@@ -66,7 +68,8 @@ def bench_training(model, config: ModelConfig, device, batch_size: int, window: 
             enc, log_d = model.encode(batch.phoneme_ids, batch.token_mask)
             dur = DurationPredictor.loss(log_d.float(), batch.durations, batch.token_mask)
             cond = model.condition(enc, batch.durations, batch.token_mask, batch.frames)
-            loss = diffusion.loss(lambda x, lvl: model.denoise(x, cond.states, lvl), batch.signal, batch.signal_mask) + dur
+            loss = diffusion.loss(lambda x, lvl: model.denoise(x, cond.states, lvl), batch.signal,
+                                  batch.signal_mask) + dur
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -91,7 +94,8 @@ def bench_inference(model, device, seconds_audio: float, schedule: str, bf16: bo
             enc, _ = model.encode(ids, mask)
             dur = torch.full((1, n_tokens), frames / n_tokens, device=device)
             cond = model.condition(enc, dur, mask, torch.arange(frames, device=device)[None])
-            Diffusion.sample(lambda x, lvl: model.denoise(x, cond.states, lvl), (1, 1, frames * model.hop), betas, device)
+            Diffusion.sample(lambda x, lvl: model.denoise(x, cond.states, lvl), (1, 1, frames * model.hop), betas,
+                             device)
 
     if warm_up:
         _clock(synth, device, 1)
@@ -110,7 +114,8 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
         repeats = 5 if dev.type == "cuda" else 3 if preset == "tiny" else 1
         row = {"preset": preset, "params_M": count_parameters(model) / 1e6,
                "decoder_params_M": count_parameters(model.decoder) / 1e6, "device": dev.type}
-        row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, config, dev, batch_size, window, False, repeats)
+        row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, config, dev, batch_size, window,
+                                                                              False, repeats)
         if bf16 and dev.type == "cuda":
             row["bf16_steps_per_s"], _ = bench_training(model, config, dev, batch_size, window, True, repeats)
             row["bf16_speedup"] = row["bf16_steps_per_s"] / row["train_steps_per_s"]
@@ -131,7 +136,8 @@ def format_table(machine: str, rows: list[dict], batch_size: int, window: int) -
     lines = [f"wg2 bench on {machine}; training batch {batch_size} x {window} frames; inference batch 1", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols) + " |")
+        cells = (f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reference")
     p.add_argument("degraded")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_handler("evaluation.score:cmd_score"))
+    p.set_defaults(func=_handler("experiments.score_cmd:cmd_score"))
 
     p = sub.add_parser("eval", help="synthesize a split with a checkpoint and score quality and speed")
     p.add_argument("checkpoint")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="grid file or MLflow experiment name")
     p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
     p.add_argument("--metric", default="pesq_wb", help="headline metric")
-    p.set_defaults(func=_handler("evaluation.compare:cmd_compare"))
+    p.set_defaults(func=_handler("experiments.compare_cmd:cmd_compare"))
 
     p = sub.add_parser("search", help="search an inference noise schedule with Optuna")
     p.add_argument("model", help="checkpoint file or MLflow run ID")

@@ -211,8 +211,8 @@ def replace(config: RunConfig, **dotted: Any) -> RunConfig:
 
 def validate(config: RunConfig, where: str = "config") -> None:
     """Cross-key checks that need the registries; raises ConfigError naming the key and allowed values."""
-    from components.configs import validate_model_config
     from components.schedules import resolve_schedule_name
+    from components.validation import validate_model_config  # imports torch: only when validating
 
     try:
         validate_model_config(config.model, config.autoencoder, hop_length=config.data.hop_length)

@@ -292,7 +292,7 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
     wav_path, grid_path = entry.wav, entry.textgrids[0]
     try:
         audio, rate = soundfile.read(str(wav_path), dtype="float32", always_2d=True)  # (n, channels)
-    except Exception as err:  # libsndfile errors are plain RuntimeErrors with its message
+    except Exception as err:  # noqa: BLE001 - libsndfile errors are plain RuntimeErrors with its message
         return _Read(None, [Problem(str(wav_path), f"unreadable audio ({err}); expected a wav file",
                                     entry.id, "unreadable wav")])
     channels = audio.shape[1]
@@ -460,7 +460,8 @@ def _write_cache(folder: Path, report: CorpusReport) -> None:
     np.save(tmp / "audio.npy", np.concatenate([u.audio for u in us]).astype(np.float32))
     np.save(tmp / "durations.npy", np.concatenate([u.durations for u in us]).astype(np.int64))
     index = {"ids": [u.id for u in us], "texts": [u.text for u in us], "phonemes": [u.phonemes for u in us],
-             "samples": [len(u.audio) for u in us], "warnings": report.warnings, "skipped": [str(p) for p in report.problems]}
+             "samples": [len(u.audio) for u in us], "warnings": report.warnings,
+             "skipped": [str(p) for p in report.problems]}
     (tmp / "index.json").write_text(json.dumps(index, ensure_ascii=False))
     try:
         os.replace(tmp, folder)

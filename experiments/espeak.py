@@ -210,7 +210,7 @@ def _segments(text: str, audio: np.ndarray, events: list) -> tuple[list[Segment]
                 continue
         phones.append((label, start, end, word))
     word_segments: list[Segment] = []
-    for label, start, end, word in phones:
+    for _phone, start, end, word in phones:
         if word < 0:
             continue
         if word_segments and word_segments[-1][0] == word:
@@ -267,7 +267,7 @@ def synthesize_isolated(text: str, voice: str = "en-us") -> SpokenText:
     with os.fdopen(read_fd, "rb") as pipe:
         payload = pipe.read()  # read to EOF before waiting: the child blocks on a full pipe
     _, status = os.waitpid(pid, 0)
-    result = pickle.loads(payload) if payload else RuntimeError(
+    result = pickle.loads(payload) if payload else RuntimeError(  # noqa: S301 - our own forked child wrote it
         f"espeak child process died (wait status {status}) saying {text!r}")
     if isinstance(result, BaseException):
         raise result

@@ -28,8 +28,8 @@ from evaluation.metrics import Missing
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
+from experiments.runtime import peak_memory_mb
 from experiments.synth import LoadedModel, conditioning_items, load_checkpoint, synthesize, write_wav
-from experiments.train import peak_memory_mb
 
 
 # Metrics of the free-running pass (predicted durations): output and reference lengths differ.

@@ -28,15 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation import runs
 from experiments import tracking
 from experiments.config import ConfigError, InputError, RunConfig, flatten
-from experiments.grid_file import (EVAL_KEYS, GRID_KEYS, MAX_ERRORS_SHOWN, SEED_KEYS, Axis, Cell, Grid, describe,
-                                   expected_cells, fmt, load_grid)
+from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
 from experiments.workers import start_workers, watch_parent
 
-__all__ = [  # grid_file's names stay importable from here
-    "EVAL_KEYS", "GRID_KEYS", "MAX_ERRORS_SHOWN", "SEED_KEYS", "Axis", "Cell", "Grid", "describe", "expected_cells",
-    "fmt", "load_grid",
+__all__ = [
     "RunContext", "CellOutcome", "GridOutcome", "check_windows", "runs_dir", "run_cell", "run_grid", "summary",
     "cmd_grid"]
 
@@ -87,10 +85,10 @@ class GridOutcome:
 
 
 def _new_cell_run(mlf, ctx: RunContext, cell: Cell, tags: dict[str, str]) -> str:
-    tags = {**tags, "mlflow.parentRunId": ctx.parent_run_id, "wg2.kind": "cell", "wg2.grid_name": ctx.grid_name,
-            "wg2.train_hash": cell.train_hash, "wg2.group": cell.group, "wg2.seed": str(cell.seed),
-            "wg2.assignment": json.dumps(cell.assignment, sort_keys=True), "wg2.label": cell.label,
-            "wg2.overrides": json.dumps(list(ctx.overrides))}
+    tags = {**tags, "mlflow.parentRunId": ctx.parent_run_id, runs.TAG_KIND: runs.KIND_CELL,
+            runs.TAG_GRID_NAME: ctx.grid_name, runs.TAG_TRAIN_HASH: cell.train_hash, runs.TAG_GROUP: cell.group,
+            runs.TAG_SEED: str(cell.seed), runs.TAG_ASSIGNMENT: json.dumps(cell.assignment, sort_keys=True),
+            runs.TAG_LABEL: cell.label, runs.TAG_OVERRIDES: json.dumps(list(ctx.overrides))}
     run = tracking.retry(lambda: mlf.create_run(ctx.experiment_id, run_name=cell.label, tags=tags))
     return run.info.run_id
 
@@ -162,7 +160,8 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
     from experiments.config import to_toml
     from experiments.evaluate import evaluate
     from experiments.synth import load_checkpoint
-    from experiments.train import resolve_device, train
+    from experiments.runtime import resolve_device
+    from experiments.train import train
 
     device = str(resolve_device(ctx.device))
     run = mlf.get_run(run_id)
@@ -182,7 +181,7 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
     curves.flush(result.history)
     autoencoder_run = _autoencoder_run(result) if cell.config.model.space == "latent" else None
     if autoencoder_run:  # latent space: `wg2 compare` shows the autoencoder's reconstruction ceiling
-        tracking.retry(lambda: mlf.set_tag(run_id, "wg2.autoencoder_run", autoencoder_run))
+        tracking.retry(lambda: mlf.set_tag(run_id, runs.TAG_AUTOENCODER_RUN, autoencoder_run))
     figures = {f"train/{k}": v for k, v in result.throughput.items()}
     if result.wall_seconds:
         figures["train/wall_seconds"] = result.wall_seconds
@@ -202,7 +201,7 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
     failing cell: the run is marked FAILED with the error as tag wg2.error and the traceback as error.log."""
     mlf = mlf or tracking.client(ctx.uri)
     started = time.perf_counter()
-    run_id, state = tracking.claim_run(mlf, ctx.experiment_id, "wg2.cell_hash", cell.cell_hash,
+    run_id, state = tracking.claim_run(mlf, ctx.experiment_id, runs.TAG_CELL_HASH, cell.cell_hash,
                                        lambda tags: _new_cell_run(mlf, ctx, cell, tags))
     if state in ("finished", "busy"):
         return CellOutcome(cell.label, cell.cell_hash, "skipped" if state == "finished" else "busy", run_id)
@@ -219,13 +218,13 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "error.log").write_text(text)
                 mlf.log_artifact(run_id, str(Path(tmp) / "error.log"))
-            tracking.retry(lambda: mlf.set_tag(run_id, "wg2.error", message[:5000]))
+            tracking.retry(lambda: mlf.set_tag(run_id, runs.TAG_ERROR, message[:5000]))
             tracking.retry(lambda: mlf.set_terminated(run_id, "FAILED"))
         except Exception:  # noqa: BLE001 - the store itself failing must not hide the cell's error
             traceback.print_exc()
         return CellOutcome(cell.label, cell.cell_hash, "failed", run_id, message, time.perf_counter() - started)
-    if "wg2.error" in mlf.get_run(run_id).data.tags:  # an earlier attempt failed; this one did not
-        tracking.retry(lambda: mlf.delete_tag(run_id, "wg2.error"))
+    if runs.TAG_ERROR in mlf.get_run(run_id).data.tags:  # an earlier attempt failed; this one did not
+        tracking.retry(lambda: mlf.delete_tag(run_id, runs.TAG_ERROR))
     tracking.retry(lambda: mlf.set_terminated(run_id, "FINISHED"))
     return CellOutcome(cell.label, cell.cell_hash, "finished", run_id, None, time.perf_counter() - started)
 
@@ -234,24 +233,24 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
 
 def _parent_run(mlf, experiment_id: str, grid: Grid, device: str) -> str:
     """The grid's parent run: found by tag wg2.kind=grid and reused on every rerun, or created once."""
-    tags = {"wg2.kind": "grid", "wg2.grid_name": grid.name, "wg2.description": grid.description,
-            "mlflow.note.content": grid.description, "wg2.axes": json.dumps([a.name for a in grid.axes]),
-            "wg2.seeds": json.dumps(list(grid.seeds)), "wg2.grid_file": str(grid.path),
-            "wg2.git_commit": tracking.git_commit(), "wg2.machine": tracking.machine(device)}
-    query = "tags.`wg2.kind` = 'grid'"
-    runs = tracking.retry(lambda: tracking.search_all_runs(mlf, [experiment_id], query))
-    if not runs:
+    tags = {runs.TAG_KIND: runs.KIND_GRID, runs.TAG_GRID_NAME: grid.name, runs.TAG_DESCRIPTION: grid.description,
+            "mlflow.note.content": grid.description, runs.TAG_AXES: json.dumps([a.name for a in grid.axes]),
+            runs.TAG_SEEDS: json.dumps(list(grid.seeds)), runs.TAG_GRID_FILE: str(grid.path),
+            runs.TAG_GIT_COMMIT: tracking.git_commit(), runs.TAG_MACHINE: tracking.machine(device)}
+    query = runs.tag_is(runs.TAG_KIND, runs.KIND_GRID)
+    found = tracking.retry(lambda: runs.search_all_runs(mlf, [experiment_id], query))
+    if not found:
         mine = tracking.retry(lambda: mlf.create_run(experiment_id, run_name=f"grid: {grid.name}", tags=tags))
-        runs = tracking.retry(lambda: tracking.search_all_runs(mlf, [experiment_id], query))
-        winner = tracking.earliest(runs)
+        found = tracking.retry(lambda: runs.search_all_runs(mlf, [experiment_id], query))
+        winner = tracking.earliest(found)
         if winner.info.run_id != mine.info.run_id:  # another process created it at the same moment
             tracking.retry(lambda: mlf.delete_run(mine.info.run_id))
-        runs = [winner]
-    run_id = tracking.earliest(runs).info.run_id
+        found = [winner]
+    run_id = tracking.earliest(found).info.run_id
     cells = expected_cells(grid)
     listed = json.dumps(cells)
     if len(listed) <= 5000:  # MLflow caps tag values; cells.json (below) always holds the list
-        tags["wg2.expected_cells"] = listed
+        tags[runs.TAG_EXPECTED_CELLS] = listed
     tracking.retry(lambda: tracking.log_tags(mlf, run_id, tags))
     tracking.retry(lambda: mlf.update_run(run_id, status="RUNNING"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,9 +261,9 @@ def _parent_run(mlf, experiment_id: str, grid: Grid, device: str) -> str:
 
 
 def _finished_cells(mlf, experiment_id: str) -> set[str]:
-    query = "tags.`wg2.kind` = 'cell' and attributes.status = 'FINISHED'"
-    return {r.data.tags.get("wg2.cell_hash") for r in tracking.retry(
-        lambda: tracking.search_all_runs(mlf, [experiment_id], query))}
+    query = f"{runs.tag_is(runs.TAG_KIND, runs.KIND_CELL)} and attributes.status = 'FINISHED'"
+    return {r.data.tags.get(runs.TAG_CELL_HASH) for r in tracking.retry(
+        lambda: runs.search_all_runs(mlf, [experiment_id], query))}
 
 
 # ----------------------------------------------------------------------------- workers
@@ -323,7 +322,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
     when the grid, a cell or the data is wrong."""
     from tqdm import tqdm
 
-    from experiments.train import resolve_device
+    from experiments.runtime import resolve_device
 
     grid = load_grid(path, list(overrides))
     if workers < 1:
@@ -336,7 +335,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
     resolved = str(resolve_device(device))  # `--device cuda` without a GPU: exit 2 now, not a failed cell each
     check_windows(grid, progress)
 
-    uri = tracking.ensure_store(tracking.tracking_uri())  # once, here, before any worker opens it
+    uri = tracking.ensure_store(runs.tracking_uri())  # once, here, before any worker opens it
     experiment_id = tracking.get_or_create_experiment(grid.name, uri=uri)
     mlf = tracking.client(uri)
     parent_id = _parent_run(mlf, experiment_id, grid, resolved)

@@ -84,10 +84,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.metrics import METRICS, Missing, describe_error, metric_names
 from evaluation.pool import ScoreJob, score_many
+from evaluation.runs import (KIND_SEARCH, KIND_TRIAL, TAG_BASELINE, TAG_ERROR, TAG_GIT_COMMIT, TAG_KIND, TAG_MACHINE,
+                             TAG_MODEL, TAG_MODEL_CONFIG_HASH, TAG_MODEL_RUN_ID, TAG_MODEL_SHA256, TAG_OBJECTIVES,
+                             TAG_OWNER, TAG_PRUNE_REASON, TAG_SAMPLER, TAG_STATE, TAG_STORAGE, TAG_STUDY,
+                             TAG_STUDY_KEY, TAG_TRIAL_NUMBER, TAG_TRIALS_REQUESTED, search_all_runs, sqlite_path,
+                             tag_is, tracking_uri)
 from experiments import search_space as space
 from experiments import synth, tracking
 from experiments.workers import start_workers, watch_parent
 from experiments.config import InputError
+from experiments.runtime import atomic_write_bytes
 
 EXPERIMENT = "wg2 schedule search"
 PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search_space.py)
@@ -155,7 +161,7 @@ def _slug(text: str) -> str:
 
 def _absolute_storage(url: str) -> str:
     """SQLite URLs made absolute (spawned workers and later resumes find the same file)."""
-    db = tracking.sqlite_path(url)
+    db = sqlite_path(url)
     if db is None:
         return url
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +195,7 @@ def resolve_model(model: str, uri: str) -> tuple[Path, str | None]:
         try:
             local = Path(mlflow.artifacts.download_artifacts(run_id=model, artifact_path="checkpoint.pt",
                                                              dst_path=str(dest), tracking_uri=uri))
-        except Exception as err:  # noqa: BLE001 - unknown run, no such artifact, unreachable store
+        except Exception as err:  # unknown run, no such artifact, unreachable store
             raise InputError(f"model {model!r}: could not download the run's checkpoint.pt artifact from MLflow "
                              f"{uri}: {type(err).__name__}: {err}") from err
     return local.resolve(), model
@@ -222,7 +228,7 @@ def spec_from_args(args) -> SearchSpec:
         need(args.objective == "pesq_wb", f"--objective {args.objective}: with --multi the objectives are fixed "
              "(PESQ-wb and STOI against steps)")
         need(args.sampler == "tpe", "--sampler grid is the single-objective baseline; use --sampler tpe with --multi")
-    uri = tracking.tracking_uri()
+    uri = tracking_uri()
     checkpoint, run_id = resolve_model(args.model, uri)
     study = args.study or default_study_name(checkpoint, run_id, args.steps, args.objective, args.multi,
                                              args.min_steps, args.max_steps, args.sampler)
@@ -372,7 +378,7 @@ def _file_lock(path: Path):
 
 
 def lock_path(spec: SearchSpec) -> Path:
-    db = tracking.sqlite_path(spec.storage)
+    db = sqlite_path(spec.storage)
     if db is not None:
         return db.with_name(db.name + ".wg2-lock")
     key = hashlib.sha256(f"{spec.storage}\n{spec.study}".encode()).hexdigest()[:16]
@@ -421,7 +427,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as err:  # noqa: BLE001 - bad URL, missing driver, unreachable server
+    except Exception as err:  # bad URL, missing driver, unreachable server
         raise InputError(f"--storage {redact(url)}: cannot open: {type(err).__name__}: {err}") from err
 
 
@@ -492,7 +498,7 @@ def fail_orphans(study: optuna.Study) -> int:
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get(OWNER, "")
-        if owner.split(":")[0] == host and not tracking.owner_alive({tracking.OWNER_TAG: owner}):
+        if owner.split(":")[0] == host and not tracking.owner_alive({TAG_OWNER: owner}):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             n += 1
     return n
@@ -538,16 +544,16 @@ def open_parent_run(spec: SearchSpec, model: ModelInfo, utterance_ids: list[str]
     experiment_id = tracking.get_or_create_experiment(EXPERIMENT, uri=uri)
     mlf = tracking.client(uri)
     key = study_key(spec)
-    tags = {"wg2.kind": "search", "wg2.study": spec.study, "wg2.study_key": key, "wg2.storage": redact(spec.storage),
-            "wg2.model": model.checkpoint, "wg2.model_sha256": model.sha256, "wg2.model_config_hash": model.config_hash,
-            "wg2.model_run_id": model.mlflow_run_id or "", "wg2.objectives": json.dumps(list(spec.objectives)),
-            "wg2.sampler": spec.sampler, "wg2.trials_requested": str(spec.trials),
-            "wg2.git_commit": tracking.git_commit(), "wg2.machine": tracking.machine(spec.device)}
-    query = f"tags.`wg2.study_key` = '{key}' and tags.`wg2.kind` = 'search'"
-    runs = tracking.retry(lambda: tracking.search_all_runs(mlf, [experiment_id], query))
+    tags = {TAG_KIND: KIND_SEARCH, TAG_STUDY: spec.study, TAG_STUDY_KEY: key, TAG_STORAGE: redact(spec.storage),
+            TAG_MODEL: model.checkpoint, TAG_MODEL_SHA256: model.sha256, TAG_MODEL_CONFIG_HASH: model.config_hash,
+            TAG_MODEL_RUN_ID: model.mlflow_run_id or "", TAG_OBJECTIVES: json.dumps(list(spec.objectives)),
+            TAG_SAMPLER: spec.sampler, TAG_TRIALS_REQUESTED: str(spec.trials),
+            TAG_GIT_COMMIT: tracking.git_commit(), TAG_MACHINE: tracking.machine(spec.device)}
+    query = f"{tag_is(TAG_STUDY_KEY, key)} and {tag_is(TAG_KIND, KIND_SEARCH)}"
+    runs = tracking.retry(lambda: search_all_runs(mlf, [experiment_id], query))
     if not runs:
         mine = tracking.retry(lambda: mlf.create_run(experiment_id, run_name=f"search: {spec.study}", tags=tags))
-        runs = tracking.retry(lambda: tracking.search_all_runs(mlf, [experiment_id], query))
+        runs = tracking.retry(lambda: search_all_runs(mlf, [experiment_id], query))
         if tracking.earliest(runs).info.run_id != mine.info.run_id:  # another command created it meanwhile
             tracking.retry(lambda: mlf.delete_run(mine.info.run_id))
     run_id = tracking.earliest(runs).info.run_id
@@ -591,10 +597,10 @@ class TrialLogger:
         from mlflow.entities import Metric
 
         mlf, attrs, retry = self.mlf, t.user_attrs, tracking.retry
-        tags = {"mlflow.parentRunId": self.ctx.parent_run_id, "wg2.kind": "trial", "wg2.study": self.spec.study,
-                "wg2.study_key": self.ctx.study_key, "wg2.trial_number": str(t.number), "wg2.state": t.state.name}
-        for tag, value in (("wg2.error", fail_reason(t)), ("wg2.prune_reason", attrs.get("wg2.prune_reason")),
-                           ("wg2.baseline", attrs.get(BASELINE)), ("wg2.owner", attrs.get(OWNER))):
+        tags = {"mlflow.parentRunId": self.ctx.parent_run_id, TAG_KIND: KIND_TRIAL, TAG_STUDY: self.spec.study,
+                TAG_STUDY_KEY: self.ctx.study_key, TAG_TRIAL_NUMBER: str(t.number), TAG_STATE: t.state.name}
+        for tag, value in ((TAG_ERROR, fail_reason(t)), (TAG_PRUNE_REASON, attrs.get("wg2.prune_reason")),
+                           (TAG_BASELINE, attrs.get(BASELINE)), (TAG_OWNER, attrs.get(OWNER))):
             if value:
                 tags[tag] = str(value)[:5000]
         name = f"trial {t.number}" + (f" ({attrs[BASELINE]})" if BASELINE in attrs else "")
@@ -613,7 +619,8 @@ class TrialLogger:
                 metrics[key] = attrs[f"wg2.{key}"]
         retry(lambda: tracking.log_metrics(mlf, run_id, metrics))
         now = int(time.time() * 1000)
-        curve = [Metric(f"running/{self.spec.objective}", v, now, int(step)) for step, v in t.intermediate_values.items()]
+        curve = [Metric(f"running/{self.spec.objective}", v, now, int(step))
+                 for step, v in t.intermediate_values.items()]
         if curve:
             retry(lambda: mlf.log_batch(run_id, metrics=curve))
         if "wg2.betas" in attrs:
@@ -629,9 +636,9 @@ class TrialLogger:
 def log_missing_trials(study: optuna.Study, ctx: TrackingContext, spec: SearchSpec) -> int:
     """Log every finished trial that has no child run yet (a worker died, or its logging failed)."""
     mlf = tracking.client(ctx.uri)
-    query = f"tags.`wg2.study_key` = '{ctx.study_key}' and tags.`wg2.kind` = 'trial'"
-    logged = {r.data.tags.get("wg2.trial_number") for r in tracking.retry(
-        lambda: tracking.search_all_runs(mlf, [ctx.experiment_id], query))}
+    query = f"{tag_is(TAG_STUDY_KEY, ctx.study_key)} and {tag_is(TAG_KIND, KIND_TRIAL)}"
+    logged = {r.data.tags.get(TAG_TRIAL_NUMBER) for r in tracking.retry(
+        lambda: search_all_runs(mlf, [ctx.experiment_id], query))}
     logger, n = TrialLogger(ctx, spec), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         if str(t.number) not in logged:
@@ -713,9 +720,7 @@ def run_workers(spec: SearchSpec, ctx: TrackingContext, study: optuna.Study, wor
 
 def _write_json(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
     return path
 
 
@@ -945,7 +950,7 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
         tracking.retry(lambda: mlf.log_artifact(ctx.parent_run_id, str(path)))
     counts = {s.name: n for s in TrialState if (n := sum(1 for t in trials if t.state == s))}
     if errors:
-        tracking.retry(lambda: mlf.set_tag(ctx.parent_run_id, "wg2.error", "; ".join(errors)[:5000]))
+        tracking.retry(lambda: mlf.set_tag(ctx.parent_run_id, TAG_ERROR, "; ".join(errors)[:5000]))
     tracking.retry(lambda: mlf.set_terminated(ctx.parent_run_id, "FAILED" if errors else "FINISHED"))
     if backfilled:
         print(f"logged {backfilled} trial(s) to MLflow that had no run yet")

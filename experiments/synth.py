@@ -16,7 +16,8 @@ from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
 from evaluation.conditioning import ConditioningItem
 from experiments.config import InputError, RunConfig, config_from_dict
-from experiments.train import CHECKPOINT_FORMAT, resolve_device
+from experiments.runtime import resolve_device
+from experiments.train import CHECKPOINT_FORMAT
 
 
 @dataclass

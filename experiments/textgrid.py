@@ -8,7 +8,8 @@ from pathlib import Path
 # Praat's text formats are one token stream: the long format is the short one with comments
 # (`xmin =`, `item [1]:`) around the values. Values are quoted strings ("" escapes a quote),
 # flags (<exists>) and numbers standing alone (not the 1 of `[1]`).
-_PRAAT_TOKEN = re.compile(r'"((?:[^"]|"")*)"|<(exists|absent)>|(?<![\w.\[])([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?![\w.\]])')
+_PRAAT_TOKEN = re.compile(r'"((?:[^"]|"")*)"|<(exists|absent)>'
+                          r'|(?<![\w.\[])([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?![\w.\]])')
 
 
 def _praat_tokens(path: Path) -> list[str | float]:

@@ -1,9 +1,9 @@
 """MLflow helpers shared by the grid runner, the schedule search and the autoencoder stage.
 
-Layout: tracking URI from MLFLOW_TRACKING_URI, else a SQLite store `mlflow.db` in the working
-directory. For a local SQLite store, new experiments keep their artifacts in `mlartifacts/` beside
-the database file (so the default store puts them in `<cwd>/mlartifacts`). A remote tracking server
-decides its own artifact location.
+Layout (evaluation/runs.py, shared with the readers): tracking URI from MLFLOW_TRACKING_URI, else a SQLite
+store `mlflow.db` in the working directory. For a local SQLite store, new experiments keep their artifacts in
+`mlartifacts/` beside the database file (so the default store puts them in `<cwd>/mlartifacts`). A remote
+tracking server decides its own artifact location.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
-from urllib.parse import unquote, urlparse
+
+from evaluation.runs import (TAG_DEVICE, TAG_GIT_COMMIT, TAG_HEARTBEAT, TAG_MACHINE, TAG_OWNER, TAG_PYTHON,
+                             TAG_TORCH_VERSION, TAG_VERSION_PREFIX, search_all_runs, sqlite_path, tag_is, tracking_uri)
 
 T = TypeVar("T")
 
@@ -31,22 +33,6 @@ def quiet_mlflow_logs() -> None:
     """The SQLite store runs its schema migrations through alembic, which logs every step at INFO."""
     for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///...` URI, or None for any other store."""
-    if not uri.startswith("sqlite:"):
-        return None
-    path = unquote(urlparse(uri).path)
-    # sqlite:///relative.db -> path "/relative.db"; sqlite:////abs.db -> "//abs.db"
-    if uri.startswith("sqlite:////"):
-        return Path("/" + path.lstrip("/"))
-    return Path(path.lstrip("/")).resolve() if path else None
 
 
 def default_artifact_root(uri: str) -> Path | None:
@@ -152,9 +138,9 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
 def run_tags(device: str) -> dict[str, str]:
     """Where and with what a run was made: git commit, machine, device, torch and package versions."""
     versions = package_versions()
-    tags = {"wg2.git_commit": git_commit(), "wg2.machine": machine(device), "wg2.device": device,
-            "wg2.torch_version": versions.get("torch", "absent"), "wg2.python": platform.python_version()}
-    tags.update({f"wg2.version.{name}": version for name, version in versions.items()})
+    tags = {TAG_GIT_COMMIT: git_commit(), TAG_MACHINE: machine(device), TAG_DEVICE: device,
+            TAG_TORCH_VERSION: versions.get("torch", "absent"), TAG_PYTHON: platform.python_version()}
+    tags.update({f"{TAG_VERSION_PREFIX}{name}": version for name, version in versions.items()})
     return tags
 
 
@@ -245,23 +231,12 @@ def logged_steps(mlf, run_id: str, key: str = "train/loss") -> set[int]:
     return {m.step for m in mlf.get_metric_history(run_id, key)}
 
 
-def search_all_runs(mlf, experiment_ids: list[str], filter_string: str = "") -> list:
-    """Every active run matching the filter, following MLflow's pagination."""
-    runs, token = [], None
-    while True:
-        page = mlf.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def retry(call: Callable[[], T], attempts: int = 5, delay: float = 0.5) -> T:
     """Retry a store call that failed because a SQLite database was briefly locked by another process."""
     for attempt in range(attempts):
         try:
             return call()
-        except Exception as err:  # noqa: BLE001 - only lock errors are retried, the rest re-raised
+        except Exception as err:  # only lock errors are retried, the rest re-raised
             if "locked" not in str(err).lower() or attempt == attempts - 1:
                 raise
             time.sleep(delay * (attempt + 1))
@@ -278,7 +253,6 @@ def retry(call: Callable[[], T], attempts: int = 5, delay: float = 0.5) -> T:
 # create the same run both create one, then both list the runs: the earliest (start time, run id)
 # wins and the other deletes its own. This needs nothing but tags, so any tracking store works.
 
-OWNER_TAG, HEARTBEAT_TAG = "wg2.owner", "wg2.heartbeat"
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = float(os.environ.get("WG2_STALE_SECONDS", 600))
 SETTLE_SECONDS = 0.5  # after a takeover, wait this long and re-read the owner: the last writer wins
@@ -294,7 +268,7 @@ def owner_alive(tags: dict[str, str], stale_seconds: float = STALE_SECONDS, now:
     """Is the process named by a run's owner tag still working on it?"""
     import psutil
 
-    owner = tags.get(OWNER_TAG, "")
+    owner = tags.get(TAG_OWNER, "")
     host, _, rest = owner.partition(":")
     pid_text, _, started_text = rest.partition(":")
     if host == socket.gethostname() and pid_text.isdigit():
@@ -306,7 +280,7 @@ def owner_alive(tags: dict[str, str], stale_seconds: float = STALE_SECONDS, now:
         except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
             return False
     try:
-        beat = float(tags.get(HEARTBEAT_TAG, "0"))
+        beat = float(tags.get(TAG_HEARTBEAT, "0"))
     except ValueError:
         return False
     return (now or time.time()) - beat < stale_seconds
@@ -326,8 +300,8 @@ class Heartbeat:
         mlf = client(self.uri)
         while not self._stop.wait(self.every):
             try:
-                mlf.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
-            except Exception:  # noqa: BLE001 - a missed beat only makes the run look stale sooner
+                mlf.set_tag(self.run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
+            except Exception:  # noqa: BLE001, S110 - a missed beat only makes the run look stale sooner
                 pass
 
     def __enter__(self) -> "Heartbeat":
@@ -351,7 +325,7 @@ def claim_run(mlf, experiment_id: str, key_tag: str, key_value: str, create: Cal
     working on it), "resumed" (an interrupted or failed run taken over) or "new" (created here by
     `create(tags)`, which must create the run with the given tags and return its id)."""
     me = owner_id()
-    query = f"tags.`{key_tag}` = '{key_value}'"
+    query = tag_is(key_tag, key_value)
     for _ in range(3):
         runs = retry(lambda: search_all_runs(mlf, [experiment_id], query))
         finished = [r for r in runs if r.info.status == "FINISHED"]
@@ -362,14 +336,14 @@ def claim_run(mlf, experiment_id: str, key_tag: str, key_value: str, create: Cal
             if run.info.status == "RUNNING" and owner_alive(run.data.tags, stale_seconds):
                 return run.info.run_id, "busy"
             run_id = run.info.run_id
-            retry(lambda: mlf.set_tag(run_id, OWNER_TAG, me))
-            retry(lambda: mlf.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}"))
+            retry(lambda: mlf.set_tag(run_id, TAG_OWNER, me))
+            retry(lambda: mlf.set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.0f}"))
             retry(lambda: mlf.update_run(run_id, status="RUNNING"))
             time.sleep(SETTLE_SECONDS)
-            if mlf.get_run(run_id).data.tags.get(OWNER_TAG) != me:
+            if mlf.get_run(run_id).data.tags.get(TAG_OWNER) != me:
                 return run_id, "busy"
             return run_id, "resumed"
-        run_id = create({OWNER_TAG: me, HEARTBEAT_TAG: f"{time.time():.0f}", key_tag: key_value})
+        run_id = create({TAG_OWNER: me, TAG_HEARTBEAT: f"{time.time():.0f}", key_tag: key_value})
         runs = retry(lambda: search_all_runs(mlf, [experiment_id], query))
         winner = earliest(runs) if runs else None
         if winner is None or winner.info.run_id == run_id:

@@ -6,8 +6,6 @@ log(1 + frames)). The range predictor learns only through the noise loss (see co
 from __future__ import annotations
 
 import math
-import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +20,10 @@ from components.durations import DurationPredictor
 from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
 from evaluation.conditioning import ConditioningItem, conditioning_gain
+from experiments.autoencoder_stage import encode_utterances, ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
 from experiments.config import InputError, RunConfig, config_hash, load_config, to_dict
+from experiments.runtime import atomic_save, peak_memory_mb, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
@@ -37,27 +37,6 @@ class TrainResult:
     throughput: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     autoencoder_run: dict | None = None
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is visible")
-    return torch.device(device)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA allocator peak on GPU; the process's peak resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def learning_rate_factor(step: int, warmup: int, total: int) -> float:
@@ -143,7 +122,6 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     autoencoder, ae_info = None, None
     probe = dataset.val[:t.gain_utterances]  # held out: the conditioning gain is measured on these
     if config.model.space == "latent":
-        from experiments.autoencoder_stage import ensure_autoencoder, encode_utterances
         autoencoder, ae_info = ensure_autoencoder(config, dataset, device, progress=progress,
                                                   experiment_id=autoencoder_experiment)
         signals = encode_utterances(autoencoder, dataset.train, device)
@@ -178,7 +156,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
 
     def checkpoint(at_step: int, throughput: dict) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_atomic({
+        atomic_save({
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "signal": scale,
             "step": at_step, "config": to_dict(config), "config_hash": config_hash(config),

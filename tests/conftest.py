@@ -7,14 +7,14 @@ import os
 # cores makes torch's OpenMP kernels spin (a conv measured 8x slower). Subprocesses inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-torch.set_num_threads(1)
+import pytest
+import torch
 
 from experiments.config import DataConfig
+
+torch.set_num_threads(1)
 
 CORPUS_SENTENCES = 24
 

@@ -12,7 +12,8 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
-from evaluation.compare import CompareError, compare  # noqa: E402
+from evaluation.compare import compare  # noqa: E402
+from evaluation.compare_runs import CompareError  # noqa: E402
 
 SCHEDULES = ["manual-6", "linear-50"]
 UPS, WINDOWS, SEEDS = ["gaussian", "repeat"], [64, 256], [0, 1]
@@ -304,14 +305,14 @@ def test_schedule_axis_one_table(store, tmp_path):
 
 
 def _row(label: str, assignment: dict, params: dict, means: dict[str, float]):
-    from evaluation.compare import CellRow, Stat
+    from evaluation.compare_runs import CellRow, Stat
     return CellRow(group=label, label=label, assignment=assignment, seeds=[0], run_ids=[label], params=params,
                    stats={k: Stat(v, n=1) for k, v in means.items()})
 
 
 def test_latent_target_matching_and_undecided():
     """A multi-key space axis is matched on the other axes (steps here); no 6-step schedule: undecided."""
-    from evaluation.compare import latent_target
+    from evaluation.compare_runs import latent_target
 
     rows = []
     for steps, (w_rtf, l_rtf) in ((1000, (0.5, 0.05)), (2000, (0.5, 0.2))):
@@ -328,3 +329,33 @@ def test_latent_target_matching_and_undecided():
     undecided = latent_target(rows, ["linear-50"])
     assert undecided.reached is None and "no 6-step schedule" in undecided.statement
     assert latent_target(rows[:1], ["manual-6"]).reached is None
+
+
+def test_cli_grid_file_with_a_multi_key_axis(store, tmp_path, monkeypatch, capsys):
+    """`wg2 compare` expands a grid file with the grid runner's reader: a multi-key axis (latent.toml's `space`)
+    gives the expected cells by label, so cells without a run are listed as missing."""
+    from pathlib import Path
+
+    from experiments.cli import main
+    from experiments.grid_file import load_grid
+
+    uri, client, _ = store
+    grid_file = Path(__file__).resolve().parents[1] / "experiments" / "grids" / "latent.toml"
+    grid = load_grid(grid_file)
+    exp = client.create_experiment(grid.name + "-multi-key", artifact_location=str(tmp_path / "artifacts"))
+    parent = _parent(client, exp, grid.name, grid.description, [a.name for a in grid.axes], None)
+    first = grid.cells[0]
+    _cell(client, exp, parent, first.assignment, first.seed, {"model.space": "waveform", "eval.schedules": SCHEDULES},
+          _eval_metrics(3.0, 5.0, {"manual-6": 0.05, "linear-50": 0.4}),
+          extra_tags={"wg2.cell_hash": first.cell_hash, "wg2.label": first.label})
+    spec = tmp_path / "latent.toml"  # the same grid under this test's experiment name
+    base = grid_file.parent.parent / "configs" / "base.toml"
+    spec.write_text(grid_file.read_text().replace('name = "latent"', f'name = "{grid.name}-multi-key"')
+                    .replace('base_file = "../configs/base.toml"', f'base_file = "{base}"'))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["compare", str(spec), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "from the grid file" in md
+    assert len(grid.cells) > 1 and f"{len(grid.cells) - 1} missing" in capsys.readouterr().out
+    for cell in grid.cells[1:]:
+        assert cell.label in md

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.configs import AutoencoderConfig, ModelConfig, validate_model_config
+from components.configs import AutoencoderConfig, ModelConfig
 from components.decoder import DECODER_PRESETS, DECODERS
 from components.diffusion import Diffusion, NonFiniteError
 from components.encoder import ENCODERS, reverse_padded
@@ -17,6 +17,7 @@ from components.registry import Registry
 from components.schedules import (fibonacci, load_schedule_file, noise_levels, resolve_schedule_name,
                                   subsample)
 from components.upsampler import UPSAMPLERS, GaussianUpsampler, RepeatUpsampler
+from components.validation import validate_model_config
 
 TINY = dict(encoder_channels=32, duration_channels=16, decoder_preset="tiny")
 

@@ -15,7 +15,8 @@ import torch
 
 from experiments.cli import main
 from experiments.config import ConfigError, _toml_value
-from experiments.grid import load_grid, run_grid
+from experiments.grid import run_grid
+from experiments.grid_file import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -253,6 +254,7 @@ def test_kill_9_mid_cell_resumes_and_ends_with_one_finished_run_per_cell(workdir
 def test_claims_skip_live_holders_take_over_dead_ones_and_settle_races(workdir: Path):
     import socket
 
+    from evaluation.runs import TAG_HEARTBEAT, TAG_OWNER
     from experiments import tracking
 
     uri = tracking.ensure_store()
@@ -264,8 +266,8 @@ def test_claims_skip_live_holders_take_over_dead_ones_and_settle_races(workdir: 
         return mlf.create_run(exp, start_time=start_time, tags=tags).info.run_id
 
     def holder(owner: str, beat: float) -> None:
-        mlf.set_tag(run_id, tracking.OWNER_TAG, owner)
-        mlf.set_tag(run_id, tracking.HEARTBEAT_TAG, f"{beat:.0f}")
+        mlf.set_tag(run_id, TAG_OWNER, owner)
+        mlf.set_tag(run_id, TAG_HEARTBEAT, f"{beat:.0f}")
 
     def claim(key: str = "abc", make=create):
         return tracking.claim_run(mlf, exp, "wg2.cell_hash", key, make)
@@ -282,7 +284,7 @@ def test_claims_skip_live_holders_take_over_dead_ones_and_settle_races(workdir: 
     assert claim() == (run_id, "finished")
 
     def racing_create(tags: dict) -> str:  # another machine created the same cell's run a moment earlier
-        create({**tags, tracking.OWNER_TAG: "other-host:9:0"}, start_time=int(time.time() * 1000) - 1000)
+        create({**tags, TAG_OWNER: "other-host:9:0"}, start_time=int(time.time() * 1000) - 1000)
         return create(tags)
 
     other_id, state = claim("xyz", racing_create)

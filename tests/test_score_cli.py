@@ -43,7 +43,7 @@ def test_score_table_at_different_rates(pair):
     assert code == 0
     assert "aligned: yes" in out and "resampled to 22050 Hz" in out
     for name in metric_names(aligned=True):
-        line = next(l for l in out.splitlines() if l.startswith(name + " "))
+        line = next(row for row in out.splitlines() if row.startswith(name + " "))
         assert "missing" not in line
         assert METRICS[name].better in line
 

@@ -1,4 +1,5 @@
-"""`wg2 score REF.wav DEG.wav [--json]`: score any pair of files exactly as the suite scores its own output."""
+"""`wg2 score REF.wav DEG.wav [--json]`: score any pair of files exactly as the suite scores its own output
+(the scoring itself is evaluation/metrics.py)."""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from evaluation.metrics import ALIGN_TOLERANCE_S, METRICS, Missing, score_pair, to_jsonable
+from experiments.config import InputError
 
 
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
     """(samples,) float64 in [-1, 1] and the rate; multi-channel files are averaged to mono.
-    Raises experiments.config.InputError naming the file when it is absent or not readable audio."""
-    import soundfile as sf
-    from experiments.config import InputError  # only the CLI path knows about experiments (dependencies point one way)
+    Raises InputError naming the file when it is absent or not readable audio."""
 
     path = Path(path)
     if not path.is_file():
