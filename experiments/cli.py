@@ -19,6 +19,11 @@ def _device(p: argparse.ArgumentParser) -> None:
                    help="where to run (auto: CUDA when visible, else CPU)")
 
 
+def _precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                   help="network arithmetic for synthesis (default: the checkpoint's eval.precision)")
+
+
 def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key (repeatable), type-checked")
@@ -62,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utterance", default=None, help="corpus utterance ID: use its ground-truth durations")
     p.add_argument("--phonemes", default=None, help="space-separated phonemes instead of text")
     p.add_argument("--seed", type=int, default=0)
+    _precision(p)
     _device(p)
     p.set_defaults(func=_handler("experiments.synth:cmd_synth"))
 
@@ -71,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="utterance length for inference timing (default 10 s on CUDA, 2 s on CPU)")
     p.add_argument("--batch-size", type=int, default=4, help="training batch size")
     p.add_argument("--window-frames", type=int, default=64)
-    p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CUDA)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="timed beside eager fp32 in every row (auto: bf16 where the device computes it natively)")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="write the table (markdown) and JSON here")
     _device(p)
     p.set_defaults(func=_handler("experiments.bench:cmd_bench"))
@@ -89,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="utterances (0 = all)")
     p.add_argument("--out", default=None, help="output folder (default next to the checkpoint)")
     p.add_argument("--workers", type=int, default=None, help="metric worker processes")
+    _precision(p)
     _device(p)
     p.set_defaults(func=_handler("experiments.evaluate:cmd_eval"))
 

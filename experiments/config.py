@@ -53,7 +53,7 @@ class TrainConfig:
     noise_loss: str = "l1"  # "l1" (paper) or "l2"
     duration_loss_weight: float = 1.0
     schedule: str = "linear-1000"  # training noise schedule (any schedule name or file)
-    bf16: bool = False  # bf16 autocast; used on CUDA only
+    precision: str = "fp32"  # network arithmetic: "fp32", "bf16" or "auto" (bf16 where native; experiments/precision.py)
     seed: int = 0
     # Exponential moving average of the weights, used by eval, synth and search (0 = off). The decay
     # warms up as min(ema_decay, (1 + step) / (10 + step)), so short CPU runs are not stuck near the init.
@@ -75,6 +75,7 @@ class EvalConfig:
     audio_artifacts: int = 3  # synthesized utterances kept per schedule
     metric_workers: int = 2  # processes computing metrics
     seed: int = 0
+    precision: str = "fp32"  # synthesis network arithmetic: "fp32", "bf16" or "auto" (as train.precision)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,24 @@ def _section_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _legacy_train(section: dict[str, Any], where: str) -> dict[str, Any]:
+    """Configs (and checkpoints) from before train.precision said `train.bf16 = true|false`."""
+    if "bf16" not in section:
+        return section
+    section = dict(section)
+    old = section.pop("bf16")
+    if not isinstance(old, bool):
+        raise ConfigError(f"{where}.bf16: expected bool (the old name of train.precision), got {old!r}")
+    new = "bf16" if old else "fp32"
+    if section.setdefault("precision", new) != new:
+        raise ConfigError(f"{where}: bf16 = {str(old).lower()} (the old name of precision) contradicts "
+                          f"precision = {section['precision']!r}; give only precision")
+    return section
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
-    """Build a RunConfig from nested dicts (as TOML gives them). Fails on unknown sections and keys."""
+    """Build a RunConfig from nested dicts (as TOML gives them). Fails on unknown sections and keys.
+    The old key `train.bf16` is read as train.precision ("bf16" for true, "fp32" for false)."""
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
@@ -146,6 +163,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
         section = raw.get(name, {})
         if not isinstance(section, dict):
             raise ConfigError(f"{source}: [{name}] must be a table, got {section!r}")
+        if name == "train":
+            section = _legacy_train(section, f"{source}: train")
         parts[name] = _section_from_dict(cls, section, f"{source}: {name}")
     return RunConfig(**parts)
 
@@ -219,6 +238,11 @@ def validate(config: RunConfig, where: str = "config") -> None:
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from err
     t, e, d = config.train, config.eval, config.data
+    from experiments.precision import PRECISIONS
+
+    for key, value in (("train.precision", t.precision), ("eval.precision", e.precision)):
+        if value not in PRECISIONS:
+            raise ConfigError(f"{where}: {key} = {value!r}; allowed: {', '.join(PRECISIONS)}")
     if t.noise_loss not in ("l1", "l2"):
         raise ConfigError(f"{where}: train.noise_loss = {t.noise_loss!r}; allowed: l1, l2")
     for key, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size),
@@ -259,9 +283,22 @@ def flatten(config: RunConfig) -> dict[str, Any]:
 NON_IDENTITY_KEYS = {"data.cache_dir", "train.num_workers", "eval.metric_workers"}
 
 
+def _identity_items(config: RunConfig) -> dict[str, Any]:
+    """flatten(config), with the precision keys written as before they existed where that is possible
+    (train.precision "fp32"/"bf16" as train.bf16 = false/true; eval.precision "fp32" left out), so runs
+    from before them keep their hashes (and resume, and count as done in grids)."""
+    items = flatten(config)
+    if items.get("train.precision") in ("fp32", "bf16"):
+        items["train.bf16"] = items.pop("train.precision") == "bf16"
+    if items.get("eval.precision") == "fp32":
+        del items["eval.precision"]
+    return items
+
+
 def config_hash(config: RunConfig, exclude: set[str] = frozenset()) -> str:
     """A short stable hash of the resolved config: the identity of a run (device and paths excluded)."""
-    items = {k: v for k, v in flatten(config).items() if k not in NON_IDENTITY_KEYS | set(exclude)}
+    exclude = set(exclude) | ({"train.bf16"} if "train.precision" in exclude else set())
+    items = {k: v for k, v in _identity_items(config).items() if k not in NON_IDENTITY_KEYS | exclude}
     blob = json.dumps(items, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

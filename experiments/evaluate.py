@@ -28,6 +28,7 @@ from evaluation.metrics import Missing
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
+from experiments.precision import precision_name, resolve_precision, set_threads
 from experiments.runtime import peak_memory_mb
 from experiments.synth import LoadedModel, conditioning_items, load_checkpoint, synthesize, write_wav
 
@@ -58,14 +59,14 @@ def _sync(device: torch.device) -> None:
 
 
 def timed_synthesis(loaded: LoadedModel, ids: list[np.ndarray], betas: np.ndarray, durations, seed: int,
-                    batch_size: int):
+                    batch_size: int, precision: str | None = None):
     """Synthesize after one warm-up call; returns outputs, seconds, peak memory in MiB."""
-    synthesize(loaded, ids[:1], betas, None if durations is None else durations[:1], seed=seed)
+    synthesize(loaded, ids[:1], betas, None if durations is None else durations[:1], seed=seed, precision=precision)
     if loaded.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(loaded.device)
     _sync(loaded.device)
     start = time.perf_counter()
-    out = synthesize(loaded, ids, betas, durations, seed=seed, batch_size=batch_size)
+    out = synthesize(loaded, ids, betas, durations, seed=seed, batch_size=batch_size, precision=precision)
     _sync(loaded.device)
     return out, time.perf_counter() - start, peak_memory_mb(loaded.device)
 
@@ -86,9 +87,10 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
     jobs, speed, outputs = [], {}, {}
     for name in config.schedules:
         betas, label = resolve_schedule_name(name), schedule_label(name)
-        aligned, seconds, memory = timed_synthesis(loaded, ids, betas, true_durations, config.seed, config.batch_size)
+        aligned, seconds, memory = timed_synthesis(loaded, ids, betas, true_durations, config.seed, config.batch_size,
+                                                   config.precision)
         audio_seconds = sum(len(s.audio) for s in aligned) / sr
-        free = synthesize(loaded, ids, betas, None, pace=config.pace, seed=config.seed)
+        free = synthesize(loaded, ids, betas, None, pace=config.pace, seed=config.seed, precision=config.precision)
         speed[label] = {"rtf": seconds / audio_seconds, "synthesis_seconds": seconds, "audio_seconds": audio_seconds,
                         "peak_memory_mb": memory, "batch_size": config.batch_size, "steps": len(betas),
                         "start_snr_db": start_snr_db(betas, loaded.signal.get("std"))}
@@ -116,7 +118,8 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
                "machine": machine_name(loaded.device), "speed": speed, "weights": loaded.weights,
                "signal": loaded.signal,
                "conditioning_gain": {**gain.summary, "per_level": gain.per_level, "reads_text": reads_text(gain.summary)},
-               "metrics": {}}
+               "metrics": {},
+               "precision": precision_name(resolve_precision(config.precision, loaded.device))}
     metrics: dict[str, float] = gain.metrics()
     for (label, metric), values in sorted(per_metric.items()):
         s = summarize(values)
@@ -181,6 +184,7 @@ def write_outputs(out_dir: Path, rows, summary, utterances, outputs, config: Eva
 
 
 def cmd_eval(args) -> int:
+    set_threads()
     loaded = load_checkpoint(args.checkpoint, args.device)
     changes = {}
     if args.schedules:
@@ -195,6 +199,8 @@ def cmd_eval(args) -> int:
             changes[key] = getattr(args, key)
     if args.workers is not None:
         changes["metric_workers"] = args.workers
+    if getattr(args, "precision", None) is not None:
+        changes["precision"] = args.precision
     config = dataclasses.replace(loaded.config.eval, **changes)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     result = evaluate(loaded, config, out)
@@ -205,7 +211,7 @@ def cmd_eval(args) -> int:
 
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['checkpoint']} (step {summary['step']}, {summary.get('weights', 'raw')} weights), split "
-             f"{summary['split']}, {len(summary['utterances'])} utterances, {summary['machine']}"]
+             f"{summary['split']}, {len(summary['utterances'])} utterances, {summary['machine']}, {summary.get('precision', 'fp32')}"]
     g = summary.get("conditioning_gain")
     if g and g.get("mean") is not None:
         ci = f"[{g['ci_low']:.3f}, {g['ci_high']:.3f}]" if g.get("ci_low") is not None else "(one utterance)"

@@ -16,6 +16,7 @@ from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
 from evaluation.conditioning import ConditioningItem
 from experiments.config import InputError, RunConfig, config_from_dict
+from experiments.precision import autocast, resolve_precision, set_threads
 from experiments.runtime import resolve_device
 from experiments.train import CHECKPOINT_FORMAT
 
@@ -78,13 +79,16 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema"
                        state["step"], signal, "ema" if use_ema else "raw")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.ndarray,
                durations: list[np.ndarray] | None = None, pace: float = 1.0, seed: int = 0,
-               batch_size: int = 1) -> list[Synthesis]:
+               batch_size: int = 1, precision: str | None = None) -> list[Synthesis]:
     """Synthesize utterances. With `durations` (ground truth) outputs have exactly sum(d) * hop samples;
-    without, durations are predicted (divided by pace; rounded to whole frames)."""
+    without, durations are predicted (divided by pace; rounded to whole frames). `precision` ("fp32",
+    "bf16", "auto"; default the checkpoint's eval.precision) applies to the network calls only: the
+    sampler's arithmetic stays fp32."""
     model, device = loaded.model, loaded.device
+    dtype = resolve_precision(precision or loaded.config.eval.precision, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     results: list[Synthesis] = []
     for start in range(0, len(phoneme_ids), batch_size):
@@ -95,7 +99,9 @@ def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.nda
         for b, p in enumerate(chunk):
             ids[b, :len(p)], mask[b, :len(p)] = torch.from_numpy(np.asarray(p, dtype=np.int64)), 1.0
         ids, mask = ids.to(device), mask.to(device)
-        encoded, log_d = model.encode(ids, mask)
+        with autocast(device, dtype):
+            encoded, log_d = model.encode(ids, mask)
+        log_d = log_d.float()
         if durations is not None:
             dur = torch.zeros(len(chunk), n_tokens, device=device)
             for b, d in enumerate(durations[start:start + batch_size]):
@@ -105,17 +111,22 @@ def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.nda
             dur[:, 0] = torch.where(dur.sum(1) == 0, torch.ones_like(dur[:, 0]), dur[:, 0])  # never 0 frames
         n_frames = dur.sum(1).long()  # (B,)
         frames = torch.arange(int(n_frames.max()), device=device)[None].expand(len(chunk), -1)
-        cond = model.condition(encoded, dur, mask, frames)
+        with autocast(device, dtype):
+            cond = model.condition(encoded, dur, mask, frames)
+
+        def predict(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+            with autocast(device, dtype):
+                return model.denoise(x, cond.states, level)
+
         shape = (len(chunk), model.signal_channels, frames.shape[1] * model.hop)
-        signal = Diffusion.sample(lambda x, level: model.denoise(x, cond.states, level), shape, betas, device,
-                                  generator, clip=loaded.signal["clip"])
+        signal = Diffusion.sample(predict, shape, betas, device, generator, clip=loaded.signal["clip"])
         signal = signal / loaded.signal["gain"]
         audio = loaded.autoencoder.decode(signal) if loaded.autoencoder is not None else signal[:, 0]
         for b in range(len(chunk)):
             length = int(n_frames[b]) * loaded.hop_length
             results.append(Synthesis(audio[b, :length].float().cpu().numpy(),
                                      dur[b, :len(chunk[b])].long().cpu().numpy(),
-                                     cond.weights[b, :int(n_frames[b]), :len(chunk[b])].cpu().numpy()))
+                                     cond.weights[b, :int(n_frames[b]), :len(chunk[b])].float().cpu().numpy()))
     return results
 
 
@@ -143,6 +154,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
 
 
 def cmd_synth(args) -> int:
+    set_threads()
     loaded = load_checkpoint(args.checkpoint, args.device)
     try:
         betas = resolve_schedule_name(args.schedule)
@@ -167,7 +179,8 @@ def cmd_synth(args) -> int:
         ids = loaded.vocab.encode(phonemes)
     except ValueError as err:
         raise InputError(f"{err} (the model's phonemes come from its training corpus)") from err
-    result = synthesize(loaded, [ids], betas, durations, pace=args.pace, seed=args.seed)[0]
+    result = synthesize(loaded, [ids], betas, durations, pace=args.pace, seed=args.seed,
+                        precision=getattr(args, "precision", None))[0]
     write_wav(args.out, result.audio, loaded.sample_rate)
     print(f"wrote {args.out}: {len(result.audio) / loaded.sample_rate:.2f} s at {loaded.sample_rate} Hz, "
           f"{int(result.durations.sum())} frames, schedule {args.schedule} ({len(betas)} steps)")

@@ -24,6 +24,7 @@ from experiments.autoencoder_stage import encode_utterances, ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
 from experiments.config import InputError, RunConfig, config_hash, load_config, to_dict
 from experiments.runtime import atomic_save, peak_memory_mb, resolve_device
+from experiments.precision import autocast, precision_name, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
@@ -151,7 +152,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         if ema is not None:
             ema.load_state_dict(existing["ema"])
         step, history = existing["step"], existing["history"]
-    use_bf16 = t.bf16 and device.type == "cuda"
+    dtype = resolve_precision(t.precision, device)  # None: fp32; torch.bfloat16: the network under autocast
     audio_per_step = min(t.batch_size, len(items)) * t.window_frames * hop / dataset.sample_rate
 
     def checkpoint(at_step: int, throughput: dict) -> None:
@@ -161,7 +162,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
             "ema": ema.state_dict() if ema is not None else None, "signal": scale,
             "step": at_step, "config": to_dict(config), "config_hash": config_hash(config),
             "vocab": dataset.vocab.to_list(), "sample_rate": dataset.sample_rate, "hop_length": hop,
-            "history": history, "throughput": throughput,
+            "history": history, "throughput": throughput, "precision": precision_name(dtype),
             "autoencoder": autoencoder.state_dict() if autoencoder is not None else None,
             "autoencoder_info": ae_info,
         }, ckpt_path)
@@ -178,7 +179,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         noise_rng = torch.Generator(device="cpu").manual_seed(t.seed * 1_000_003 + step)
         for group in optimizer.param_groups:
             group["lr"] = t.learning_rate * learning_rate_factor(step, t.warmup_steps, t.steps)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast(device, dtype):
             encoded, log_durations = model.encode(batch.phoneme_ids, batch.token_mask)
             duration_loss = DurationPredictor.loss(log_durations.float(), batch.durations, batch.token_mask)
             cond = model.condition(encoded, batch.durations, batch.token_mask, batch.frames)
@@ -199,7 +200,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
             rate = steps_done / (time.perf_counter() - started)
             entry = {"step": step, "loss": loss.item(), "noise_loss": noise_loss.item(),
                      "duration_loss": duration_loss.item(), "learning_rate": optimizer.param_groups[0]["lr"],
-                     "steps_per_sec": rate}
+                     "steps_per_sec": rate, "bf16": float(dtype is not None)}  # bf16: the resolved precision
             history.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", steps_per_s=f"{rate:.2f}")
             if on_log:
