@@ -50,24 +50,25 @@ class FiLM(nn.Module):
         self.shift_conv = nn.Conv1d(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor):  # x: (B, C_d, L)
-        x = self.input_conv(x) + noise_level_embedding(noise_level, x.shape[1])[..., None]
-        x = F.leaky_relu(x, LEAK)
+        # the noise-level embedding is added after the LeakyReLU, as in lmnt-com/wavegrad
+        x = F.leaky_relu(self.input_conv(x), LEAK) + noise_level_embedding(noise_level, x.shape[1])[..., None]
         return self.scale_conv(x), self.shift_conv(x)  # each (B, C_u, L)
 
 
-class UBlock(nn.Module):
-    """Upsample by `factor`; dilated convolutions (1, 2, 4, 8) modulated by FiLM; two residual paths."""
+# UBlock dilations (WaveGrad fig. 3, lmnt-com/wavegrad): the two coarsest UBlocks (the factor-5 ones at
+# hop 300) use (1, 2, 1, 2), the finer ones (1, 2, 4, 8).
+COARSE_DILATIONS, FINE_DILATIONS = (1, 2, 1, 2), (1, 2, 4, 8)
 
-    def __init__(self, in_channels: int, out_channels: int, factor: int):
+
+class UBlock(nn.Module):
+    """Upsample by `factor`; four dilated convolutions modulated by FiLM; two residual paths."""
+
+    def __init__(self, in_channels: int, out_channels: int, factor: int, dilations: tuple[int, ...] = FINE_DILATIONS):
         super().__init__()
         self.factor = factor
         self.shortcut = nn.Conv1d(in_channels, out_channels, 1)
-        self.convs = nn.ModuleList([
-            nn.Conv1d(in_channels, out_channels, 3, dilation=1, padding=1),
-            nn.Conv1d(out_channels, out_channels, 3, dilation=2, padding=2),
-            nn.Conv1d(out_channels, out_channels, 3, dilation=4, padding=4),
-            nn.Conv1d(out_channels, out_channels, 3, dilation=8, padding=8),
-        ])
+        self.convs = nn.ModuleList(nn.Conv1d(in_channels if i == 0 else out_channels, out_channels, 3, dilation=d,
+                                             padding=d) for i, d in enumerate(dilations))
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=self.factor, mode="nearest")  # (B, C_in, L)
@@ -119,7 +120,8 @@ class WaveGradDecoder(Decoder):
         self.factors, self.hop = list(upsample_factors), math.prod(upsample_factors)
         self.input_conv = nn.Conv1d(cond_channels, spec["input"], 3, padding=1)
         widths = [spec["input"]] + ublocks
-        self.upsample = nn.ModuleList(UBlock(widths[k], widths[k + 1], f) for k, f in enumerate(self.factors))
+        self.upsample = nn.ModuleList(UBlock(widths[k], widths[k + 1], f, COARSE_DILATIONS if k < 2 else FINE_DILATIONS)
+                                      for k, f in enumerate(self.factors))
         self.signal_conv = nn.Conv1d(signal_channels, dblocks[0], 5, padding=2)
         # DBlock j brings resolution from level j-1 to level j (fine -> coarse) by the factors in reverse.
         down_factors = self.factors[::-1][:-1]

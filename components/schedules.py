@@ -77,6 +77,22 @@ def noise_levels(betas: np.ndarray) -> np.ndarray:
     return np.sqrt(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)))
 
 
+# How far below the training range an inference schedule may reach: the decoder meets noise levels
+# down to TRAINED_FLOOR_MARGIN x the training schedule's lowest level (a level it was never trained on
+# gets an embedding it has never seen; WaveGrad's linear-1000 stops at 0.081, cosine-50 starts at 0.0099).
+TRAINED_FLOOR_MARGIN = 0.5
+
+
+def check_within_training(betas: np.ndarray, train_betas: np.ndarray, source: str) -> None:
+    """Refuse an inference schedule whose noisiest level lies far below the training schedule's range."""
+    lowest, trained = float(noise_levels(betas)[-1]), float(noise_levels(train_betas)[-1])
+    if lowest < TRAINED_FLOOR_MARGIN * trained:
+        raise ValueError(f"{source}: starts sampling at noise level {lowest:.4g}, below the training schedule's "
+                         f"range (lowest level {trained:.4g}); train with a schedule that reaches it "
+                         f"(e.g. train.schedule = \"cosine-1000\") or pick a schedule ending at >= "
+                         f"{TRAINED_FLOOR_MARGIN * trained:.3g}")
+
+
 def subsample(betas: np.ndarray, steps: int) -> np.ndarray:
     """A `steps`-step schedule reaching the same final noise level as `betas`, by matching
     alpha_bar at evenly spaced points of the original schedule (used to seed schedule searches)."""

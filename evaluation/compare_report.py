@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.runs import TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_VERSION
+from evaluation.conditioning import GAIN_KEY, READS_TEXT_THRESHOLD, reads_text
 from evaluation.compare_runs import (CellRow, Effect, Grid, RunRecord, Stat, direction, fraction_of_ceiling,
                                      metric_key, show_value)
 
@@ -151,6 +152,39 @@ def _schedule_views(rows: list[CellRow], schedules: list[str]) -> list[tuple[str
     return [("(each cell at its own schedule)", OWN, view)]
 
 
+def cell_reads_text(row: CellRow) -> bool | None:
+    """None: the cell has no conditioning gain (a run from before it was measured)."""
+    stat = row.stats.get(GAIN_KEY)
+    if stat is None or stat.mean is None:
+        return None
+    return reads_text({"mean": stat.mean, "ci_low": stat.ci_low})
+
+
+def _text_section(rows: list[CellRow]) -> list[str]:
+    """Does each cell read its text? Shown above every quality number (evaluation/conditioning.py)."""
+    out = ["## Does each cell read its text?", "",
+           "Conditioning gain: noise-prediction loss with the text's states shifted in time over the loss with the "
+           "true states, on held-out utterances at fixed noise levels and seeds. 1 means the decoder ignores its text "
+           "and the cell's quality numbers compare noise; a cell reads its text when the 95% interval lies above 1 "
+           f"(one value: above {READS_TEXT_THRESHOLD}).", ""]
+    verdicts = {r.group: cell_reads_text(r) for r in rows}
+    out += _table(rows, [("conditioning gain", GAIN_KEY)],
+                  {"reads its text": ["unmeasured" if v is None else "yes" if v else "**NO**"
+                                      for v in verdicts.values()]})
+    out += ["", _legend(rows, [GAIN_KEY]), ""]
+    silent = [r.label for r in rows if verdicts[r.group] is False]
+    unmeasured = [r.label for r in rows if verdicts[r.group] is None]
+    if silent:
+        out += ["**Does not use its text** (its quality numbers below compare noise): "
+                + ", ".join(f"`{_md_cell(c)}`" for c in silent) + ".", ""]
+    if unmeasured:
+        out += ["No conditioning gain recorded (treat their quality numbers as unverified): "
+                + ", ".join(f"`{_md_cell(c)}`" for c in unmeasured) + ".", ""]
+    if not silent and not unmeasured:
+        out += ["Every cell reads its text.", ""]
+    return out
+
+
 def render_markdown(grid: Grid, plot_files: list[Path]) -> str:
     """report.md: the question, the cells' states, the answer in brief, the latent target, each axis's marginal
     effect, quality and speed per schedule, training cost, missing metric values and the plots."""
@@ -175,6 +209,7 @@ def render_markdown(grid: Grid, plot_files: list[Path]) -> str:
     if not rows:
         return "\n".join(out + ["No cell has finished yet, so there is nothing to compare.", ""])
 
+    out += _text_section(rows)
     brief = _in_brief(effects, metric)
     if brief:
         out += ["## In brief", ""] + brief + [""]
@@ -210,7 +245,7 @@ def render_markdown(grid: Grid, plot_files: list[Path]) -> str:
 
     latent = any(r.params.get("model.space") == "latent" for r in rows)
     for title, s, here in _schedule_views(rows, schedules):
-        cols = [(m, metric_key(m, s)) for m in dict.fromkeys((*QUALITY, metric)) if "/" not in m]
+        cols = [("gain", GAIN_KEY)] + [(m, metric_key(m, s)) for m in dict.fromkeys((*QUALITY, metric)) if "/" not in m]
         cols.append(("rtf", f"{s}/rtf"))
         here = [r for r in here if any(r.mean(k) is not None for _, k in cols)]
         cols = [(h, k) for h, k in cols if any(r.mean(k) is not None for r in here)]

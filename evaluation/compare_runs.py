@@ -27,7 +27,7 @@ from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNM
                              TAG_KIND, TAG_LABEL, TAG_SEED, search_all_runs, sqlite_path, tag_is, tracking_uri)
 from evaluation.stats import mean_difference, summarize
 
-HIGHER_BETTER = {"pesq_wb", "pesq_nb", "stoi", "estoi", "audio_seconds_per_sec", "steps_per_sec"}
+HIGHER_BETTER = {"conditioning_gain", "pesq_wb", "pesq_nb", "stoi", "estoi", "audio_seconds_per_sec", "steps_per_sec"}
 LOWER_BETTER = {"mcd", "mcd_dtw", "log_mel_distance", "f0_rmse_cents", "vuv_error", "rtf", "peak_memory_mb",
                 "duration_error_frames", "loss", "noise_loss", "duration_loss", "wall_seconds"}
 NOT_SCHEDULES = {"train", "recon"}  # metric-key prefixes that are not inference schedules

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import json
 import tomllib
 import types
@@ -58,6 +59,10 @@ class TrainConfig:
     # Exponential moving average of the weights, used by eval, synth and search (0 = off). The decay
     # warms up as min(ema_decay, (1 + step) / (10 + step)), so short CPU runs are not stuck near the init.
     ema_decay: float = 0.999
+    # Auxiliary loss: a linear head predicts each frame's standardized log-mel from the upsampled encoder
+    # states (experiments/mel_targets.py). 0 = the paper's WaveGrad 2, whose text path learns tens of times
+    # slower than the decoder; 1 makes tiny CPU models read their text within minutes.
+    mel_loss_weight: float = 1.0
     # held-out (val) utterances the conditioning gain is measured on at every checkpoint (0 = never)
     gain_utterances: int = 4
     checkpoint_every: int = 500
@@ -230,7 +235,7 @@ def replace(config: RunConfig, **dotted: Any) -> RunConfig:
 
 def validate(config: RunConfig, where: str = "config") -> None:
     """Cross-key checks that need the registries; raises ConfigError naming the key and allowed values."""
-    from components.schedules import resolve_schedule_name
+    from components.schedules import check_within_training, resolve_schedule_name
     from components.validation import validate_model_config  # imports torch: only when validating
 
     try:
@@ -253,6 +258,8 @@ def validate(config: RunConfig, where: str = "config") -> None:
             raise ConfigError(f"{where}: {key} = {value}; expected a positive integer")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"{where}: train.ema_decay = {t.ema_decay}; expected 0 <= ema_decay < 1 (0 = off)")
+    if not (math.isfinite(t.mel_loss_weight) and t.mel_loss_weight >= 0):
+        raise ConfigError(f"{where}: train.mel_loss_weight = {t.mel_loss_weight}; expected a finite number >= 0")
     if t.gain_utterances < 0:
         raise ConfigError(f"{where}: train.gain_utterances = {t.gain_utterances}; expected >= 0")
     if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
@@ -261,11 +268,17 @@ def validate(config: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: eval.split = {e.split!r}; allowed: train, val, test")
     if e.pace <= 0:
         raise ConfigError(f"{where}: eval.pace = {e.pace}; expected > 0")
-    for key, name in [("train.schedule", t.schedule)] + [(f"eval.schedules[{i}]", s) for i, s in enumerate(e.schedules)]:
+    if not e.schedules:
+        raise ConfigError(f"{where}: eval.schedules is empty; expected at least one schedule name")
+    try:
+        train_betas = resolve_schedule_name(t.schedule)
+    except ValueError as err:
+        raise ConfigError(f"{where}: train.schedule: {err}") from err
+    for i, name in enumerate(e.schedules):
         try:
-            resolve_schedule_name(name)
+            check_within_training(resolve_schedule_name(name), train_betas, f"schedule {name!r}")
         except ValueError as err:
-            raise ConfigError(f"{where}: {key}: {err}") from err
+            raise ConfigError(f"{where}: eval.schedules[{i}]: {err}") from err
 
 
 # ----------------------------------------------------------------------------- identity

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.schedules import resolve_schedule_name, schedule_label
-from components.schedules import noise_levels
-from evaluation.conditioning import READS_TEXT_THRESHOLD, conditioning_gain, reads_text
+from components.schedules import check_within_training, noise_levels, resolve_schedule_name, schedule_label
+from evaluation.conditioning import conditioning_gain, reads_text
 from evaluation.metrics import Missing
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
@@ -189,9 +188,12 @@ def cmd_eval(args) -> int:
     changes = {}
     if args.schedules:
         changes["schedules"] = [s.strip() for s in args.schedules.split(",") if s.strip()]
+        if not changes["schedules"]:
+            raise InputError(f"--schedules {args.schedules!r}: expected at least one schedule name")
+        train_betas = resolve_schedule_name(loaded.config.train.schedule)
         for name in changes["schedules"]:
             try:
-                resolve_schedule_name(name)
+                check_within_training(resolve_schedule_name(name), train_betas, f"schedule {name!r}")
             except ValueError as err:
                 raise InputError(f"--schedules: {err}") from err
     for key in ("split", "limit"):
@@ -215,8 +217,8 @@ def format_summary(summary: dict) -> str:
     g = summary.get("conditioning_gain")
     if g and g.get("mean") is not None:
         ci = f"[{g['ci_low']:.3f}, {g['ci_high']:.3f}]" if g.get("ci_low") is not None else "(one utterance)"
-        verdict = "reads its text" if g["reads_text"] else (f"DOES NOT USE ITS TEXT (gain not above "
-                                                            f"{READS_TEXT_THRESHOLD}): quality numbers compare noise")
+        verdict = "reads its text" if g["reads_text"] else ("DOES NOT USE ITS TEXT (interval includes 1): "
+                                                            "its quality numbers compare noise")
         lines.append(f"conditioning gain {g['mean']:.3f} 95% CI {ci} n={g['n']}: {verdict}")
     for label, metrics in summary["metrics"].items():
         sp = summary["speed"][label]

@@ -23,6 +23,7 @@ from evaluation.conditioning import ConditioningItem, conditioning_gain
 from experiments.autoencoder_stage import encode_utterances, ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
 from experiments.config import InputError, RunConfig, config_hash, load_config, to_dict
+from experiments.mel_targets import N_MELS, normalized_targets
 from experiments.runtime import atomic_save, peak_memory_mb, resolve_device
 from experiments.precision import autocast, precision_name, resolve_precision
 
@@ -135,6 +136,9 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     scale = signal_scale(config, [u.audio for u in dataset.train], signals if autoencoder is not None else None)
     signals = [(s * scale["gain"]).astype(np.float32) for s in signals]
     items = training_items(dataset.train, dataset.vocab, signals)
+    if t.mel_loss_weight > 0:
+        for item, mel in zip(items, normalized_targets(dataset.train, dataset.sample_rate, hop)):
+            item.mel = mel
     probe_items = [ConditioningItem(it.phoneme_ids, it.durations, it.signal) for it in
                    training_items(probe, dataset.vocab, [(s * scale["gain"]).astype(np.float32) for s in probe_signals])]
 
@@ -143,11 +147,16 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     if model.hop != hop_signal:
         raise InputError(f"hop mismatch: the decoder produces {model.hop} signal steps per frame, the data needs {hop_signal}")
     diffusion = Diffusion(resolve_schedule_name(t.schedule), t.noise_loss)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    # the auxiliary mel head (training only; see experiments/mel_targets.py)
+    mel_head = torch.nn.Linear(model.encoder.out_channels, N_MELS).to(device) if t.mel_loss_weight > 0 else None
+    parameters = list(model.parameters()) + (list(mel_head.parameters()) if mel_head is not None else [])
+    optimizer = torch.optim.AdamW(parameters, lr=t.learning_rate, weight_decay=t.weight_decay)
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
     step, history = 0, []
     if existing is not None:
         model.load_state_dict(existing["model"])
+        if mel_head is not None:
+            mel_head.load_state_dict(existing["mel_head"])
         optimizer.load_state_dict(existing["optimizer"])
         if ema is not None:
             ema.load_state_dict(existing["ema"])
@@ -160,6 +169,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         atomic_save({
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "signal": scale,
+            "mel_head": mel_head.state_dict() if mel_head is not None else None,
             "step": at_step, "config": to_dict(config), "config_hash": config_hash(config),
             "vocab": dataset.vocab.to_list(), "sample_rate": dataset.sample_rate, "hop_length": hop,
             "history": history, "throughput": throughput, "precision": precision_name(dtype),
@@ -185,43 +195,53 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
             cond = model.condition(encoded, batch.durations, batch.token_mask, batch.frames)
             noise_loss = diffusion.loss(lambda x, level: model.denoise(x, cond.states, level), batch.signal,
                                         batch.signal_mask, noise_rng, step)
-        loss = noise_loss + t.duration_loss_weight * duration_loss
+            mel_loss = (mel_regression_loss(mel_head, cond.states, batch.mel, batch.frame_mask)
+                        if mel_head is not None else torch.zeros((), device=device))
+        loss = noise_loss + t.duration_loss_weight * duration_loss + t.mel_loss_weight * mel_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        torch.nn.utils.clip_grad_norm_(parameters, t.grad_clip)
         optimizer.step()
         if ema is not None:
             ema.update(model, step)
         step, steps_done = step + 1, steps_done + 1
         bar.update(1)
-        if step % t.log_every == 0 or step == t.steps:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+        is_log = step % t.log_every == 0 or step == t.steps
+        is_checkpoint = step % t.checkpoint_every == 0 or step == t.steps
+        gain_metrics: dict[str, float] = {}
+        if is_checkpoint and probe_items:  # does the model read its text? (the weights eval and synth use)
+            gain = measure_gain(model, ema, probe_items, t.noise_loss)
+            gain_metrics = gain.metrics()
+            bar.write(f"step {step}: conditioning gain {gain.mean:.3f} on {len(probe_items)} val utterances")
+        if device.type == "cuda" and (is_log or is_checkpoint):
+            torch.cuda.synchronize(device)
+        if is_log:
             rate = steps_done / (time.perf_counter() - started)
             entry = {"step": step, "loss": loss.item(), "noise_loss": noise_loss.item(),
-                     "duration_loss": duration_loss.item(), "learning_rate": optimizer.param_groups[0]["lr"],
-                     "steps_per_sec": rate, "bf16": float(dtype is not None)}  # bf16: the resolved precision
+                     "duration_loss": duration_loss.item(), "mel_loss": mel_loss.item(),
+                     "learning_rate": optimizer.param_groups[0]["lr"], "steps_per_sec": rate,
+                     "bf16": float(dtype is not None), **gain_metrics}  # bf16: the resolved precision
             history.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", steps_per_s=f"{rate:.2f}")
             if on_log:
                 on_log(step, {k: v for k, v in entry.items() if k != "step"})
-        if step % t.checkpoint_every == 0 or step == t.steps:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall = time.perf_counter() - started
-            rate = steps_done / wall
+        elif gain_metrics and on_log:
+            on_log(step, gain_metrics)
+        if is_checkpoint:
+            rate = steps_done / (time.perf_counter() - started)
             throughput = {"steps_per_sec": rate, "audio_seconds_per_sec": rate * audio_per_step,
                           "peak_memory_mb": peak_memory_mb(device)}
-            if probe_items:  # does the model read its text? (the weights eval and synth will use)
-                gain = measure_gain(model, ema, probe_items, t.noise_loss)
-                if history and history[-1]["step"] == step:
-                    history[-1].update(gain.metrics())
-                bar.write(f"step {step}: conditioning gain {gain.mean:.3f} on {len(probe_items)} val utterances")
-                if on_log:
-                    on_log(step, gain.metrics())
             checkpoint(step, throughput)
     bar.close()
     return TrainResult(ckpt_path, step, history, throughput, time.perf_counter() - started, ae_info)
+
+
+def mel_regression_loss(head: torch.nn.Linear, states: torch.Tensor, target: torch.Tensor,
+                        frame_mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean squared error of head(states) against the standardized log-mel. states (B, C, W);
+    target (B, W, M); frame_mask (B, W)."""
+    err = (head(states.transpose(1, 2)).float() - target) ** 2 * frame_mask[..., None]  # (B, W, M)
+    return err.sum() / (frame_mask.sum() * target.shape[-1]).clamp(min=1)
 
 
 def measure_gain(model: WaveGrad2, ema: EMA | None, items: list[ConditioningItem], loss_kind: str):
