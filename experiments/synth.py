@@ -153,8 +153,20 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     os.replace(tmp, path)
 
 
+def check_synth_args(args) -> None:
+    """The command line's values, refused before the checkpoint is read."""
+    import math
+
+    if not (math.isfinite(args.pace) and args.pace > 0):
+        raise InputError(f"--pace {args.pace}: expected a finite number > 0 (> 1 speaks faster)")
+    for name, value in (("TEXT", args.text), ("--phonemes", args.phonemes), ("--utterance", args.utterance)):
+        if value is not None and not value.strip():
+            raise InputError(f"{name} {value!r}: empty; expected something to say")
+
+
 def cmd_synth(args) -> int:
     set_threads()
+    check_synth_args(args)
     loaded = load_checkpoint(args.checkpoint, args.device)
     try:
         betas = resolve_schedule_name(args.schedule)
@@ -175,6 +187,8 @@ def cmd_synth(args) -> int:
     else:
         from experiments.espeak import text_to_phonemes
         phonemes = text_to_phonemes(args.text)
+        if not phonemes:
+            raise InputError(f"TEXT {args.text!r}: espeak-ng finds nothing to say in it; expected words")
     try:
         ids = loaded.vocab.encode(phonemes)
     except ValueError as err:
