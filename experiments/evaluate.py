@@ -218,6 +218,9 @@ def check_eval_args(args) -> None:
         raise InputError(f"--limit {args.limit}: expected 0 (the whole split) or a positive number of utterances")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected at least 1 metric worker process")
+    from experiments.runtime import check_writable
+
+    check_writable(Path(args.out) if args.out else Path(args.checkpoint).parent / "eval", "--out folder")
 
 
 def format_summary(summary: dict) -> str:
