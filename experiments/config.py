@@ -221,7 +221,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         section, name, value = parse_override(text)
         assignments[f"{section}.{name}"] = value
     config = config_from_dict(set_nested(raw, assignments), str(path or "defaults"))
-    validate(config)
+    validate(config, str(path) if path else "config")  # the message names the file
     return config
 
 
@@ -233,11 +233,56 @@ def replace(config: RunConfig, **dotted: Any) -> RunConfig:
 
 # ----------------------------------------------------------------------------- validation
 
+# Lower bounds of numeric keys: key -> (bound, inclusive). Every float key must also be finite (nan and inf
+# refused); a float key not listed here is checked for that alone. Keys with their own checks below (positive
+# integers, fractions, decays) are not repeated here.
+NUMERIC_BOUNDS: dict[str, tuple[float, bool]] = {
+    "data.max_utterances": (0, True),
+    "model.encoder_channels": (1, True), "model.encoder_kernel_size": (1, True),
+    "model.encoder_conv_layers": (1, True), "model.encoder_dropout": (0, True), "model.duration_channels": (1, True),
+    "model.sigma_floor": (0, False), "model.signal_std": (0, True),
+    "autoencoder.stride": (1, True), "autoencoder.latent_channels": (1, True),
+    "autoencoder.hidden_channels": (1, True), "autoencoder.codebook_size": (1, True),
+    "autoencoder.commitment_weight": (0, True), "autoencoder.steps": (1, True), "autoencoder.batch_size": (1, True),
+    "autoencoder.segment_samples": (1, True), "autoencoder.learning_rate": (0, False), "autoencoder.seed": (0, True),
+    "train.learning_rate": (0, False), "train.warmup_steps": (0, True), "train.weight_decay": (0, True),
+    "train.grad_clip": (0, False), "train.duration_loss_weight": (0, True), "train.mel_loss_weight": (0, True),
+    "train.seed": (0, True), "train.gain_utterances": (0, True), "train.num_workers": (0, True),
+    "eval.limit": (0, True), "eval.pace": (0, False), "eval.audio_artifacts": (0, True),
+    "eval.metric_workers": (1, True), "eval.seed": (0, True),
+}
+# Upper bounds (exclusive) of keys that are probabilities or decays.
+NUMERIC_BELOW = {"model.encoder_dropout": 1.0, "model.zoneout": 1.0, "autoencoder.ema_decay": 1.0}
+
+
+def _check_numbers(config: RunConfig, where: str) -> None:
+    """Every numeric key: floats finite, and each key within its bounds (NUMERIC_BOUNDS, NUMERIC_BELOW)."""
+    for key, value in flatten(config).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        is_float = isinstance(value, float)
+        low, inclusive = NUMERIC_BOUNDS.get(key, (None, True))
+        high = NUMERIC_BELOW.get(key)
+        ok = math.isfinite(value) if is_float else True
+        ok = ok and (low is None or (value >= low if inclusive else value > low))
+        ok = ok and (high is None or value < high)
+        if ok:
+            continue
+        kind = "a finite number" if is_float else "an integer"
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>=' if inclusive else '>'} {low:g}")
+        if high is not None:
+            bounds.append(f"< {high:g}")
+        raise ConfigError(f"{where}: {key} = {value}; expected {kind}{' ' if bounds else ''}{' and '.join(bounds)}")
+
+
 def validate(config: RunConfig, where: str = "config") -> None:
     """Cross-key checks that need the registries; raises ConfigError naming the key and allowed values."""
     from components.schedules import check_within_training, resolve_schedule_name
     from components.validation import validate_model_config  # imports torch: only when validating
 
+    _check_numbers(config, where)
     try:
         validate_model_config(config.model, config.autoencoder, hop_length=config.data.hop_length)
     except ValueError as err:

@@ -14,6 +14,11 @@ Safe to interrupt: work happens in `<out>.partial` (files written to temporary n
 renamed); a rerun with the same settings keeps the finished utterances and does the rest. The
 marker `wg2_corpus.json` (settings, espeak version, count, content hash) is written last and the
 folder renamed to `<out>` only then, so `<out>` is either absent or complete.
+
+Nothing of anyone else's is deleted: `<out>.partial` is created with `wg2_build.json` in it as its first
+file (and that file is removed only after `wg2_corpus.json` is written), so a `<out>.partial` holding
+neither, and not empty, is not ours and stops the build before any synthesis; so does a `<out>.old`
+without `wg2_corpus.json`.
 """
 from __future__ import annotations
 
@@ -41,10 +46,10 @@ def harvard_sentences() -> list[tuple[str, str]]:
 
 
 def corpus_content_hash(folder: str | Path) -> str:
-    """sha256 over every file's relative path and bytes, in sorted order (the marker excluded)."""
+    """sha256 over every file's relative path and bytes, in sorted order (the markers excluded)."""
     folder = Path(folder)
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MARKER, IN_PROGRESS)):
         data = path.read_bytes()
         digest.update(f"{path.relative_to(folder).as_posix()}\0{len(data)}\0".encode())
         digest.update(data)
@@ -130,6 +135,14 @@ def _matches(path: Path, settings: dict) -> bool:
     return found is not None and all(found.get(k) == v for k, v in settings.items())
 
 
+def _ours(partial: Path) -> bool:
+    """A `<out>.partial` this command made: it carries one of our markers, or holds no file (nothing to lose)."""
+    if not partial.is_dir():
+        return False
+    return ((partial / IN_PROGRESS).is_file() or (partial / MARKER).is_file()
+            or not any(p.is_file() or p.is_symlink() for p in partial.rglob("*")))
+
+
 def _synthesize(jobs: list[tuple[str, str, str, str]], voice: str, workers: int, progress: bool) -> None:
     from tqdm import tqdm
 
@@ -165,19 +178,28 @@ def build_corpus(out: str | Path, voice: str = "en-us", limit: int = 0, workers:
     if _matches(out / MARKER, settings):
         print(f"{out}: complete ({len(sentences)} utterances, voice {voice}, espeak-ng {version}); nothing to do")
         return out
-    if out.exists() and not (out / MARKER).is_file() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or (not (out / MARKER).is_file() and any(out.iterdir()))):
         raise InputError(f"--out {out}: exists and is not a corpus made by `wg2 corpus build` (no {MARKER}); "
                          "choose another folder or remove it")
+    partial = out.with_name(out.name + ".partial")
+    old = out.with_name(out.name + ".old")
+    # checked before any synthesis: a folder in the way that is not ours stops the build, and is never deleted
+    if partial.exists() and not _ours(partial):
+        raise InputError(f"{partial}: in the way of building {out} and not a partial build of `wg2 corpus build` "
+                         f"(no {IN_PROGRESS} or {MARKER} in it); remove or rename it")
+    if old.exists() and not (old.is_dir() and (old / MARKER).is_file()):
+        raise InputError(f"{old}: in the way of replacing {out} and not a corpus made by `wg2 corpus build` "
+                         f"(no {MARKER} in it); remove or rename it")
 
     started = time.perf_counter()
-    partial = out.with_name(out.name + ".partial")
     if not _matches(partial / MARKER, settings):  # else: finished, only the final rename was missed
         if partial.exists() and not _matches(partial / IN_PROGRESS, settings):
-            shutil.rmtree(partial)  # ours (by name), for other settings or from before its settings were written
+            shutil.rmtree(partial)  # ours (checked above), for other settings
+        if not partial.exists():
+            partial.mkdir()
+            _write_atomic(partial / IN_PROGRESS, json.dumps(settings, indent=1).encode())  # first: marks it ours
         for sub in ("wavs", "alignments"):
             (partial / sub).mkdir(parents=True, exist_ok=True)
-        if not (partial / IN_PROGRESS).is_file():
-            _write_atomic(partial / IN_PROGRESS, json.dumps(settings, indent=1).encode())
         for stale in partial.rglob("*.tmp"):
             stale.unlink()
         jobs = [(uid, text, str(partial), voice) for uid, text in sentences
@@ -186,15 +208,12 @@ def build_corpus(out: str | Path, voice: str = "en-us", limit: int = 0, workers:
         _synthesize(jobs, voice, workers, progress)
         metadata = "".join(f"{uid}|{text}|{text}\n" for uid, text in sentences)
         _write_atomic(partial / "metadata.csv", metadata.encode("utf-8"))
-        (partial / IN_PROGRESS).unlink()
         marker = {**settings, "content_hash": corpus_content_hash(partial)}
         _write_atomic(partial / MARKER, (json.dumps(marker, indent=1) + "\n").encode())  # last file written
+        (partial / IN_PROGRESS).unlink()  # after the marker: the folder always carries one of them
 
-    old = out.with_name(out.name + ".old")
     if old.exists():
-        if not (old / MARKER).is_file():
-            raise InputError(f"{old}: in the way of replacing {out}; remove or rename it")
-        shutil.rmtree(old)  # left by a replacement that was interrupted
+        shutil.rmtree(old)  # ours (checked above): left by a replacement that was interrupted
     replacing = out.exists() and any(out.iterdir())  # an older corpus of ours: it has a marker
     if replacing:
         out.rename(old)

@@ -184,6 +184,7 @@ def write_outputs(out_dir: Path, rows, summary, utterances, outputs, config: Eva
 
 def cmd_eval(args) -> int:
     set_threads()
+    check_eval_args(args)
     loaded = load_checkpoint(args.checkpoint, args.device)
     changes = {}
     if args.schedules:
@@ -209,6 +210,17 @@ def cmd_eval(args) -> int:
     print(format_summary(result.summary))
     print(f"wrote {len(result.files)} files to {out}")
     return 0
+
+
+def check_eval_args(args) -> None:
+    """The command line's numbers, refused before the checkpoint is read (as config keys are at load)."""
+    if args.limit is not None and args.limit < 0:
+        raise InputError(f"--limit {args.limit}: expected 0 (the whole split) or a positive number of utterances")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers {args.workers}: expected at least 1 metric worker process")
+    from experiments.runtime import check_writable
+
+    check_writable(Path(args.out) if args.out else Path(args.checkpoint).parent / "eval", "--out folder")
 
 
 def format_summary(summary: dict) -> str:

@@ -105,9 +105,10 @@ def _dataset(config: RunConfig, progress: bool):
 
 
 def check_windows(grid: Grid, progress: bool = True) -> None:
-    """The data-dependent check: a training window must fit in the longest training utterance.
-    Reads (and caches) each distinct corpus of the grid once."""
+    """The data-dependent checks: a training window must fit in the longest training utterance, and every
+    cell's eval split must hold utterances. Reads (and caches) each distinct corpus of the grid once."""
     longest: dict[Any, int] = {}
+    sizes: dict[Any, dict[str, int]] = {}
     problems = []
     for cell in grid.cells:
         data = cell.config.data
@@ -116,6 +117,13 @@ def check_windows(grid: Grid, progress: bool = True) -> None:
             if not dataset.train:
                 raise ConfigError(f"{grid.path}: cell [{cell.label}]: data.root {data.root} has no training utterances")
             longest[data] = max(int(u.durations.sum()) for u in dataset.train)
+            sizes[data] = {name: len(dataset.split(name)) for name in ("train", "val", "test")}
+        split = cell.config.eval.split
+        if not sizes[data][split]:
+            fraction = {"val": f" (data.val_fraction = {data.val_fraction})",
+                        "test": f" (data.test_fraction = {data.test_fraction})"}.get(split, "")
+            problems.append(f"cell [{cell.label}]: eval.split = {split!r} has no utterances in {data.root}{fraction}; "
+                            "expected at least one to evaluate on")
         if cell.config.train.window_frames > longest[data]:
             problems.append(f"cell [{cell.label}]: train.window_frames = {cell.config.train.window_frames} is longer "
                             f"than the longest training utterance of {data.root} ({longest[data]} frames)")

@@ -17,7 +17,7 @@ from components.schedules import resolve_schedule_name
 from evaluation.conditioning import ConditioningItem
 from experiments.config import InputError, RunConfig, config_from_dict
 from experiments.precision import autocast, resolve_precision, set_threads
-from experiments.runtime import resolve_device
+from experiments.runtime import read_checkpoint, require_keys, resolve_device, weights_error
 from experiments.train import CHECKPOINT_FORMAT
 
 
@@ -51,20 +51,23 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema"
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file
-        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or state.get("format") not in (1, CHECKPOINT_FORMAT):
+    state = read_checkpoint(path)  # a truncated or foreign file: one line naming it
+    if state.get("format") not in (1, CHECKPOINT_FORMAT):
         raise InputError(f"{path}: not a wg2 checkpoint (format 1 or {CHECKPOINT_FORMAT} expected)")
+    require_keys(path, state, ("config", "vocab", "model", "step", "sample_rate", "hop_length"))
     if weights not in ("ema", "raw"):
         raise InputError(f"weights = {weights!r}; allowed: ema, raw")
     dev = resolve_device(device)
     config = config_from_dict(state["config"], str(path))
+    if not (isinstance(state["vocab"], list) and state["vocab"] and all(isinstance(v, str) for v in state["vocab"])):
+        raise InputError(f"{path}: its vocab is not a list of phoneme strings")
     vocab = PhonemeVocab.from_list(state["vocab"])
     model = WaveGrad2(config.model, len(vocab.symbols), config.autoencoder)
     use_ema = weights == "ema" and state.get("ema") is not None
-    model.load_state_dict(state["ema"] if use_ema else state["model"])
+    try:
+        model.load_state_dict(state["ema"] if use_ema else state["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise weights_error(path, err, "ema weights" if use_ema else "weights") from None
     model.to(dev).eval()
     # format 1 trained on the raw signal and clipped only waveforms
     latent = config.model.space == "latent"
@@ -73,7 +76,10 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema"
     if config.model.space == "latent":
         from components.autoencoder import AUTOENCODERS
         autoencoder = AUTOENCODERS.get(config.autoencoder.kind)(config.autoencoder)
-        autoencoder.load_state_dict(state["autoencoder"])
+        try:
+            autoencoder.load_state_dict(state["autoencoder"])
+        except (RuntimeError, TypeError, AttributeError) as err:  # None too: a latent run saves its autoencoder
+            raise weights_error(path, err, "autoencoder weights") from None
         autoencoder.to(dev).eval()
     return LoadedModel(model, config, vocab, state["sample_rate"], state["hop_length"], dev, autoencoder, path,
                        state["step"], signal, "ema" if use_ema else "raw")
@@ -153,8 +159,20 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     os.replace(tmp, path)
 
 
+def check_synth_args(args) -> None:
+    """The command line's values, refused before the checkpoint is read."""
+    import math
+
+    if not (math.isfinite(args.pace) and args.pace > 0):
+        raise InputError(f"--pace {args.pace}: expected a finite number > 0 (> 1 speaks faster)")
+    for name, value in (("TEXT", args.text), ("--phonemes", args.phonemes), ("--utterance", args.utterance)):
+        if value is not None and not value.strip():
+            raise InputError(f"{name} {value!r}: empty; expected something to say")
+
+
 def cmd_synth(args) -> int:
     set_threads()
+    check_synth_args(args)
     loaded = load_checkpoint(args.checkpoint, args.device)
     try:
         betas = resolve_schedule_name(args.schedule)
@@ -175,6 +193,8 @@ def cmd_synth(args) -> int:
     else:
         from experiments.espeak import text_to_phonemes
         phonemes = text_to_phonemes(args.text)
+        if not phonemes:
+            raise InputError(f"TEXT {args.text!r}: espeak-ng finds nothing to say in it; expected words")
     try:
         ids = loaded.vocab.encode(phonemes)
     except ValueError as err:

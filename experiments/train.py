@@ -24,11 +24,13 @@ from experiments.autoencoder_stage import encode_utterances, ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
 from experiments.config import InputError, RunConfig, config_hash, load_config, to_dict
 from experiments.mel_targets import N_MELS, normalized_targets
-from experiments.runtime import atomic_save, peak_memory_mb, resolve_device
+from experiments.runtime import (atomic_save, peak_memory_mb, preflight_run_folder, read_checkpoint, resolve_device,
+                                 weights_error)
 from experiments.precision import autocast, precision_name, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
+RESUME_KEYS = ("config_hash", "step", "history", "model", "optimizer")  # what `train --resume` reads
 
 
 @dataclass
@@ -106,7 +108,8 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     out_dir = Path(out_dir)
     device = resolve_device(device)
     ckpt_path = out_dir / CHECKPOINT
-    existing = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
+    preflight_run_folder(out_dir)  # writable, and dead processes' temporaries gone, before any data is read
+    existing = read_checkpoint(ckpt_path, RESUME_KEYS) if ckpt_path.exists() else None
     if existing is not None and existing["config_hash"] != config_hash(config):
         raise InputError(f"{ckpt_path}: holds a run with another config (hash {existing['config_hash']}, "
                          f"this config {config_hash(config)}); use another --out")
@@ -154,12 +157,17 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
     step, history = 0, []
     if existing is not None:
-        model.load_state_dict(existing["model"])
-        if mel_head is not None:
-            mel_head.load_state_dict(existing["mel_head"])
-        optimizer.load_state_dict(existing["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(existing["ema"])
+        try:
+            if ema is not None:  # the EMA copy must fit the model too (EMA.load_state_dict checks nothing)
+                model.load_state_dict(existing["ema"])
+            model.load_state_dict(existing["model"])
+            if mel_head is not None:
+                mel_head.load_state_dict(existing["mel_head"])
+            optimizer.load_state_dict(existing["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(existing["ema"])
+        except (RuntimeError, ValueError, TypeError, AttributeError, KeyError) as err:
+            raise weights_error(ckpt_path, err, "saved weights or optimizer state") from None
         step, history = existing["step"], existing["history"]
     dtype = resolve_precision(t.precision, device)  # None: fp32; torch.bfloat16: the network under autocast
     audio_per_step = min(t.batch_size, len(items)) * t.window_frames * hop / dataset.sample_rate
