@@ -34,6 +34,9 @@ from experiments.synth import LoadedModel, conditioning_items, load_checkpoint, 
 
 # Metrics of the free-running pass (predicted durations): output and reference lengths differ.
 FREE_RUNNING = frozenset({"mcd_dtw", "length_ratio"})
+# Kept audio (eval.audio_artifacts utterances): audio/<schedule>/<id>.wav (ground-truth durations),
+# audio/<schedule>/free/<id>.wav (predicted durations) and audio/reference/<id>.wav (what both were scored against).
+AUDIO_FREE, AUDIO_REFERENCE = "free", "reference"
 
 
 @dataclass
@@ -168,11 +171,17 @@ def write_outputs(out_dir: Path, rows, summary, utterances, outputs, config: Eva
     os.replace(path.with_suffix(".tmp"), path)
     files.append(path)
     shown = utterances[:min(3, len(utterances))]
+    kept = utterances[:config.audio_artifacts]
+    for u in kept:  # what the outputs were scored against, for listening beside them (wg2 compare's listen.html)
+        wav = out_dir / "audio" / AUDIO_REFERENCE / f"{u.id}.wav"
+        write_wav(wav, u.audio, sr)
+        files.append(wav)
     for label, (aligned, free) in outputs.items():
-        for u, a in list(zip(utterances, aligned))[:config.audio_artifacts]:
-            wav = out_dir / "audio" / label / f"{u.id}.wav"
-            write_wav(wav, a.audio, sr)
-            files.append(wav)
+        for u, a, f in zip(kept, aligned, free):
+            for wav, audio in ((out_dir / "audio" / label / f"{u.id}.wav", a.audio),  # ground-truth durations
+                               (out_dir / "audio" / label / AUDIO_FREE / f"{u.id}.wav", f.audio)):  # predicted
+                write_wav(wav, audio, sr)
+                files.append(wav)
         png = out_dir / f"spectrograms_{label}.png"
         spectrogram_comparison(png, [(f"{u.id} ({label})", u.audio, a.audio) for u, a in zip(shown, aligned)], sr)
         files.append(png)
