@@ -23,7 +23,7 @@ import torch
 
 from components.schedules import check_within_training, noise_levels, resolve_schedule_name, schedule_label
 from evaluation.conditioning import conditioning_gain, reads_text
-from evaluation.metrics import Missing
+from evaluation.metrics import Missing, value_range
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
@@ -124,7 +124,7 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
                "precision": precision_name(resolve_precision(config.precision, loaded.device))}
     metrics: dict[str, float] = gain.metrics()
     for (label, metric), values in sorted(per_metric.items()):
-        s = summarize(values)
+        s = summarize(values, bounds=value_range(metric))
         summary["metrics"].setdefault(label, {})[metric] = s
         for key, value in (("", s["mean"]), ("_ci_low", s["ci_low"]), ("_ci_high", s["ci_high"])):
             if value is not None:
