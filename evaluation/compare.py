@@ -1,9 +1,10 @@
 """`wg2 compare`: read a grid's runs back from MLflow and write a report that answers the grid's question.
 
 Into the output folder: report.md (the question; cells x metrics with 95% intervals, best marked; each axis's
-marginal effect; speed beside quality; machine and commit; missing, failed and running cells; for latent grids
-the autoencoder ceiling and whether the latent target was reached), results.csv (one row per cell, every
-metric) and PNG plots. The same files are logged on the grid's parent run under `report/`.
+marginal effect, paired on utterances where the runs logged per-utterance values; speed beside quality; machine
+and commit; missing, failed and running cells; for latent grids the autoencoder ceiling and whether the latent
+target was reached), results.csv (one row per cell, every metric), PNG plots, and listen.html with the cells' kept
+audio under listen/ (evaluation.listen). The same files are logged on the grid's parent run under `report/`.
 
 This module is the report: evaluation.compare_runs reads and aggregates the runs, evaluation.compare_report
 writes the text, evaluation.report_plots draws the pictures. Works on any tracking URI and on partial grids.
@@ -19,9 +20,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from evaluation import report_plots as plots
-from evaluation.compare_report import render_markdown, results_csv, write_atomic
+from evaluation.compare_report import GAIN_KEY, QUALITY, listen_section, render_markdown, results_csv, write_atomic
 from evaluation.compare_runs import (CellRow, Effect, Grid, RunRecord, Target, axis_means, label_of, metric_key,
                                      read_grid, resolve_tracking_uri)
+from evaluation.listen import FREE, GT, ListenCell, write_listen_page
 from evaluation.runs import TAG_TRAIN_HASH
 
 
@@ -43,6 +45,7 @@ class Report:
     target: Target | None
     parent_run_id: str | None
     logged_on_parent: bool
+    listen_html: Path | None = None  # None: no cell's run kept audio
 
 
 def _plots(client, out_dir: Path, grid: Grid) -> list[Path]:
@@ -85,32 +88,81 @@ def _plots(client, out_dir: Path, grid: Grid) -> list[Path]:
     return made
 
 
+def _listen(client, out_dir: Path, grid: Grid) -> Path | None:
+    """listen.html from the wavs each cell's run logged (wg2 eval's audio/<schedule>/<id>.wav, ground-truth
+    durations; audio/<schedule>/free/<id>.wav, free-running; audio/reference/<id>.wav), downloaded with the MLflow
+    client. One run per cell (its first seed: the same noise seed across cells). None when no run kept audio."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cells, references = [], {}
+        for i, row in enumerate(tqdm(grid.rows, desc="listen: audio", leave=False, disable=len(grid.rows) < 20)):
+            try:
+                local = Path(client.download_artifacts(row.run_ids[0], "audio", str(Path(tmp) / str(i))))
+            except Exception:  # noqa: BLE001, S112 - a run without kept audio (older, or eval.audio_artifacts = 0)
+                continue
+            audio: dict = {}
+            for wav in sorted(local.rglob("*.wav")):
+                parts = wav.relative_to(local).parts
+                if parts[0] == "reference" and len(parts) == 2:
+                    references.setdefault(wav.stem, wav)
+                elif len(parts) == 2:
+                    audio.setdefault(parts[0], {}).setdefault(GT, {})[wav.stem] = wav
+                elif len(parts) == 3 and parts[1] == "free":
+                    audio.setdefault(parts[0], {}).setdefault(FREE, {})[wav.stem] = wav
+            if not audio:
+                continue
+            metrics = {k: row.mean(k) for k in _listen_keys(grid) if row.mean(k) is not None}
+            seed = f"seed {row.seeds[0]}" if row.seeds else ""
+            if len(row.seeds) > 1:
+                seed += f" of {len(row.seeds)} seeds"
+            cells.append(ListenCell(row.label, metrics, audio, seed))
+        if not cells:
+            return None
+        keys = [k for k in _listen_keys(grid) if any(k in c.metrics for c in cells)]
+        default = metric_key(grid.metric, grid.schedules[0]) if grid.schedules else None
+        return write_listen_page(out_dir, cells, references, grid.schedules, title=f"{grid.name}: listen",
+                                 sort_keys=keys, default_sort=default if default in keys else None)
+
+
+def _listen_keys(grid: Grid) -> list[str]:
+    names = list(dict.fromkeys((grid.metric, *QUALITY)))
+    return [GAIN_KEY] + [metric_key(m, s) for s in grid.schedules for m in names] + [f"{s}/rtf" for s in grid.schedules]
+
+
 def compare(experiment_name: str, out_dir: str | Path, metric: str = "pesq_wb", tracking_uri: str | None = None,
             expected: list[dict] | None = None) -> Report:
     """Read the grid's runs from MLflow, write report.md, results.csv and plots into out_dir, log them on the
     parent run (artifact path "report") and return what was found. `expected` (cells from the grid file) is
     used when the parent run does not list its cells itself."""
+    import os
+
     from mlflow import MlflowClient
 
+    # per_utterance.csv and audio/ of every run are downloaded: without one progress bar each
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     grid = read_grid(client, experiment_name, metric, expected)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_files = _plots(client, out_dir, grid)
-    md = write_atomic(out_dir / "report.md", render_markdown(grid, plot_files))
+    listen = _listen(client, out_dir, grid)
+    md = write_atomic(out_dir / "report.md", render_markdown(grid, plot_files) + listen_section(listen))
     table = write_atomic(out_dir / "results.csv", results_csv(grid))
 
     parent = grid.parent
     logged = False
     if parent is not None:
         try:
-            for path in (md, table, *plot_files):
+            for path in (md, table, *plot_files, *([listen] if listen else [])):
                 client.log_artifact(parent.info.run_id, str(path), artifact_path="report")
+            if listen:
+                client.log_artifacts(parent.info.run_id, str(out_dir / "listen"), artifact_path="report/listen")
             logged = True
         except Exception as err:  # noqa: BLE001 - the local report stands even when the artifact store is unreachable
             print(f"wg2 compare: warning: could not log the report on run {parent.info.run_id}: {err}",
                   file=sys.stderr)
     return Report(experiment_name, out_dir, md, table, plot_files, grid.rows, grid.status["missing"],
                   grid.status["failed"], grid.status["running"], metric, grid.schedules, grid.effects, grid.target,
-                  parent.info.run_id if parent is not None else None, logged)
+                  parent.info.run_id if parent is not None else None, logged, listen)

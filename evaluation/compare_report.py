@@ -15,6 +15,7 @@ from typing import Any
 
 from evaluation.runs import TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_VERSION
 from evaluation.conditioning import GAIN_KEY, READS_TEXT_THRESHOLD, reads_text
+from evaluation.stats import PAIRED, WELCH
 from evaluation.compare_runs import (CellRow, Effect, Grid, RunRecord, Stat, direction, fraction_of_ceiling,
                                      metric_key, show_value)
 
@@ -185,6 +186,50 @@ def _text_section(rows: list[CellRow]) -> list[str]:
     return out
 
 
+def effects_section(effects: list[Effect], metric: str) -> list[str]:
+    """Each axis's marginal effect, saying for each difference which test made its interval: paired on utterances
+    (same utterances, same noise seeds) where the runs logged per-utterance values, else unpaired, and why."""
+    out = [f"## Marginal effect of each axis on {metric}", ""]
+    if not effects:
+        return out + ["No axis has two values with finished runs to compare.", ""]
+    paired = [e for e in effects if e.test == PAIRED]
+    unpaired = [e for e in effects if e.test != PAIRED]
+    out.append("Difference (first value − second), over the other axes' settings where both values finished. "
+               "Interval ends are clipped to the range a difference of the metric can take.")
+    if paired:
+        out += ["", f"**Paired** rows (test: {PAIRED}): the cells were scored on the same utterances with the same "
+                   "noise seeds, so each utterance's difference is taken within a seed (and setting of the other "
+                   "axes) and pooled; the difference is the mean of those, the 95% interval a t-interval on them, "
+                   "p the two-sided Wilcoxon signed-rank test of them."]
+    if unpaired:
+        out += ["", f"**Unpaired** rows (test: {WELCH}; per-utterance values not available, reason in the last "
+                   "column): the difference of the cell means (seeds pooled within a cell), averaged over settings; "
+                   "95% interval with one setting Welch across seeds, with several a t-interval from the "
+                   "seed-to-seed variance pooled over those cells (without repeated seeds, from the spread of the "
+                   "differences across settings)."]
+    out += ["", "| axis | values | schedule | difference | 95% interval | test | Wilcoxon p | runs (settings) "
+            "| pairs / why unpaired |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in effects:
+        ci = f"[{e.ci_low:+.3g}, {e.ci_high:+.3g}]" if e.ci_low is not None else "— (too few runs)"
+        p = f"{e.p_value:.3g}" if e.p_value is not None else "—"
+        why = f"{e.n_pairs} pairs" if e.test == PAIRED else _md_cell(e.note or "no per-utterance values")
+        out.append(f"| `{e.axis}` | {_md_cell(e.a)} − {_md_cell(e.b)} | {e.schedule} | {e.diff:+.3g} | {ci} "
+                   f"| {'paired' if e.test == PAIRED else 'Welch'} | {p} | {e.n_a} vs {e.n_b} ({e.settings}) "
+                   f"| {why} |")
+    return out + [""]
+
+
+def listen_section(page: Path | None) -> str:
+    """A link to the listening page (written beside report.md by evaluation.listen), or nothing."""
+    if page is None:
+        return ""
+    return ("\n## Listen\n\n"
+            f"[{page.name}]({page.name}): per evaluated utterance the reference and every cell's output at each "
+            "schedule, free-running and with ground-truth durations, with log-mel spectrograms; cells sortable by a "
+            "metric, and a blind A/B mode. Open it in a browser from this folder (the audio lies beside it in "
+            "listen/).\n")
+
+
 def render_markdown(grid: Grid, plot_files: list[Path]) -> str:
     """report.md: the question, the cells' states, the answer in brief, the latent target, each axis's marginal
     effect, quality and speed per schedule, training cost, missing metric values and the plots."""
@@ -227,21 +272,7 @@ def render_markdown(grid: Grid, plot_files: list[Path]) -> str:
                 + ("; ".join(f"{lab}: " + ", ".join(f"{k} {fmt(v)}" for k, v in sorted(rec.items()))
                              for lab, rec in ceilings) if ceilings else "not found (no linked autoencoder run)."), ""]
 
-    out += [f"## Marginal effect of each axis on {metric}", ""]
-    if effects:
-        out += ["Difference (first value − second) of the cell means, averaged over the other axes' settings "
-                "where both values finished (seeds pooled within a cell). 95% interval: with one setting, Welch "
-                "across seeds; with several, a t-interval from the seed-to-seed variance pooled over those cells "
-                "(without repeated seeds, from the spread of the differences across settings).", "",
-                "| axis | values | schedule | difference | 95% interval | runs (settings) |",
-                "|---|---|---|---|---|---|"]
-        for e in effects:
-            ci = f"[{e.ci_low:+.3g}, {e.ci_high:+.3g}]" if e.ci_low is not None else "— (too few runs)"
-            out.append(f"| `{e.axis}` | {_md_cell(e.a)} − {_md_cell(e.b)} | {e.schedule} | {e.diff:+.3g} | {ci} "
-                       f"| {e.n_a} vs {e.n_b} ({e.settings}) |")
-    else:
-        out.append("No axis has two values with finished runs to compare.")
-    out.append("")
+    out += effects_section(effects, metric)
 
     latent = any(r.params.get("model.space") == "latent" for r in rows)
     for title, s, here in _schedule_views(rows, schedules):

@@ -25,7 +25,9 @@ from scipy import stats as sps
 from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNMENT, TAG_AUTOENCODER_RUN, TAG_AXES,
                              TAG_CELL_HASH, TAG_DESCRIPTION, TAG_ERROR, TAG_EXPECTED_CELLS, TAG_GROUP, TAG_HEARTBEAT,
                              TAG_KIND, TAG_LABEL, TAG_SEED, search_all_runs, sqlite_path, tag_is, tracking_uri)
-from evaluation.stats import mean_difference, summarize
+from evaluation.metrics import Missing, value_range
+from evaluation.stats import (PAIRED, WELCH, clip_interval, difference_bounds, mean_difference, paired_difference,
+                              summarize)
 
 HIGHER_BETTER = {"conditioning_gain", "pesq_wb", "pesq_nb", "stoi", "estoi", "audio_seconds_per_sec", "steps_per_sec"}
 LOWER_BETTER = {"mcd", "mcd_dtw", "log_mel_distance", "f0_rmse_cents", "vuv_error", "rtf", "peak_memory_mb",
@@ -104,6 +106,10 @@ class Effect:
     n_a: int  # runs on each side
     n_b: int
     settings: int  # settings of the other axes where both values finished
+    test: str = WELCH  # PAIRED: on per-utterance differences (same utterances, same noise seeds); else WELCH
+    p_value: float | None = None  # Wilcoxon signed-rank, paired only
+    n_pairs: int = 0  # utterance x seed pairs behind a paired difference
+    note: str = ""  # why a difference is not paired
 
 
 @dataclass
@@ -132,6 +138,8 @@ class Grid:
     effects: list[Effect]
     ceilings: list[tuple[str, dict]]  # the autoencoders found: (label, recon metrics)
     target: Target | None  # None: not a latent grid
+    per_utterance: dict[str, dict[str, dict[str, float | Missing]]] = field(default_factory=dict)
+    # run ID -> metric key ("manual-6/pesq_wb") -> utterance ID -> value, from each finished run's per_utterance.csv
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -277,15 +285,18 @@ def _normalize_expected(items: list) -> list[dict]:
 # ----------------------------------------------------------------------------- aggregation
 
 def _stat(runs: list[RunRecord], key: str) -> Stat:
+    """Interval ends are clipped to the metric's range (also those logged by runs from before clipping)."""
     present = [(r, r.metrics[key]) for r in runs if key in r.metrics and math.isfinite(r.metrics[key])]
     n_missing = int(sum(r.metrics.get(key + "_n_missing", 0) or 0 for r in runs))
+    bounds = value_range(key)
     if len(present) >= 2:
-        s = summarize([v for _, v in present])
+        s = summarize([v for _, v in present], bounds=bounds)
         return Stat(s["mean"], s["ci_low"], s["ci_high"], len(present), "seeds", n_missing)
     if len(present) == 1:
         run, v = present[0]
         lo, hi = run.metrics.get(key + "_ci_low"), run.metrics.get(key + "_ci_high")
         if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+            lo, hi = clip_interval(lo, hi, bounds)
             return Stat(v, lo, hi, 1, "utterances", n_missing)
         return Stat(v, None, None, 1, "", n_missing)
     return Stat(None, n_missing=n_missing)
@@ -376,16 +387,91 @@ def axis_means(runs: list[RunRecord], axis: str, metric: str, schedules: list[st
             cells = _strata(runs, axis, value, metric, s, schedules)
             if cells:
                 center, ci = _marginal_mean(cells, pooled)
+                ci = clip_interval(*ci, value_range(metric)) if ci is not None else None
                 out.append((show_value(json.loads(value)), s, center, ci))
     return out
 
 
+def read_per_utterance(client, run_id: str) -> dict[str, dict[str, float | Missing]] | None:
+    """A run's per_utterance.csv (written by `wg2 eval`, logged by the grid runner) as metric key -> utterance ID ->
+    value (Missing where the run gave a reason instead of a number); None when the run has no such artifact."""
+    import csv
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(run_id, "per_utterance.csv", tmp)
+            with open(local, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+    except Exception:  # noqa: BLE001 - absent (older runs) or unreadable store: the report falls back to unpaired
+        return None
+    out: dict[str, dict[str, float | Missing]] = {}
+    for row in rows:
+        utterance, schedule = row.pop("utterance", None), row.pop("schedule", None)
+        row.pop("durations", None)
+        if not utterance or not schedule:
+            continue
+        for metric, text in row.items():
+            if text in (None, ""):
+                continue  # the metric belongs to the other pass (true or predicted durations)
+            try:
+                value: float | Missing = float(text)
+            except ValueError:
+                value = Missing(text)
+            out.setdefault(f"{schedule}/{metric}", {})[utterance] = value
+    return out
+
+
+def _strata_runs(runs: list[RunRecord], axis: str, value: str, metric: str, schedule: str | None,
+                 schedules: list[str]) -> dict[str, list[tuple[RunRecord, str]]]:
+    """As _strata, but the runs themselves with the metric key each was read at."""
+    out: dict[str, list[tuple[RunRecord, str]]] = {}
+    for r in runs:
+        if canonical(r.assignment.get(axis)) != value:
+            continue
+        v = _value(r, metric, schedule, schedules)
+        if v is None or not math.isfinite(v):
+            continue
+        own = schedule if schedule is not None else (_run_schedules(r, schedules) or [""])[0]
+        out.setdefault(canonical({k: x for k, x in r.assignment.items() if k != axis}), []).append(
+            (r, metric_key(metric, own)))
+    return out
+
+
+def _paired(side_a: dict, side_b: dict, common: list[str], per_utterance: dict, metric: str) -> dict | str:
+    """Per-utterance differences a - b, paired within (setting of the other axes, seed, utterance) and pooled;
+    or, when they cannot be paired, the reason (a string)."""
+    a_values: dict[tuple, float | Missing] = {}
+    b_values: dict[tuple, float | Missing] = {}
+    for k in common:
+        by_seed = [{r.seed: (r, key) for r, key in side[k]} for side in (side_a, side_b)]
+        if None in by_seed[0] or None in by_seed[1] or by_seed[0].keys() != by_seed[1].keys():
+            return "the two sides were not run with the same seeds"
+        for seed in by_seed[0]:
+            for side, target in zip(by_seed, (a_values, b_values)):
+                run, key = side[seed]
+                values = (per_utterance.get(run.run_id) or {}).get(key)
+                if values is None:
+                    return f"run {run.name or run.run_id} has no per-utterance {key} (no per_utterance.csv)"
+                target.update({(k, seed, utt): v for utt, v in values.items()})
+    d = paired_difference(a_values, b_values, bounds=value_range(metric))
+    return d if d["n"] >= 2 else "fewer than two utterances scored by both sides"
+
+
 def _effects(runs: list[RunRecord], axes: list[str], metric: str, schedules: list[str],
-             orders: dict[str, list[str]]) -> list[Effect]:
-    """For each axis and each pair of its values a, b: mean over the other axes' settings where both finished of
-    (cell mean at a - cell mean at b). The 95% interval: with one such setting, Welch across seeds; with more,
-    a t-interval from the seed variance pooled over those cells (else from the spread of the differences)."""
+             orders: dict[str, list[str]], per_utterance: dict | None = None) -> list[Effect]:
+    """For each axis and each pair of its values a, b: a - b over the other axes' settings where both finished.
+
+    Paired (the cells were scored on the same utterances with the same noise seeds) when every run involved has
+    its per-utterance values: the mean of the per-utterance differences, paired within seed and pooled over seeds
+    and settings, with a 95% t-interval on those differences and a Wilcoxon signed-rank p-value. Otherwise
+    (older runs, mismatched seeds, run-level metrics like train/*): the mean over settings of (cell mean at a -
+    cell mean at b), with one setting a Welch interval across seeds, with more a t-interval from the seed variance
+    pooled over those cells (else from the spread of the differences); Effect.note says why it is not paired.
+    Interval ends are clipped to the range a difference of the metric can take."""
     effects = []
+    per_utterance = per_utterance or {}
+    bounds = difference_bounds(value_range(metric))
     for axis in axes:
         values = _axis_values(runs, axis, orders.get(axis, []))
         for a, b in itertools.combinations(values, 2):
@@ -396,6 +482,16 @@ def _effects(runs: list[RunRecord], axes: list[str], metric: str, schedules: lis
                 side_a, side_b = (_strata(runs, axis, v, metric, s, schedules) for v in (a, b))
                 common = sorted(side_a.keys() & side_b.keys())
                 if not common:
+                    continue
+                paired = _paired(_strata_runs(runs, axis, a, metric, s, schedules),
+                                 _strata_runs(runs, axis, b, metric, s, schedules), common, per_utterance, metric) \
+                    if "/" not in metric else "a run-level metric, not scored per utterance"
+                if isinstance(paired, dict):
+                    effects.append(Effect(axis, show_value(json.loads(a)), show_value(json.loads(b)),
+                                          s if s is not None else "own schedule", paired["diff"], paired["ci_low"],
+                                          paired["ci_high"], sum(len(side_a[k]) for k in common),
+                                          sum(len(side_b[k]) for k in common), len(common), PAIRED,
+                                          paired["p_wilcoxon"], paired["n"]))
                     continue
                 if len(common) == 1:
                     d = mean_difference(side_a[common[0]], side_b[common[0]])
@@ -411,10 +507,11 @@ def _effects(runs: list[RunRecord], axes: list[str], metric: str, schedules: lis
                     else:
                         d = summarize(gaps)
                         ci = (d["ci_low"], d["ci_high"])
+                ci = clip_interval(*ci, bounds)
                 effects.append(Effect(axis, show_value(json.loads(a)), show_value(json.loads(b)),
                                       s if s is not None else "own schedule", diff, ci[0], ci[1],
                                       sum(len(side_a[k]) for k in common), sum(len(side_b[k]) for k in common),
-                                      len(common)))
+                                      len(common), note=paired))
     return effects
 
 
@@ -625,6 +722,7 @@ def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: l
     latent = any(r.params.get("model.space") == "latent" for r in rows)
     ceilings = _attach_ceilings(client, rows, runs, exp_id) if latent else []
     target = latent_target(rows, schedules) if latent else None
-    effects = _effects(finished, axes, metric, schedules, orders)
+    per_utterance = {r.run_id: table for r in finished if (table := read_per_utterance(client, r.run_id)) is not None}
+    effects = _effects(finished, axes, metric, schedules, orders, per_utterance)
     return Grid(experiment_name, exp_id, parent, question, metric, axes, orders, schedules, runs, source, status,
-                rows, effects, ceilings, target)
+                rows, effects, ceilings, target, per_utterance)

@@ -83,6 +83,24 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 
+# Quantities reported beside the METRICS that are not scores of a pair, and cannot be negative.
+NONNEGATIVE = frozenset({"duration_error_frames", "rtf", "peak_memory_mb", "conditioning_gain", "audio_seconds",
+                         "synthesis_seconds"})
+
+
+def value_range(key: str) -> tuple[float, float] | None:
+    """(low, high) a metric's values can take, from METRICS' range column ("1.04-4.64", "0-inf"); a key may carry a
+    schedule prefix ("manual-6/pesq_wb"). None when unknown: nothing to clip to."""
+    name = key.rsplit("/", 1)[-1]
+    if name in NONNEGATIVE:
+        return 0.0, math.inf
+    info = METRICS.get(name)
+    if info is None:
+        return None
+    low, _, high = info.range.partition("-")
+    return float(low), float(high)  # float("inf") parses "inf"
+
+
 def metrics_markdown() -> str:
     """The METRICS table in Markdown (for the README and reports)."""
     lines = ["| metric | what it measures | range | better | unit |", "|---|---|---|---|---|"]

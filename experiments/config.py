@@ -77,7 +77,7 @@ class EvalConfig:
     limit: int = 16  # utterances scored per schedule; 0 = the whole split
     pace: float = 1.0  # > 1 speaks faster (predicted durations divided by pace)
     batch_size: int = 1  # synthesis batch size used for the real-time factor
-    audio_artifacts: int = 3  # synthesized utterances kept per schedule
+    audio_artifacts: int = 3  # utterances kept as wavs: per schedule both passes, and their references
     metric_workers: int = 2  # processes computing metrics
     seed: int = 0
     precision: str = "fp32"  # synthesis network arithmetic: "fp32", "bf16" or "auto" (as train.precision)

@@ -23,7 +23,7 @@ import torch
 
 from components.schedules import check_within_training, noise_levels, resolve_schedule_name, schedule_label
 from evaluation.conditioning import conditioning_gain, reads_text
-from evaluation.metrics import Missing
+from evaluation.metrics import Missing, value_range
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
@@ -34,6 +34,9 @@ from experiments.synth import LoadedModel, conditioning_items, load_checkpoint, 
 
 # Metrics of the free-running pass (predicted durations): output and reference lengths differ.
 FREE_RUNNING = frozenset({"mcd_dtw", "length_ratio"})
+# Kept audio (eval.audio_artifacts utterances): audio/<schedule>/<id>.wav (ground-truth durations),
+# audio/<schedule>/free/<id>.wav (predicted durations) and audio/reference/<id>.wav (what both were scored against).
+AUDIO_FREE, AUDIO_REFERENCE = "free", "reference"
 
 
 @dataclass
@@ -121,7 +124,7 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
                "precision": precision_name(resolve_precision(config.precision, loaded.device))}
     metrics: dict[str, float] = gain.metrics()
     for (label, metric), values in sorted(per_metric.items()):
-        s = summarize(values)
+        s = summarize(values, bounds=value_range(metric))
         summary["metrics"].setdefault(label, {})[metric] = s
         for key, value in (("", s["mean"]), ("_ci_low", s["ci_low"]), ("_ci_high", s["ci_high"])):
             if value is not None:
@@ -168,11 +171,17 @@ def write_outputs(out_dir: Path, rows, summary, utterances, outputs, config: Eva
     os.replace(path.with_suffix(".tmp"), path)
     files.append(path)
     shown = utterances[:min(3, len(utterances))]
+    kept = utterances[:config.audio_artifacts]
+    for u in kept:  # what the outputs were scored against, for listening beside them (wg2 compare's listen.html)
+        wav = out_dir / "audio" / AUDIO_REFERENCE / f"{u.id}.wav"
+        write_wav(wav, u.audio, sr)
+        files.append(wav)
     for label, (aligned, free) in outputs.items():
-        for u, a in list(zip(utterances, aligned))[:config.audio_artifacts]:
-            wav = out_dir / "audio" / label / f"{u.id}.wav"
-            write_wav(wav, a.audio, sr)
-            files.append(wav)
+        for u, a, f in zip(kept, aligned, free):
+            for wav, audio in ((out_dir / "audio" / label / f"{u.id}.wav", a.audio),  # ground-truth durations
+                               (out_dir / "audio" / label / AUDIO_FREE / f"{u.id}.wav", f.audio)):  # predicted
+                write_wav(wav, audio, sr)
+                files.append(wav)
         png = out_dir / f"spectrograms_{label}.png"
         spectrogram_comparison(png, [(f"{u.id} ({label})", u.audio, a.audio) for u, a in zip(shown, aligned)], sr)
         files.append(png)

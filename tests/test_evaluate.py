@@ -46,7 +46,11 @@ def test_eval_scores_every_utterance_once_per_metric_and_writes_its_files(checkp
         assert all(bool(row.get(m)) == free for m in FREE_RUNNING), "free-running metrics only on the free pass"
     assert (out / "spectrograms_manual-6.png").stat().st_size > 1000
     assert (out / "alignment_manual-6.png").exists()
-    assert len(list((out / "audio" / "manual-6").glob("*.wav"))) == 1
+    for label in ("manual-6", "linear-50"):  # eval.audio_artifacts = 1: one utterance, both passes
+        assert len(list((out / "audio" / label).glob("*.wav"))) == 1
+        assert len(list((out / "audio" / label / "free").glob("*.wav"))) == 1
+    (ref,) = (out / "audio" / "reference").glob("*.wav")
+    assert ref.name == f"{summary['utterances'][0]}.wav" and (out / "audio" / "manual-6" / ref.name).is_file()
     assert "RTF" in capsys.readouterr().out
 
 
