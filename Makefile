@@ -29,4 +29,5 @@ quickstart: install
 	$(WG2) compare experiments/grids/quickstart.toml --out results/quickstart
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15

@@ -74,7 +74,8 @@ class Diffusion:
         (alpha_bar_{-1} = 1, so the last step returns x0_hat) plus sigma_n * N(0, I),
         sigma_n = sqrt((1 - alpha_bar_{n-1}) / (1 - alpha_bar_n) * beta_n), for n > 0.
 
-        Without clipping this equals WaveGrad's Alg. 2 update (x_n - beta_n / sqrt(1 - alpha_bar_n) * eps) / sqrt(alpha_n).
+        Without clipping this equals WaveGrad's Alg. 2 update
+        (x_n - beta_n / sqrt(1 - alpha_bar_n) * eps) / sqrt(alpha_n).
         Clipping x0_hat at every step (not only the final sample) is what keeps the sampler bounded: at high
         noise 1/sqrt(alpha_bar_n) is large, so a modest error in eps makes an unbounded x0 estimate, and
         feeding that back step after step is what diverged latent R=8 at refinement step 38 of 50.

@@ -149,7 +149,8 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
         repeats = 5 if dev.type == "cuda" else 3 if preset == "tiny" else 1
         row = {"preset": preset, "params_M": count_parameters(model) / 1e6,
                "decoder_params_M": count_parameters(model.decoder) / 1e6, "device": dev.type, "precision": name}
-        row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, config, dev, batch_size, window, None, repeats)
+        row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, config, dev, batch_size, window,
+                                                                              None, repeats)
         if dtype is not None:
             row[f"{name}_steps_per_s"], _ = bench_training(model, config, dev, batch_size, window, dtype, repeats)
             row[f"{name}_speedup"] = row[f"{name}_steps_per_s"] / row["train_steps_per_s"]
@@ -158,7 +159,8 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
         row["timed_repeats"] = repeats
         schedules = ("manual-6", "linear-50")
         for i, schedule in enumerate(schedules):  # one warm-up per preset and precision (same shapes)
-            row[f"rtf_{schedule}"] = bench_inference(model, dev, seconds, schedule, None, warm_up=i == 0, repeats=repeats)
+            row[f"rtf_{schedule}"] = bench_inference(model, dev, seconds, schedule, None, warm_up=i == 0,
+                                                     repeats=repeats)
         if dtype is not None:
             for i, schedule in enumerate(schedules):
                 row[f"{name}_rtf_{schedule}"] = bench_inference(model, dev, seconds, schedule, dtype, warm_up=i == 0,

@@ -119,7 +119,8 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
                "utterances": [u.id for u in utterances], "device": str(loaded.device),
                "machine": machine_name(loaded.device), "speed": speed, "weights": loaded.weights,
                "signal": loaded.signal,
-               "conditioning_gain": {**gain.summary, "per_level": gain.per_level, "reads_text": reads_text(gain.summary)},
+               "conditioning_gain": {**gain.summary, "per_level": gain.per_level,
+                                     "reads_text": reads_text(gain.summary)},
                "metrics": {},
                "precision": precision_name(resolve_precision(config.precision, loaded.device))}
     metrics: dict[str, float] = gain.metrics()
@@ -234,7 +235,8 @@ def check_eval_args(args) -> None:
 
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['checkpoint']} (step {summary['step']}, {summary.get('weights', 'raw')} weights), split "
-             f"{summary['split']}, {len(summary['utterances'])} utterances, {summary['machine']}, {summary.get('precision', 'fp32')}"]
+             f"{summary['split']}, {len(summary['utterances'])} utterances, {summary['machine']}, "
+             f"{summary.get('precision', 'fp32')}"]
     g = summary.get("conditioning_gain")
     if g and g.get("mean") is not None:
         ci = f"[{g['ci_low']:.3f}, {g['ci_high']:.3f}]" if g.get("ci_low") is not None else "(one utterance)"
