@@ -10,10 +10,8 @@ import soundfile as sf
 import torch
 
 from components.configs import ModelConfig
-from components.diffusion import Diffusion
-from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
-from experiments.batches import TrainingItem, batch_indices, make_batch
+from experiments.batches import batch_indices
 from experiments.cli import main
 from experiments.config import ConfigError, RunConfig, TrainConfig, load_config, replace
 from experiments.corpus import load_dataset
