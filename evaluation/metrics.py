@@ -48,65 +48,128 @@ class Missing:
 
 Scores = dict[str, "float | Missing"]
 
+# The pass of `wg2 eval` a metric belongs to (README, "Evaluation protocol"):
+ON_ALIGNED = "aligned"  # ground-truth durations: needs output and reference to line up sample for sample
+ON_FREE_RUNNING = "free-running"  # predicted durations: length-robust, recorded from this pass only
+ON_EITHER = "either"  # needs no alignment (no reference at all) but is recorded once, from the aligned pass
+GAIN_KEY = "conditioning_gain"  # evaluation.conditioning's figure: its name in eval summaries, MLflow runs, reports
 
-@dataclass(frozen=True)
-class MetricInfo:
+
+@dataclass(frozen=True, kw_only=True)
+class Figure:
+    """A number the suite reports: what it is, the values it can take and which way is better."""
     description: str
-    range: str
-    better: str  # "higher" or "lower"
-    unit: str
-    aligned_only: bool  # meaningless unless output and reference line up sample for sample
+    low: float  # the range of values it can take (math.inf for no bound): interval ends are clipped to it
+    high: float
+    better: str  # "higher", "lower", "closer to 1" (not ranked) or "" (not a quality: nothing to rank)
+    unit: str = ""
+    per_utterance: bool = False  # a run figure scored per utterance like the METRICS (listed beside them)
+
+    @property
+    def direction(self) -> int:
+        """+1 higher is better, -1 lower is better, 0 neither."""
+        return 1 if self.better == "higher" else -1 if self.better == "lower" else 0
+
+    @property
+    def range_text(self) -> str:
+        return f"{self.low:g}-{self.high:g}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricInfo(Figure):
+    """A metric `score_pair` computes for a pair of signals."""
+    eval_pass: str  # ON_ALIGNED, ON_FREE_RUNNING or ON_EITHER
+    headline: bool = False  # a column of each schedule's table in `wg2 compare` reports
     extra: str | None = None  # optional dependency group that provides it
 
+    @property
+    def aligned_only(self) -> bool:
+        """Meaningless unless output and reference line up sample for sample."""
+        return self.eval_pass == ON_ALIGNED
 
+
+INF = math.inf
+# One entry per metric; everything else (score_pair's keys, eval's passes, report columns, directions, interval
+# clipping, the README's table) is derived from it.
 METRICS: dict[str, MetricInfo] = {
-    "pesq_wb": MetricInfo("PESQ wide-band (ITU-T P.862.2) at 16 kHz: perceived quality", "1.04-4.64", "higher",
-                          "MOS-LQO", True),
-    "pesq_nb": MetricInfo("PESQ narrow-band (P.862 + P.862.1 mapping) at 8 kHz", "1.02-4.55", "higher", "MOS-LQO",
-                          True),
-    "stoi": MetricInfo("short-time objective intelligibility (pystoi, 10 kHz internally)", "0-1", "higher", "", True),
-    "estoi": MetricInfo("extended STOI, robust to modulated noise", "0-1", "higher", "", True),
-    "mcd": MetricInfo("mel-cepstral distortion, order 24 without c0, on aligned frames", "0-inf", "lower", "dB", True),
-    "mcd_dtw": MetricInfo("mel-cepstral distortion after dynamic time warping (any output length)", "0-inf", "lower",
-                          "dB", False),
-    "log_mel_distance": MetricInfo("mean over frames of the RMS over 80 mel bands of the log-mel difference",
-                                   "0-inf", "lower", "dB", True),
-    "f0_rmse_cents": MetricInfo("F0 RMSE on frames voiced in both (Praat autocorrelation pitch)", "0-inf", "lower",
-                                "cents", True),
-    "vuv_error": MetricInfo("fraction of frames whose voiced/unvoiced decision differs", "0-1", "lower", "", True),
-    "length_ratio": MetricInfo("output length over reference length", "0-inf", "closer to 1", "", False),
-    "dnsmos_ovrl": MetricInfo("DNSMOS P.835 overall quality, no reference", "1-5", "higher", "MOS", False, "dnsmos"),
-    "dnsmos_sig": MetricInfo("DNSMOS P.835 speech-signal quality, no reference", "1-5", "higher", "MOS", False,
-                             "dnsmos"),
-    "dnsmos_bak": MetricInfo("DNSMOS P.835 background-noise quality, no reference", "1-5", "higher", "MOS", False,
-                             "dnsmos"),
+    "pesq_wb": MetricInfo(description="PESQ wide-band (ITU-T P.862.2) at 16 kHz: perceived quality", low=1.04,
+                          high=4.64, better="higher", unit="MOS-LQO", eval_pass=ON_ALIGNED, headline=True),
+    "pesq_nb": MetricInfo(description="PESQ narrow-band (P.862 + P.862.1 mapping) at 8 kHz", low=1.02, high=4.55,
+                          better="higher", unit="MOS-LQO", eval_pass=ON_ALIGNED),
+    "stoi": MetricInfo(description="short-time objective intelligibility (pystoi, 10 kHz internally)", low=0.0,
+                       high=1.0, better="higher", eval_pass=ON_ALIGNED, headline=True),
+    "estoi": MetricInfo(description="extended STOI, robust to modulated noise", low=0.0, high=1.0, better="higher",
+                        eval_pass=ON_ALIGNED, headline=True),
+    "mcd": MetricInfo(description="mel-cepstral distortion, order 24 without c0, on aligned frames", low=0.0,
+                      high=INF, better="lower", unit="dB", eval_pass=ON_ALIGNED, headline=True),
+    "mcd_dtw": MetricInfo(description="mel-cepstral distortion after dynamic time warping (any output length)",
+                          low=0.0, high=INF, better="lower", unit="dB", eval_pass=ON_FREE_RUNNING, headline=True),
+    "log_mel_distance": MetricInfo(description="mean over frames of the RMS over 80 mel bands of the log-mel "
+                                   "difference", low=0.0, high=INF, better="lower", unit="dB", eval_pass=ON_ALIGNED),
+    "f0_rmse_cents": MetricInfo(description="F0 RMSE on frames voiced in both (Praat autocorrelation pitch)",
+                                low=0.0, high=INF, better="lower", unit="cents", eval_pass=ON_ALIGNED),
+    "vuv_error": MetricInfo(description="fraction of frames whose voiced/unvoiced decision differs", low=0.0,
+                            high=1.0, better="lower", eval_pass=ON_ALIGNED),
+    "length_ratio": MetricInfo(description="output length over reference length", low=0.0, high=INF,
+                               better="closer to 1", eval_pass=ON_FREE_RUNNING),
+    "dnsmos_ovrl": MetricInfo(description="DNSMOS P.835 overall quality, no reference", low=1.0, high=5.0,
+                              better="higher", unit="MOS", eval_pass=ON_EITHER, extra="dnsmos"),
+    "dnsmos_sig": MetricInfo(description="DNSMOS P.835 speech-signal quality, no reference", low=1.0, high=5.0,
+                             better="higher", unit="MOS", eval_pass=ON_EITHER, extra="dnsmos"),
+    "dnsmos_bak": MetricInfo(description="DNSMOS P.835 background-noise quality, no reference", low=1.0, high=5.0,
+                             better="higher", unit="MOS", eval_pass=ON_EITHER, extra="dnsmos"),
+}
+
+# Figures reported beside the METRICS that are not scores of a pair (a key may carry a prefix: "manual-6/rtf",
+# "train/loss"). One entry per figure, as for METRICS.
+RUN_FIGURES: dict[str, Figure] = {
+    "duration_error_frames": Figure(description="mean absolute error of predicted vs true phone durations "
+                                    "(free-running pass)", low=0.0, high=INF, better="lower", unit="frames",
+                                    per_utterance=True),
+    GAIN_KEY: Figure(description="noise-prediction loss with time-shifted conditioning over the loss with the true "
+                     "one (1: the text is ignored)", low=0.0, high=INF, better="higher"),
+    "rtf": Figure(description="real-time factor: synthesis seconds over audio seconds", low=0.0, high=INF,
+                  better="lower"),
+    "peak_memory_mb": Figure(description="peak memory: CUDA allocator peak on GPU, peak resident set on CPU",
+                             low=0.0, high=INF, better="lower", unit="MiB"),
+    "audio_seconds": Figure(description="seconds of audio synthesized", low=0.0, high=INF, better="", unit="s"),
+    "synthesis_seconds": Figure(description="seconds spent synthesizing", low=0.0, high=INF, better="", unit="s"),
+    "audio_seconds_per_sec": Figure(description="training throughput in seconds of audio per second", low=0.0,
+                                    high=INF, better="higher"),
+    "steps_per_sec": Figure(description="training steps per second", low=0.0, high=INF, better="higher"),
+    "wall_seconds": Figure(description="training wall-clock time", low=0.0, high=INF, better="lower", unit="s"),
+    "loss": Figure(description="training loss: the weighted sum of the noise, duration and mel losses", low=0.0,
+                   high=INF, better="lower"),
+    "noise_loss": Figure(description="noise-prediction loss", low=0.0, high=INF, better="lower"),
+    "duration_loss": Figure(description="duration-predictor loss", low=0.0, high=INF, better="lower"),
 }
 
 
-# Quantities reported beside the METRICS that are not scores of a pair, and cannot be negative.
-NONNEGATIVE = frozenset({"duration_error_frames", "rtf", "peak_memory_mb", "conditioning_gain", "audio_seconds",
-                         "synthesis_seconds"})
+def figure_info(key: str) -> Figure | None:
+    """The METRICS or RUN_FIGURES entry of a key, which may carry a prefix ("manual-6/pesq_wb"); None if unknown."""
+    name = key.rsplit("/", 1)[-1]
+    return METRICS.get(name) or RUN_FIGURES.get(name)
 
 
 def value_range(key: str) -> tuple[float, float] | None:
-    """(low, high) a metric's values can take, from METRICS' range column ("1.04-4.64", "0-inf"); a key may carry a
-    schedule prefix ("manual-6/pesq_wb"). None when unknown: nothing to clip to."""
-    name = key.rsplit("/", 1)[-1]
-    if name in NONNEGATIVE:
-        return 0.0, math.inf
-    info = METRICS.get(name)
-    if info is None:
-        return None
-    low, _, high = info.range.partition("-")
-    return float(low), float(high)  # float("inf") parses "inf"
+    """(low, high) a figure's values can take (see `figure_info`). None when unknown: nothing to clip to."""
+    info = figure_info(key)
+    return None if info is None else (info.low, info.high)
+
+
+def headline_metrics() -> tuple[str, ...]:
+    """The headline quality metrics (columns of each schedule's table in reports), in METRICS order."""
+    return tuple(name for name, info in METRICS.items() if info.headline)
 
 
 def metrics_markdown() -> str:
-    """The METRICS table in Markdown (for the README and reports)."""
+    """The METRICS table, with the per-utterance RUN_FIGURES, in Markdown (the README's table is this text)."""
     lines = ["| metric | what it measures | range | better | unit |", "|---|---|---|---|---|"]
-    for name, info in METRICS.items():
-        extra = f" (extra `[{info.extra}]`)" if info.extra else ""
-        lines.append(f"| `{name}` | {info.description}{extra} | {info.range} | {info.better} | {info.unit} |")
+    rows = [*METRICS.items(), *((k, f) for k, f in RUN_FIGURES.items() if f.per_utterance)]
+    for name, info in rows:
+        extra = f" (extra `[{info.extra}]`)" if getattr(info, "extra", None) else ""
+        lines.append(f"| `{name}` | {info.description}{extra} | {info.range_text} | {info.better} | "
+                     f"{info.unit or '-'} |")
     return "\n".join(lines)
 
 
@@ -429,3 +492,7 @@ def _score(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, degrad
     if dnsmos is not None:
         _guard(scores, ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"), lambda: _dnsmos(degraded, rate, dnsmos))
     return {k: scores[k] for k in names}
+
+
+if __name__ == "__main__":
+    print(metrics_markdown())  # the README's metric table
