@@ -60,3 +60,37 @@ def test_everything_derived_follows_the_tables():
         assert value_range(f"train/{name}") == (info.low, info.high)
     assert direction("train/loss") == -1 and direction("manual-6/pesq_wb") == 1 and direction("length_ratio") == 0
     assert direction("no_such_figure") == 0 and value_range("no_such_figure") is None
+
+
+def test_a_metric_is_one_table_entry(monkeypatch):
+    """score_pair loops over METRICS: a new entry is computed, returned for its pass, ranked and clipped."""
+    import numpy as np
+
+    from evaluation import metrics
+    from evaluation.compare_runs import direction
+
+    peak = metrics.MetricInfo(description="peak level", low=0.0, high=1.0, better="lower",
+                              eval_pass=metrics.ON_FREE_RUNNING, compute=lambda p: float(np.max(np.abs(p.degraded))))
+    monkeypatch.setitem(METRICS, "peak", peak)
+    rng = np.random.default_rng(0)
+    x = 0.1 * rng.standard_normal(8000)
+    scores = metrics.score_pair(x, 0.5 * x, 8000, aligned=False)
+    assert scores["peak"] == np.max(np.abs(0.5 * x)) and "peak" in metrics.metric_names(aligned=False)
+    assert direction("manual-6/peak") == -1 and value_range("peak") == (0.0, 1.0)
+    assert "| `peak` | peak level | 0-1 | lower | - |" in metrics_markdown().splitlines()
+
+
+def test_shared_work_fails_once_for_every_metric_that_needs_it(monkeypatch):
+    import numpy as np
+
+    from evaluation import metrics
+
+    def broken(*args):
+        raise RuntimeError("no features")
+
+    monkeypatch.setattr(metrics, "_features", broken)
+    rng = np.random.default_rng(0)
+    x = 0.1 * rng.standard_normal(8000)
+    scores = metrics.score_pair(x, x + 0.01 * rng.standard_normal(8000), 8000, aligned=False)
+    assert scores["mcd_dtw"] == metrics.Missing("RuntimeError: no features")
+    assert isinstance(scores["length_ratio"], float)
