@@ -15,11 +15,12 @@ from typing import Any
 
 from evaluation.runs import TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_VERSION
 from evaluation.conditioning import GAIN_KEY, READS_TEXT_THRESHOLD, reads_text
+from evaluation.metrics import headline_metrics
 from evaluation.stats import PAIRED, WELCH
 from evaluation.compare_runs import (CellRow, Effect, Grid, RunRecord, Stat, direction, fraction_of_ceiling,
                                      metric_key, show_value)
 
-QUALITY = ("pesq_wb", "stoi", "estoi", "mcd", "mcd_dtw")  # columns of each schedule's table, with rtf
+QUALITY = headline_metrics()  # columns of each schedule's table, with rtf
 TRAINING = ("train/audio_seconds_per_sec", "train/peak_memory_mb", "train/wall_seconds", "train/loss")
 UTTERANCE_MARK = "†"  # marks an interval across one run's utterances (a single seed) rather than seeds
 

@@ -25,13 +25,10 @@ from scipy import stats as sps
 from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNMENT, TAG_AUTOENCODER_RUN, TAG_AXES,
                              TAG_CELL_HASH, TAG_DESCRIPTION, TAG_ERROR, TAG_EXPECTED_CELLS, TAG_GROUP, TAG_HEARTBEAT,
                              TAG_KIND, TAG_LABEL, TAG_SEED, search_all_runs, sqlite_path, tag_is, tracking_uri)
-from evaluation.metrics import Missing, value_range
+from evaluation.metrics import Missing, figure_info, value_range
 from evaluation.stats import (PAIRED, WELCH, clip_interval, difference_bounds, mean_difference, paired_difference,
                               summarize)
 
-HIGHER_BETTER = {"conditioning_gain", "pesq_wb", "pesq_nb", "stoi", "estoi", "audio_seconds_per_sec", "steps_per_sec"}
-LOWER_BETTER = {"mcd", "mcd_dtw", "log_mel_distance", "f0_rmse_cents", "vuv_error", "rtf", "peak_memory_mb",
-                "duration_error_frames", "loss", "noise_loss", "duration_loss", "wall_seconds"}
 NOT_SCHEDULES = {"train", "recon"}  # metric-key prefixes that are not inference schedules
 DERIVED = ("_ci_low", "_ci_high", "_n_missing")  # per-run companions of a metric, not metrics of their own
 # The latent-space target (issue 7): R=16 sampling >= 5x faster than waveform space at >= 90% of its PESQ-wb,
@@ -145,9 +142,10 @@ class Grid:
 # ----------------------------------------------------------------------------- small helpers
 
 def direction(key: str) -> int:
-    """+1 higher is better, -1 lower is better, 0 neither (e.g. length_ratio)."""
-    base = key.rsplit("/", 1)[-1]
-    return 1 if base in HIGHER_BETTER else -1 if base in LOWER_BETTER else 0
+    """+1 higher is better, -1 lower is better, 0 neither (e.g. length_ratio) or unknown: from evaluation.metrics'
+    METRICS and RUN_FIGURES tables."""
+    info = figure_info(key)
+    return 0 if info is None else info.direction
 
 
 def metric_key(metric: str, schedule: str) -> str:

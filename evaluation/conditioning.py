@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from components.diffusion import gaussian
+from evaluation.metrics import GAIN_KEY  # noqa: F401 - the figure's name, declared with its range in RUN_FIGURES
 from evaluation.stats import summarize
 
 # sqrt(alpha_bar) levels probed: from nearly clean to mostly noise. 0.1 is inside every shipped
@@ -26,7 +27,6 @@ LEVELS = (0.99, 0.95, 0.8, 0.5, 0.3, 0.1)
 # A model "reads its text" when the gain's 95% interval lies above 1 (1.0 exactly is a decoder that
 # ignores its conditioning). With a single utterance there is no interval: then the gain must exceed this.
 READS_TEXT_THRESHOLD = 1.02
-GAIN_KEY = "conditioning_gain"  # the metric name in eval summaries, MLflow runs and reports
 
 
 @dataclass

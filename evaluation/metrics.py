@@ -48,65 +48,156 @@ class Missing:
 
 Scores = dict[str, "float | Missing"]
 
+# The pass of `wg2 eval` a metric belongs to (README, "Evaluation protocol"):
+ON_ALIGNED = "aligned"  # ground-truth durations: needs output and reference to line up sample for sample
+ON_FREE_RUNNING = "free-running"  # predicted durations: length-robust, recorded from this pass only
+ON_EITHER = "either"  # needs no alignment (no reference at all) but is recorded once, from the aligned pass
+GAIN_KEY = "conditioning_gain"  # evaluation.conditioning's figure: its name in eval summaries, MLflow runs, reports
 
-@dataclass(frozen=True)
-class MetricInfo:
+
+@dataclass(frozen=True, kw_only=True)
+class Figure:
+    """A number the suite reports: what it is, the values it can take and which way is better."""
     description: str
-    range: str
-    better: str  # "higher" or "lower"
-    unit: str
-    aligned_only: bool  # meaningless unless output and reference line up sample for sample
+    low: float  # the range of values it can take (math.inf for no bound): interval ends are clipped to it
+    high: float
+    better: str  # "higher", "lower", "closer to 1" (not ranked) or "" (not a quality: nothing to rank)
+    unit: str = ""
+    per_utterance: bool = False  # a run figure scored per utterance like the METRICS (listed beside them)
+
+    @property
+    def direction(self) -> int:
+        """+1 higher is better, -1 lower is better, 0 neither."""
+        return 1 if self.better == "higher" else -1 if self.better == "lower" else 0
+
+    @property
+    def range_text(self) -> str:
+        return f"{self.low:g}-{self.high:g}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricInfo(Figure):
+    """A metric `score_pair` computes for a pair of signals."""
+    eval_pass: str  # ON_ALIGNED, ON_FREE_RUNNING or ON_EITHER
+    compute: Callable[[Pair], float | Missing]  # its value for one pair; an exception is recorded as Missing
+    headline: bool = False  # a column of each schedule's table in `wg2 compare` reports
     extra: str | None = None  # optional dependency group that provides it
 
+    @property
+    def aligned_only(self) -> bool:
+        """Meaningless unless output and reference line up sample for sample."""
+        return self.eval_pass == ON_ALIGNED
 
+
+INF = math.inf
+# One entry per metric; everything else (what score_pair computes and returns, eval's passes, report columns,
+# directions, interval clipping, the README's table) is derived from it. `compute` gets the `Pair` being scored
+# (defined below, with the work metrics share).
 METRICS: dict[str, MetricInfo] = {
-    "pesq_wb": MetricInfo("PESQ wide-band (ITU-T P.862.2) at 16 kHz: perceived quality", "1.04-4.64", "higher",
-                          "MOS-LQO", True),
-    "pesq_nb": MetricInfo("PESQ narrow-band (P.862 + P.862.1 mapping) at 8 kHz", "1.02-4.55", "higher", "MOS-LQO",
-                          True),
-    "stoi": MetricInfo("short-time objective intelligibility (pystoi, 10 kHz internally)", "0-1", "higher", "", True),
-    "estoi": MetricInfo("extended STOI, robust to modulated noise", "0-1", "higher", "", True),
-    "mcd": MetricInfo("mel-cepstral distortion, order 24 without c0, on aligned frames", "0-inf", "lower", "dB", True),
-    "mcd_dtw": MetricInfo("mel-cepstral distortion after dynamic time warping (any output length)", "0-inf", "lower",
-                          "dB", False),
-    "log_mel_distance": MetricInfo("mean over frames of the RMS over 80 mel bands of the log-mel difference",
-                                   "0-inf", "lower", "dB", True),
-    "f0_rmse_cents": MetricInfo("F0 RMSE on frames voiced in both (Praat autocorrelation pitch)", "0-inf", "lower",
-                                "cents", True),
-    "vuv_error": MetricInfo("fraction of frames whose voiced/unvoiced decision differs", "0-1", "lower", "", True),
-    "length_ratio": MetricInfo("output length over reference length", "0-inf", "closer to 1", "", False),
-    "dnsmos_ovrl": MetricInfo("DNSMOS P.835 overall quality, no reference", "1-5", "higher", "MOS", False, "dnsmos"),
-    "dnsmos_sig": MetricInfo("DNSMOS P.835 speech-signal quality, no reference", "1-5", "higher", "MOS", False,
-                             "dnsmos"),
-    "dnsmos_bak": MetricInfo("DNSMOS P.835 background-noise quality, no reference", "1-5", "higher", "MOS", False,
-                             "dnsmos"),
+    "pesq_wb": MetricInfo(
+        description="PESQ wide-band (ITU-T P.862.2) at 16 kHz: perceived quality", low=1.04, high=4.64,
+        better="higher", unit="MOS-LQO", eval_pass=ON_ALIGNED, headline=True,
+        compute=lambda p: _pesq(p.ref, p.deg, p.rate, "wb")),
+    "pesq_nb": MetricInfo(
+        description="PESQ narrow-band (P.862 + P.862.1 mapping) at 8 kHz", low=1.02, high=4.55,
+        better="higher", unit="MOS-LQO", eval_pass=ON_ALIGNED,
+        compute=lambda p: _pesq(p.ref, p.deg, p.rate, "nb")),
+    "stoi": MetricInfo(
+        description="short-time objective intelligibility (pystoi, 10 kHz internally)", low=0.0, high=1.0,
+        better="higher", eval_pass=ON_ALIGNED, headline=True,
+        compute=lambda p: _stoi(p.ref, p.deg, p.rate, extended=False)),
+    "estoi": MetricInfo(
+        description="extended STOI, robust to modulated noise", low=0.0, high=1.0,
+        better="higher", eval_pass=ON_ALIGNED, headline=True,
+        compute=lambda p: _stoi(p.ref, p.deg, p.rate, extended=True)),
+    "mcd": MetricInfo(
+        description="mel-cepstral distortion, order 24 without c0, on aligned frames", low=0.0, high=INF,
+        better="lower", unit="dB", eval_pass=ON_ALIGNED, headline=True,
+        compute=lambda p: _mcd(*p.cepstra())),
+    "mcd_dtw": MetricInfo(
+        description="mel-cepstral distortion after dynamic time warping (any output length)", low=0.0, high=INF,
+        better="lower", unit="dB", eval_pass=ON_FREE_RUNNING, headline=True,
+        compute=lambda p: _mcd_dtw(*p.cepstra())),
+    "log_mel_distance": MetricInfo(
+        description="mean over frames of the RMS over 80 mel bands of the log-mel difference", low=0.0, high=INF,
+        better="lower", unit="dB", eval_pass=ON_ALIGNED,
+        compute=lambda p: _log_mel_distance(*p.log_mel())),
+    "f0_rmse_cents": MetricInfo(
+        description="F0 RMSE on frames voiced in both (Praat autocorrelation pitch)", low=0.0, high=INF,
+        better="lower", unit="cents", eval_pass=ON_ALIGNED,
+        compute=lambda p: p.pitch()["f0_rmse_cents"]),
+    "vuv_error": MetricInfo(
+        description="fraction of frames whose voiced/unvoiced decision differs", low=0.0, high=1.0,
+        better="lower", eval_pass=ON_ALIGNED,
+        compute=lambda p: p.pitch()["vuv_error"]),
+    "length_ratio": MetricInfo(
+        description="output length over reference length", low=0.0, high=INF,
+        better="closer to 1", eval_pass=ON_FREE_RUNNING,
+        compute=lambda p: len(p.degraded) / len(p.reference)),
+    "dnsmos_ovrl": MetricInfo(
+        description="DNSMOS P.835 overall quality, no reference", low=1.0, high=5.0,
+        better="higher", unit="MOS", eval_pass=ON_EITHER, extra="dnsmos",
+        compute=lambda p: p.dnsmos()["dnsmos_ovrl"]),
+    "dnsmos_sig": MetricInfo(
+        description="DNSMOS P.835 speech-signal quality, no reference", low=1.0, high=5.0,
+        better="higher", unit="MOS", eval_pass=ON_EITHER, extra="dnsmos",
+        compute=lambda p: p.dnsmos()["dnsmos_sig"]),
+    "dnsmos_bak": MetricInfo(
+        description="DNSMOS P.835 background-noise quality, no reference", low=1.0, high=5.0,
+        better="higher", unit="MOS", eval_pass=ON_EITHER, extra="dnsmos",
+        compute=lambda p: p.dnsmos()["dnsmos_bak"]),
+}
+
+# Figures reported beside the METRICS that are not scores of a pair (a key may carry a prefix: "manual-6/rtf",
+# "train/loss"). One entry per figure, as for METRICS.
+RUN_FIGURES: dict[str, Figure] = {
+    "duration_error_frames": Figure(description="mean absolute error of predicted vs true phone durations "
+                                    "(free-running pass)", low=0.0, high=INF, better="lower", unit="frames",
+                                    per_utterance=True),
+    GAIN_KEY: Figure(description="noise-prediction loss with time-shifted conditioning over the loss with the true "
+                     "one (1: the text is ignored)", low=0.0, high=INF, better="higher"),
+    "rtf": Figure(description="real-time factor: synthesis seconds over audio seconds", low=0.0, high=INF,
+                  better="lower"),
+    "peak_memory_mb": Figure(description="peak memory: CUDA allocator peak on GPU, peak resident set on CPU",
+                             low=0.0, high=INF, better="lower", unit="MiB"),
+    "audio_seconds": Figure(description="seconds of audio synthesized", low=0.0, high=INF, better="", unit="s"),
+    "synthesis_seconds": Figure(description="seconds spent synthesizing", low=0.0, high=INF, better="", unit="s"),
+    "audio_seconds_per_sec": Figure(description="training throughput in seconds of audio per second", low=0.0,
+                                    high=INF, better="higher"),
+    "steps_per_sec": Figure(description="training steps per second", low=0.0, high=INF, better="higher"),
+    "wall_seconds": Figure(description="training wall-clock time", low=0.0, high=INF, better="lower", unit="s"),
+    "loss": Figure(description="training loss: the weighted sum of the noise, duration and mel losses", low=0.0,
+                   high=INF, better="lower"),
+    "noise_loss": Figure(description="noise-prediction loss", low=0.0, high=INF, better="lower"),
+    "duration_loss": Figure(description="duration-predictor loss", low=0.0, high=INF, better="lower"),
 }
 
 
-# Quantities reported beside the METRICS that are not scores of a pair, and cannot be negative.
-NONNEGATIVE = frozenset({"duration_error_frames", "rtf", "peak_memory_mb", "conditioning_gain", "audio_seconds",
-                         "synthesis_seconds"})
+def figure_info(key: str) -> Figure | None:
+    """The METRICS or RUN_FIGURES entry of a key, which may carry a prefix ("manual-6/pesq_wb"); None if unknown."""
+    name = key.rsplit("/", 1)[-1]
+    return METRICS.get(name) or RUN_FIGURES.get(name)
 
 
 def value_range(key: str) -> tuple[float, float] | None:
-    """(low, high) a metric's values can take, from METRICS' range column ("1.04-4.64", "0-inf"); a key may carry a
-    schedule prefix ("manual-6/pesq_wb"). None when unknown: nothing to clip to."""
-    name = key.rsplit("/", 1)[-1]
-    if name in NONNEGATIVE:
-        return 0.0, math.inf
-    info = METRICS.get(name)
-    if info is None:
-        return None
-    low, _, high = info.range.partition("-")
-    return float(low), float(high)  # float("inf") parses "inf"
+    """(low, high) a figure's values can take (see `figure_info`). None when unknown: nothing to clip to."""
+    info = figure_info(key)
+    return None if info is None else (info.low, info.high)
+
+
+def headline_metrics() -> tuple[str, ...]:
+    """The headline quality metrics (columns of each schedule's table in reports), in METRICS order."""
+    return tuple(name for name, info in METRICS.items() if info.headline)
 
 
 def metrics_markdown() -> str:
-    """The METRICS table in Markdown (for the README and reports)."""
+    """The METRICS table, with the per-utterance RUN_FIGURES, in Markdown (the README's table is this text)."""
     lines = ["| metric | what it measures | range | better | unit |", "|---|---|---|---|---|"]
-    for name, info in METRICS.items():
-        extra = f" (extra `[{info.extra}]`)" if info.extra else ""
-        lines.append(f"| `{name}` | {info.description}{extra} | {info.range} | {info.better} | {info.unit} |")
+    rows = [*METRICS.items(), *((k, f) for k, f in RUN_FIGURES.items() if f.per_utterance)]
+    for name, info in rows:
+        extra = f" (extra `[{info.extra}]`)" if getattr(info, "extra", None) else ""
+        lines.append(f"| `{name}` | {info.description}{extra} | {info.range_text} | {info.better} | "
+                     f"{info.unit or '-'} |")
     return "\n".join(lines)
 
 
@@ -348,16 +439,49 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}"
 
 
-def _guard(scores: Scores, names: tuple[str, ...], compute: Callable[[], dict | float | Missing]) -> None:
-    """Run one metric (or a group sharing work); any exception becomes Missing for each of its names."""
+class Pair:
+    """One pair being scored, at one rate: the whole signals, their aligned (trimmed to the shorter) versions, and
+    the work several metrics share (log-mel features, cepstra, pitch tracks, DNSMOS), each done at most once. A
+    failure of shared work is kept and raised again to every metric that needs it, so each records its reason."""
+
+    def __init__(self, reference: np.ndarray, degraded: np.ndarray, rate: int):
+        self.reference, self.degraded, self.rate = reference, degraded, rate
+        n = min(len(reference), len(degraded))
+        self.ref, self.deg = reference[:n], degraded[:n]
+        self._done: dict[str, tuple[bool, object]] = {}
+
+    def _shared(self, name: str, make: Callable[[], object]):
+        if name not in self._done:
+            try:
+                self._done[name] = (True, make())
+            except Exception as err:  # noqa: BLE001 - raised again below, to every metric that needs this work
+                self._done[name] = (False, err)
+        ok, value = self._done[name]
+        if not ok:
+            raise value
+        return value
+
+    def log_mel(self) -> tuple[np.ndarray, np.ndarray]:
+        """(T_ref, N_MELS), (T_deg, N_MELS) log-mel in dB of the whole signals."""
+        return self._shared("log_mel", lambda: _features(self.reference, self.degraded, self.rate))
+
+    def cepstra(self) -> tuple[np.ndarray, np.ndarray]:
+        """(T_ref, 24), (T_deg, 24) mel-cepstra."""
+        return self._shared("cepstra", lambda: tuple(mel_cepstrum(x) for x in self.log_mel()))
+
+    def pitch(self) -> dict[str, float | Missing]:
+        return self._shared("pitch", lambda: _pitch_metrics(self.ref, self.deg, self.rate))
+
+    def dnsmos(self) -> dict[str, float | Missing]:
+        return self._shared("dnsmos", lambda: _dnsmos(self.degraded, self.rate, _dnsmos_module()))
+
+
+def _guarded(compute: Callable[[Pair], float | Missing], pair: Pair) -> float | Missing:
+    """One metric's value for the pair; any exception becomes Missing with its type and message."""
     try:
-        value = compute()
+        return compute(pair)
     except Exception as err:  # noqa: BLE001 - a metric's own failure (PesqError, parselmouth error, ...) is recorded, not raised
-        value = Missing(describe_error(err))
-    if isinstance(value, dict):
-        scores.update({k: value[k] for k in names})
-    else:
-        scores.update({k: value for k in names})
+        return Missing(describe_error(err))
 
 
 def score_pair(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, degraded_rate: int | None = None,
@@ -393,7 +517,6 @@ def _single_threaded_blas():
 
 def _score(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, degraded_rate: int,
            aligned: bool) -> Scores:
-    dnsmos = _dnsmos_module()
     names = metric_names(aligned)
     problem = _unusable(reference, sample_rate, "reference") or _unusable(degraded, degraded_rate, "degraded")
     if problem:
@@ -401,31 +524,15 @@ def _score(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, degrad
     if degraded_rate != sample_rate:
         degraded = resample(degraded, degraded_rate, sample_rate)
     rate = sample_rate
+    gap = abs(len(reference) - len(degraded)) / rate
+    unaligned = None
+    if aligned and gap > ALIGN_TOLERANCE_S:
+        unaligned = Missing(f"lengths differ: reference {len(reference) / rate:.3f} s, degraded "
+                            f"{len(degraded) / rate:.3f} s (aligned metrics need equal length within "
+                            f"{ALIGN_TOLERANCE_S * 1000:.0f} ms)")
+    pair = Pair(reference, degraded, rate)
     scores: Scores = {}
-    try:
-        l_ref, l_deg = _features(reference, degraded, rate)  # (T_ref, N_MELS), (T_deg, N_MELS) dB
-        c_ref, c_deg = mel_cepstrum(l_ref), mel_cepstrum(l_deg)  # (T_ref, 24), (T_deg, 24)
-        failed: Missing | None = None
-    except Exception as err:  # noqa: BLE001 - every spectral metric is then missing with this reason
-        failed = Missing(describe_error(err))
-    if aligned:
-        n = min(len(reference), len(degraded))
-        gap = abs(len(reference) - len(degraded)) / rate
-        if gap > ALIGN_TOLERANCE_S:
-            reason = (f"lengths differ: reference {len(reference) / rate:.3f} s, degraded {len(degraded) / rate:.3f} s"
-                      f" (aligned metrics need equal length within {ALIGN_TOLERANCE_S * 1000:.0f} ms)")
-            scores.update({k: Missing(reason) for k in names if METRICS[k].aligned_only})
-        else:
-            ref, deg = reference[:n], degraded[:n]
-            _guard(scores, ("pesq_wb",), lambda: _pesq(ref, deg, rate, "wb"))
-            _guard(scores, ("pesq_nb",), lambda: _pesq(ref, deg, rate, "nb"))
-            _guard(scores, ("stoi",), lambda: _stoi(ref, deg, rate, extended=False))
-            _guard(scores, ("estoi",), lambda: _stoi(ref, deg, rate, extended=True))
-            _guard(scores, ("mcd",), lambda: failed or _mcd(c_ref, c_deg))
-            _guard(scores, ("log_mel_distance",), lambda: failed or _log_mel_distance(l_ref, l_deg))
-            _guard(scores, ("f0_rmse_cents", "vuv_error"), lambda: _pitch_metrics(ref, deg, rate))
-    _guard(scores, ("mcd_dtw",), lambda: failed or _mcd_dtw(c_ref, c_deg))
-    scores["length_ratio"] = len(degraded) / len(reference)
-    if dnsmos is not None:
-        _guard(scores, ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"), lambda: _dnsmos(degraded, rate, dnsmos))
-    return {k: scores[k] for k in names}
+    for name in names:
+        info = METRICS[name]
+        scores[name] = unaligned if unaligned and info.aligned_only else _guarded(info.compute, pair)
+    return scores

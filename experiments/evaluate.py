@@ -23,7 +23,7 @@ import torch
 
 from components.schedules import check_within_training, noise_levels, resolve_schedule_name, schedule_label
 from evaluation.conditioning import conditioning_gain, reads_text
-from evaluation.metrics import Missing, value_range
+from evaluation.metrics import METRICS, ON_FREE_RUNNING, Missing, value_range
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
@@ -33,7 +33,7 @@ from experiments.synth import LoadedModel, conditioning_items, load_checkpoint, 
 
 
 # Metrics of the free-running pass (predicted durations): output and reference lengths differ.
-FREE_RUNNING = frozenset({"mcd_dtw", "length_ratio"})
+FREE_RUNNING = frozenset(name for name, info in METRICS.items() if info.eval_pass == ON_FREE_RUNNING)
 # Kept audio (eval.audio_artifacts utterances): audio/<schedule>/<id>.wav (ground-truth durations),
 # audio/<schedule>/free/<id>.wav (predicted durations) and audio/reference/<id>.wav (what both were scored against).
 AUDIO_FREE, AUDIO_REFERENCE = "free", "reference"
