@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from components.configs import ModelConfig
 from components.schedules import BETA_MAX, BETA_MIN, load_schedule_file
 from experiments import search
-from experiments import search_space as space
+from experiments.search import space
 from experiments.cli import build_parser, main
 from experiments.config import DataConfig, InputError, RunConfig, TrainConfig
 from experiments.train import train

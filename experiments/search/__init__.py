@@ -2,7 +2,7 @@
 [--storage URL] [--study NAME] [--workers N] [--limit-utterances N] [--seed S] [--out DIR]`:
 an Optuna search of an inference noise schedule for one trained model, every trial tracked in MLflow.
 
-Search space: experiments/search_space.py (N numbers u_k in [0, 1], log-space increments towards 0.9;
+Search space: experiments/search/space.py (N numbers u_k in [0, 1], log-space increments towards 0.9;
 every sample is a valid monotone schedule and known schedules map back to exact parameters).
 
 Objective: the chosen metric (default pesq_wb; any aligned metric with a direction in
@@ -24,7 +24,7 @@ startup set), seeded with --seed (worker k uses seed + k, worker 0 = the single-
 one-worker study is reproducible). Single-objective trials report their running mean after each batch of
 PRUNE_BATCH utterances; a MedianPruner (3 startup trials) stops a trial whose running mean is worse than
 the median of earlier trials at that point (state PRUNED, its last running mean kept). `--sampler grid`:
-optuna's GridSampler over search_space.grid_search_space (WaveGrad's authors' baseline), same study format;
+optuna's GridSampler over space.grid_search_space (WaveGrad's authors' baseline), same study format;
 the budget counts the enqueued baselines and is capped at baselines + grid points (the whole 3^6 grid of
 a 6-step search: --trials 732).
 
@@ -89,14 +89,14 @@ from evaluation.runs import (KIND_SEARCH, KIND_TRIAL, TAG_BASELINE, TAG_ERROR, T
                              TAG_OWNER, TAG_PRUNE_REASON, TAG_SAMPLER, TAG_STATE, TAG_STORAGE, TAG_STUDY,
                              TAG_STUDY_KEY, TAG_TRIAL_NUMBER, TAG_TRIALS_REQUESTED, search_all_runs, sqlite_path,
                              tag_is, tracking_uri)
-from experiments import search_space as space
+from experiments.search import space
 from experiments import synth, tracking
 from experiments.workers import start_workers, watch_parent
 from experiments.config import InputError
 from experiments.runtime import atomic_write_bytes
 
 EXPERIMENT = "wg2 schedule search"
-PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search_space.py)
+PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search/space.py)
 MULTI_OBJECTIVES = ("pesq_wb", "stoi")
 PRUNE_BATCH = 2  # utterances between two reports of the running mean
 PRUNER_STARTUP = 3
