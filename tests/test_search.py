@@ -293,6 +293,7 @@ def test_multi_objective_search_writes_one_schedule_per_step_count_on_the_front(
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {f"{name}-front.json", f"{name}-pareto.png", f"{name}-history.png"} <= logged
+    assert {f"{name}-pareto-stoi.png", f"{name}-history-stoi.png"} <= logged  # Optuna's plots: one per objective
     assert {e["file"] for e in front["schedules"]} <= logged
 
 

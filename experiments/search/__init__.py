@@ -51,7 +51,8 @@ by the worker that ran it when the trial ends (params: betas, u's, steps; metric
 missing counts, the objective values, the running mean curve, seconds; tags wg2.state COMPLETE / PRUNED /
 FAIL and wg2.error with the reason; MLflow status FINISHED / KILLED / FAILED; artifact schedule.json).
 The parent logs any finished trial without a run at the end, then the exported schedule files, the
-optimization history picture and (--multi) the Pareto-front picture.
+optimization history picture(s) and (--multi) the Pareto-front pictures (Optuna's matplotlib plots with
+the baselines, pruned and failed trials marked on them: plots.py).
 
 Output (`--out`, default results/schedules/): `<study>.json` with the best schedule (betas, steps, metric
 values), the baselines' values on the same utterances (taken from their enqueued trials; a baseline that

@@ -74,10 +74,10 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
     trials = study.get_trials(deepcopy=False)
     backfilled = log_missing_trials(study, ctx, spec)
     files = export(study, spec, ev, model, ctx)
-    name, out = slug(spec.study), Path(spec.out_dir)
-    pictures = [plot_history(trials, spec, out / f"{name}-history.png")]
+    stem = Path(spec.out_dir) / slug(spec.study)
+    pictures = plot_history(study, spec, stem)
     if spec.multi and any(t.state == TrialState.COMPLETE for t in trials):
-        pictures.append(plot_front(trials, study.best_trials, out / f"{name}-pareto.png"))
+        pictures += plot_front(study, stem)
     mlf = tracking.client(ctx.uri)
     for path in [*files, *pictures]:
         tracking.retry(lambda: mlf.log_artifact(ctx.parent_run_id, str(path)))
