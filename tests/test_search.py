@@ -16,8 +16,13 @@ from optuna.trial import TrialState
 
 from components.configs import ModelConfig
 from components.schedules import BETA_MAX, BETA_MIN, load_schedule_file
-from experiments import search
-from experiments import search_space as space
+from experiments.search import space
+from experiments.search.command import run_search
+from experiments.search.evaluator import load_evaluator
+from experiments.search.queue import top_up
+from experiments.search.spec import SearchSpec, default_study_name, resolve_model, spec_from_args
+from experiments.search.tracking import EXPERIMENT
+from experiments.search.trial import BASELINE, OWNER, TICKET
 from experiments.cli import build_parser, main
 from experiments.config import DataConfig, InputError, RunConfig, TrainConfig
 from experiments.train import train
@@ -47,14 +52,14 @@ def cli_args(checkpoint: Path, *extra: str) -> list[str]:
     return ["search", str(checkpoint), "--limit-utterances", "2", "--device", "cpu", *extra]
 
 
-def make_spec(checkpoint: Path, *extra: str, **changes) -> search.SearchSpec:
+def make_spec(checkpoint: Path, *extra: str, **changes) -> SearchSpec:
     """The spec `wg2 search` would build from these flags (defaults resolved the same way)."""
-    spec = search.spec_from_args(build_parser().parse_args(cli_args(checkpoint, *extra)))
+    spec = spec_from_args(build_parser().parse_args(cli_args(checkpoint, *extra)))
     return dataclasses.replace(spec, progress=False, **changes)
 
 
 def load(spec_or_name, storage: str | None = None) -> optuna.Study:
-    name = spec_or_name.study if isinstance(spec_or_name, search.SearchSpec) else spec_or_name
+    name = spec_or_name.study if isinstance(spec_or_name, SearchSpec) else spec_or_name
     return optuna.load_study(study_name=name, storage=storage or spec_or_name.storage)
 
 
@@ -62,7 +67,7 @@ def trial_runs(uri: str, study: str) -> list:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(search.EXPERIMENT)
+    exp = client.get_experiment_by_name(EXPERIMENT)
     return client.search_runs([exp.experiment_id], f"tags.`wg2.kind` = 'trial' and tags.`wg2.study` = '{study}'")
 
 
@@ -108,7 +113,7 @@ def test_grid_points_are_monotone_and_the_grid_budget_is_capped():
         assert np.all(np.diff(space.betas_from_u(point)) >= 0)
     study = optuna.create_study(direction="maximize")  # in memory: top_up only enqueues
     spec = SimpleNamespace(multi=False, steps=2, min_steps=3, max_steps=12, trials=50, sampler="grid")
-    added = search.top_up(study, spec, new=True)
+    added = top_up(study, spec, new=True)
     assert added == 3 + len(values) ** 2  # the baselines, then at most every grid point once
 
 
@@ -123,7 +128,7 @@ def searched(checkpoint: Path, tmp_path_factory) -> SimpleNamespace:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         assert main([*args, "--trials", "4", "--workers", "2"]) == 0
-        first = {t.number: (t.state, t.values, t.user_attrs.get(search.OWNER)) for t in load("two-workers", storage).trials}
+        first = {t.number: (t.state, t.values, t.user_attrs.get(OWNER)) for t in load("two-workers", storage).trials}
         first_runs = trial_runs(uri, "two-workers")
         assert main([*args, "--trials", "6", "--workers", "1"]) == 0
         spec = make_spec(checkpoint, "--steps", "6", "--storage", storage, "--study", "two-workers")
@@ -147,9 +152,9 @@ def test_resumed_study_continues_numbering_without_enqueuing_the_baselines_again
     trials = searched.study.trials
     assert [t.number for t in trials] == [0, 1, 2, 3, 4, 5] and all(t.state in FINISHED for t in trials)
     for t in trials[:4]:
-        assert (t.state, t.values, t.user_attrs.get(search.OWNER)) == searched.first[t.number], "kept as they were"
-    assert [t.user_attrs.get(search.BASELINE) for t in trials[:3]] == ["linear-50@6", "manual-6", "fibonacci-25@6"]
-    assert not any(search.BASELINE in t.user_attrs for t in trials[3:])
+        assert (t.state, t.values, t.user_attrs.get(OWNER)) == searched.first[t.number], "kept as they were"
+    assert [t.user_attrs.get(BASELINE) for t in trials[:3]] == ["linear-50@6", "manual-6", "fibonacci-25@6"]
+    assert not any(BASELINE in t.user_attrs for t in trials[3:])
     runs = trial_runs(searched.uri, "two-workers")
     assert sorted(int(r.data.tags["wg2.trial_number"]) for r in runs) == list(range(6)), "every trial in MLflow once"
     for run in runs:
@@ -189,7 +194,7 @@ def test_found_schedule_is_at_least_as_good_as_the_worst_baseline_evaluated_sepa
     """Baselines re-evaluated outside the study (same utterances, same noise) reproduce the trial values, and the
     exported schedule is no worse than the worst of them on the objective (PESQ-wb, higher is better)."""
     doc = json.loads(searched.file.read_text())
-    ev = search.load_evaluator(searched.spec)
+    ev = load_evaluator(searched.spec)
     assert [u.id for u in ev.utterances] == doc["evaluation"]["utterances"]
     separate = {b.name: ev.evaluate(b.betas)["pesq_wb"].mean for b in space.baselines(6)}
     for name, value in separate.items():
@@ -227,7 +232,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(che
 
     monkeypatch.setattr(synth, "synthesize", flaky)
     spec = make_spec(checkpoint, "--steps", "6", "--trials", "5", "--study", "failing")
-    outcome = search.run_search(spec)
+    outcome = run_search(spec)
     trials = load(spec).trials
     assert [t.state for t in trials[:3]] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
     assert "RuntimeError: synthesis exploded" in trials[0].user_attrs["wg2.fail_reason"]
@@ -249,11 +254,11 @@ def test_median_pruner_stops_trials_in_a_region_of_tiny_betas(checkpoint, workdi
     initial noise) are worse on log-mel distance after their first utterance and get pruned there."""
     spec = make_spec(checkpoint, "--steps", "6", "--trials", "3", "--objective", "log_mel_distance",
                      "--study", "pruning", prune_batch=1)
-    search.run_search(spec)
+    run_search(spec)
     study = load(spec)
     for betas in (np.full(6, 1e-7), np.full(6, 1e-6), np.geomspace(1e-7, 1e-5, 6)):
-        study.enqueue_trial(space.to_params(betas), user_attrs={search.TICKET: "test"})
-    search.run_search(dataclasses.replace(spec, trials=6))
+        study.enqueue_trial(space.to_params(betas), user_attrs={TICKET: "test"})
+    run_search(dataclasses.replace(spec, trials=6))
     trials = load(spec).trials
     assert [t.state for t in trials[:3]] == [TrialState.COMPLETE] * 3
     pruned = [t for t in trials[3:] if t.state == TrialState.PRUNED]
@@ -270,10 +275,10 @@ def test_median_pruner_stops_trials_in_a_region_of_tiny_betas(checkpoint, workdi
 def test_multi_objective_search_writes_one_schedule_per_step_count_on_the_front(checkpoint, workdir):
     assert main(cli_args(checkpoint, "--multi", "--min-steps", "2", "--max-steps", "3", "--trials", "7",
                          "--out", "out")) == 0
-    name = search.default_study_name(checkpoint.resolve(), None, 6, "pesq_wb", True, 2, 3, "tpe")
+    name = default_study_name(checkpoint.resolve(), None, 6, "pesq_wb", True, 2, 3, "tpe")
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(study.trials) == 7 and sum(search.BASELINE in t.user_attrs for t in study.trials) == 6
+    assert len(study.trials) == 7 and sum(BASELINE in t.user_attrs for t in study.trials) == 6
     assert all(t.values[2] == t.params["steps"] == len(t.user_attrs["wg2.betas"]) for t in done)
     front = json.loads((workdir / "out" / f"{name}-front.json").read_text())
     assert front["schedules"] and {e["steps"] for e in front["schedules"]} <= {2, 3}
@@ -283,20 +288,21 @@ def test_multi_objective_search_writes_one_schedule_per_step_count_on_the_front(
     from mlflow import MlflowClient
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    parent = client.search_runs([client.get_experiment_by_name(search.EXPERIMENT).experiment_id],
+    parent = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
                                 "tags.`wg2.kind` = 'search'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {f"{name}-front.json", f"{name}-pareto.png", f"{name}-history.png"} <= logged
+    assert {f"{name}-pareto-stoi.png", f"{name}-history-stoi.png"} <= logged  # Optuna's plots: one per objective
     assert {e["file"] for e in front["schedules"]} <= logged
 
 
 def test_grid_sampler_baseline_samples_the_log_grid(checkpoint, workdir):
     assert main(cli_args(checkpoint, "--sampler", "grid", "--steps", "2", "--trials", "5")) == 0
-    name = search.default_study_name(checkpoint.resolve(), None, 2, "pesq_wb", False, 3, 12, "grid")
+    name = default_study_name(checkpoint.resolve(), None, 2, "pesq_wb", False, 3, 12, "grid")
     assert name.endswith("-grid")
     trials = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}").trials
-    grid = [t for t in trials if search.BASELINE not in t.user_attrs]
+    grid = [t for t in trials if BASELINE not in t.user_attrs]
     assert len(trials) == 5 and len(grid) == 2
     assert all(v in space.grid_values(2) for t in grid for v in t.params.values())
     assert len({tuple(sorted(t.params.items())) for t in grid}) == 2, "distinct grid points"
@@ -317,8 +323,8 @@ def test_model_can_be_an_mlflow_run_id(checkpoint, workdir):
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.create_run(client.create_experiment("models"))
     client.log_artifact(run.info.run_id, str(checkpoint))
-    path, run_id = search.resolve_model(run.info.run_id, os.environ["MLFLOW_TRACKING_URI"])
+    path, run_id = resolve_model(run.info.run_id, os.environ["MLFLOW_TRACKING_URI"])
     assert run_id == run.info.run_id and path.read_bytes() == checkpoint.read_bytes()
-    assert search.default_study_name(path, run_id, 6, "pesq_wb", False, 3, 12, "tpe") == f"{run_id[:8]}-6steps-pesq_wb"
+    assert default_study_name(path, run_id, 6, "pesq_wb", False, 3, 12, "tpe") == f"{run_id[:8]}-6steps-pesq_wb"
     with pytest.raises(InputError, match="could not download"):
-        search.resolve_model("0" * 32, os.environ["MLFLOW_TRACKING_URI"])
+        resolve_model("0" * 32, os.environ["MLFLOW_TRACKING_URI"])

@@ -1,0 +1,106 @@
+"""The schedule files a search writes: `<study>.json` (single objective) or one file per step count on the
+Pareto front plus `<study>-front.json` (--multi), each with the baselines' values, the model and the study."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.runtime import atomic_write_bytes
+from experiments.search.evaluator import Evaluator, ModelInfo
+from experiments.search.spec import PARAMETRIZATION, SPLIT, SearchSpec, baseline_list, redact, slug
+from experiments.search.tracking import TrackingContext
+from experiments.search.trial import BASELINE, fail_reason
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+    return path
+
+
+def _trial_summary(t: FrozenTrial) -> dict[str, Any]:
+    attrs = t.user_attrs
+    out = {"trial": t.number, "state": t.state.name, "steps": attrs.get("wg2.steps"), "betas": attrs.get("wg2.betas"),
+           "metrics": attrs.get("wg2.metrics", {}), "n_missing": attrs.get("wg2.n_missing", {}),
+           "utterances_scored": attrs.get("wg2.utterances_scored")}
+    if attrs.get("wg2.missing_reasons"):
+        out["missing_reasons"] = attrs["wg2.missing_reasons"]
+    if t.state == TrialState.FAIL:
+        out["reason"] = fail_reason(t)
+    if t.state == TrialState.PRUNED:
+        out["reason"] = attrs.get("wg2.prune_reason")
+    return out
+
+
+def baseline_values(trials: list[FrozenTrial], spec: SearchSpec, ev: Evaluator | None) -> dict[str, dict]:
+    """The baselines' metric values on the search's utterances: from their enqueued trials, or (a baseline
+    that is not a trial of this study) from a separate evaluation with the same protocol."""
+    out = {}
+    for b in baseline_list(spec):
+        t = next((t for t in trials if t.user_attrs.get(BASELINE) == b.name), None)
+        if t is not None:
+            out[b.name] = {**_trial_summary(t), "source": f"trial {t.number} of the study",
+                           "adjusted_to_monotone": t.user_attrs.get("wg2.baseline_adjusted", False)}
+        elif ev is not None:
+            summary = ev.evaluate(b.betas)
+            out[b.name] = {"state": "COMPLETE", "steps": len(b.betas), "betas": b.betas.tolist(),
+                           "metrics": {k: s.mean for k, s in summary.items()},
+                           "n_missing": {k: s.n_missing for k, s in summary.items() if s.n_missing},
+                           "source": "separate evaluation (not a trial of the study)",
+                           "adjusted_to_monotone": b.adjusted}
+    return out
+
+
+def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: ModelInfo,
+           ctx: TrackingContext | None) -> list[Path]:
+    """Write the schedule file(s); [] when no trial completed."""
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        return []
+    counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
+    common = {
+        "model": asdict(model),
+        "evaluation": {"split": SPLIT, "utterances": [u.id for u in ev.utterances] if ev else None,
+                       "limit_utterances": spec.limit_utterances, "seed": spec.seed, "durations": "ground truth",
+                       "noise": "utterance i uses seed * 1000003 + i"},
+        "study": {"name": spec.study, "storage": redact(spec.storage), "sampler": spec.sampler,
+                  "trials": {k: v for k, v in counts.items() if v}, "parametrization": PARAMETRIZATION,
+                  "mlflow": {"tracking_uri": redact(ctx.uri), "experiment_id": ctx.experiment_id,
+                             "parent_run_id": ctx.parent_run_id} if ctx else None},
+        "baselines": baseline_values(trials, spec, ev),
+        "baseline_source": "the baselines' enqueued trials (same utterances, same noise seeds); a baseline "
+                           "outside the trial budget is evaluated separately with the same protocol",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(spec.out_dir)
+    name = slug(spec.study)
+    if not spec.multi:
+        best = study.best_trial
+        better = max if spec.directions[0] == "maximize" else min
+        reference = [b["metrics"].get(spec.objective) for b in common["baselines"].values()]
+        reference = [v for v in reference if v is not None]
+        doc = {"betas": best.user_attrs["wg2.betas"], "steps": best.user_attrs["wg2.steps"], "name": spec.study,
+               "objective": spec.objective, "direction": spec.directions[0], "value": best.value,
+               "best_baseline_value": better(reference) if reference else None,
+               "best": _trial_summary(best), **common}
+        return [_write_json(out / f"{name}.json", doc)]
+    front = sorted(study.best_trials, key=lambda t: (t.values[2], -t.values[0], -t.values[1]))
+    files, entries = [], []
+    for steps in sorted({int(t.values[2]) for t in front}):
+        best = next(t for t in front if int(t.values[2]) == steps)  # its best PESQ-wb (ties: STOI)
+        doc = {"betas": best.user_attrs["wg2.betas"], "steps": steps, "name": f"{spec.study}-{steps}steps",
+               "objectives": list(spec.objectives), "values": list(best.values), "best": _trial_summary(best),
+               **common}
+        files.append(_write_json(out / f"{name}-{steps}steps.json", doc))
+        entries.append({"file": files[-1].name, "steps": steps, "pesq_wb": best.values[0], "stoi": best.values[1],
+                        "trial": best.number})
+    front_doc = {"name": spec.study, "objectives": list(spec.objectives), "schedules": entries,
+                 "front": [_trial_summary(t) for t in front], **common}
+    files.append(_write_json(out / f"{name}-front.json", front_doc))
+    return files

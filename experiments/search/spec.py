@@ -1,0 +1,151 @@
+"""The request of `wg2 search`: the command line checked and turned into a picklable SearchSpec, the model
+resolved (a checkpoint file, or an MLflow run ID whose checkpoint is downloaded), the default study name and
+the baselines a study starts with."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow.artifacts
+from sqlalchemy.engine import make_url
+
+from evaluation.metrics import METRICS, metric_names
+from evaluation.runs import sqlite_path, tracking_uri
+from experiments.config import InputError
+from experiments.search import space
+
+PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search/space.py)
+MULTI_OBJECTIVES = ("pesq_wb", "stoi")
+PRUNE_BATCH = 2  # utterances between two reports of the running mean
+SPLIT = "val"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Everything a search (and each worker process) needs; picklable."""
+    checkpoint: str  # local file (an MLflow RUN_ID is downloaded first)
+    model_run_id: str | None
+    steps: int
+    trials: int
+    objective: str
+    multi: bool
+    min_steps: int
+    max_steps: int
+    sampler: str  # "tpe" | "grid"
+    storage: str  # SQLAlchemy URL
+    study: str
+    workers: int
+    limit_utterances: int
+    seed: int
+    out_dir: str
+    device: str
+    tracking_uri: str
+    prune_batch: int = PRUNE_BATCH
+    progress: bool = True
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """Objective names in Optuna's value order."""
+        return (*MULTI_OBJECTIVES, "steps") if self.multi else (self.objective,)
+
+    @property
+    def directions(self) -> list[str]:
+        if self.multi:
+            return ["maximize", "maximize", "minimize"]
+        return ["maximize" if METRICS[self.objective].better == "higher" else "minimize"]
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change when a study is resumed (trials would stop being comparable)."""
+        steps = {"min_steps": self.min_steps, "max_steps": self.max_steps} if self.multi else {"steps": self.steps}
+        return {"parametrization": PARAMETRIZATION, "multi": self.multi, "objectives": list(self.objectives),
+                "sampler": self.sampler, "seed": self.seed, "limit_utterances": self.limit_utterances,
+                "split": SPLIT, **steps}
+
+
+def objective_names() -> list[str]:
+    """Metrics that can be searched: aligned-pass metrics with a direction, available here."""
+    return [m for m in metric_names(aligned=True) if METRICS[m].better in ("higher", "lower")]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "search"
+
+
+def _absolute_storage(url: str) -> str:
+    """SQLite URLs made absolute (spawned workers and later resumes find the same file)."""
+    db = sqlite_path(url)
+    if db is None:
+        return url
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db.resolve()}"
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password, for tags, files and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not parseable: show nothing secret, only the scheme
+        return url.split("://", 1)[0] + "://..."
+
+
+def resolve_model(model: str, uri: str) -> tuple[Path, str | None]:
+    """A checkpoint file, or an MLflow run ID whose `checkpoint.pt` artifact is downloaded (once) to
+    .cache/wg2/checkpoints/<run id>/. Returns (path, run id or None)."""
+    path = Path(model)
+    if path.is_file():
+        return path.resolve(), None
+    if not re.fullmatch(r"[0-9a-f]{32}", model):
+        raise InputError(f"model {model!r}: no such checkpoint file, and not an MLflow run ID (32 hex characters)")
+    dest = Path(".cache/wg2/checkpoints") / model
+    local = dest / "checkpoint.pt"
+    if not local.is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=model, artifact_path="checkpoint.pt",
+                                                             dst_path=str(dest), tracking_uri=uri))
+        except Exception as err:  # unknown run, no such artifact, unreachable store
+            raise InputError(f"model {model!r}: could not download the run's checkpoint.pt artifact from MLflow "
+                             f"{uri}: {type(err).__name__}: {err}") from err
+    return local.resolve(), model
+
+
+def default_study_name(checkpoint: Path, run_id: str | None, steps: int, objective: str, multi: bool,
+                       min_steps: int, max_steps: int, sampler: str) -> str:
+    """E.g. `qs-6steps-pesq_wb` for runs/qs/checkpoint.pt (the folder names the model; every
+    checkpoint file is called checkpoint.pt)."""
+    label = run_id[:8] if run_id else (checkpoint.parent.name or checkpoint.stem)
+    body = f"{min_steps}to{max_steps}steps-multi" if multi else f"{steps}steps-{objective}"
+    return slug(f"{label}-{body}" + ("-grid" if sampler == "grid" else ""))
+
+
+def spec_from_args(args) -> SearchSpec:
+    """Validate the command line (InputError names the flag) and resolve the model."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise InputError(message)
+
+    need(args.steps >= 1, f"--steps {args.steps}: need at least 1")
+    need(args.trials >= 0, f"--trials {args.trials}: need 0 or more")
+    need(args.workers >= 1, f"--workers {args.workers}: need at least 1")
+    need(args.limit_utterances >= 0, f"--limit-utterances {args.limit_utterances}: need 0 (all) or more")
+    allowed = objective_names()
+    need(args.objective in allowed, f"--objective {args.objective!r}: allowed: {', '.join(allowed)}")
+    if args.multi:
+        need(1 <= args.min_steps <= args.max_steps,
+             f"--min-steps {args.min_steps} --max-steps {args.max_steps}: need 1 <= min <= max")
+        need(args.objective == "pesq_wb", f"--objective {args.objective}: with --multi the objectives are fixed "
+             "(PESQ-wb and STOI against steps)")
+        need(args.sampler == "tpe", "--sampler grid is the single-objective baseline; use --sampler tpe with --multi")
+    uri = tracking_uri()
+    checkpoint, run_id = resolve_model(args.model, uri)
+    study = args.study or default_study_name(checkpoint, run_id, args.steps, args.objective, args.multi,
+                                             args.min_steps, args.max_steps, args.sampler)
+    return SearchSpec(str(checkpoint), run_id, args.steps, args.trials, args.objective, args.multi, args.min_steps,
+                      args.max_steps, args.sampler, _absolute_storage(args.storage or "sqlite:///optuna.db"), study,
+                      args.workers, args.limit_utterances, args.seed, args.out, args.device, uri)
+
+
+def baseline_list(spec: SearchSpec) -> list[space.Baseline]:
+    return space.multi_baselines(spec.min_steps, spec.max_steps) if spec.multi else space.baselines(spec.steps)

@@ -1,0 +1,99 @@
+"""One trial: its objective (with running-mean reports for the pruner), how it ends (COMPLETE, PRUNED or
+FAIL with a reason), and the one line that describes it."""
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from evaluation.metrics import describe_error
+from experiments import tracking
+from experiments.search import space
+from experiments.search.evaluator import Evaluator, MetricSummary, summarize_scores
+from experiments.search.spec import SearchSpec
+
+TICKET, BASELINE, OWNER = "wg2.ticket", "wg2.baseline", "wg2.owner"
+INTERRUPTED = "interrupted: the worker running this trial died; marked failed when the study was resumed"
+
+
+class TrialFailed(Exception):
+    """The trial produced no usable objective value (the message says why)."""
+
+
+def _record(trial, summary: dict[str, MetricSummary], done: int) -> None:
+    trial.set_user_attr("wg2.metrics", {k: s.mean for k, s in summary.items()})
+    trial.set_user_attr("wg2.n_missing", {k: s.n_missing for k, s in summary.items() if s.n_missing})
+    trial.set_user_attr("wg2.missing_reasons", {k: s.reason for k, s in summary.items() if s.reason})
+    trial.set_user_attr("wg2.utterances_scored", done)
+
+
+def objective(trial, spec: SearchSpec, ev: Evaluator) -> float | tuple[float, ...]:
+    steps = trial.suggest_int(space.STEPS_PARAM, spec.min_steps, spec.max_steps) if spec.multi else spec.steps
+    betas = space.suggest_betas(trial, steps)  # (steps,) non-decreasing
+    trial.set_user_attr("wg2.betas", betas.tolist())
+    trial.set_user_attr("wg2.steps", steps)
+    total, scores, summary = len(ev.utterances), [], {}
+    for done, batch in ev.batches(betas, spec.prune_batch):
+        scores += batch
+        summary = summarize_scores(scores)
+        _record(trial, summary, done)
+        running = summary[spec.objective].mean
+        if spec.multi or running is None:
+            continue  # Optuna prunes single-objective studies only
+        trial.report(running, done)
+        if done < total and trial.should_prune():
+            raise optuna.TrialPruned(f"running mean {spec.objective} = {running:.4f} after {done}/{total} utterances "
+                                     "is worse than the median of earlier trials there")
+    values = []
+    for name in spec.objectives:
+        if name == "steps":
+            values.append(float(steps))
+            continue
+        s = summary[name]
+        if s.mean is None:
+            raise TrialFailed(f"{name} is missing for all {total} utterances: {s.reason}")
+        values.append(s.mean)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def run_trial(study, trial, spec: SearchSpec, ev: Evaluator):
+    """Run one claimed trial and tell the study how it ended; returns the FrozenTrial."""
+    started = time.perf_counter()
+    trial.set_user_attr(OWNER, tracking.owner_id())
+    try:
+        values = objective(trial, spec, ev)
+    except optuna.TrialPruned as err:
+        trial.set_user_attr("wg2.prune_reason", str(err))
+        trial.set_user_attr("wg2.seconds", time.perf_counter() - started)
+        return study.tell(trial, state=TrialState.PRUNED)
+    except (Exception, KeyboardInterrupt) as err:
+        reason = str(err) if isinstance(err, TrialFailed) else describe_error(err)
+        trial.set_user_attr("wg2.fail_reason", "interrupted (KeyboardInterrupt)" if isinstance(err, KeyboardInterrupt)
+                            else reason)
+        trial.set_user_attr("wg2.seconds", time.perf_counter() - started)
+        frozen = study.tell(trial, state=TrialState.FAIL)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        return frozen
+    trial.set_user_attr("wg2.seconds", time.perf_counter() - started)
+    return study.tell(trial, values)
+
+
+def fail_reason(t: FrozenTrial) -> str | None:
+    if t.state != TrialState.FAIL:
+        return None
+    return t.user_attrs.get("wg2.fail_reason") or INTERRUPTED
+
+
+def describe_trial(t: FrozenTrial, spec: SearchSpec) -> str:
+    attrs = t.user_attrs
+    label = f"trial {t.number}" + (f" ({attrs[BASELINE]})" if BASELINE in attrs else "")
+    steps = f"{attrs['wg2.steps']} steps" if "wg2.steps" in attrs else ""
+    seconds = f"{attrs.get('wg2.seconds', 0.0):.1f} s"
+    if t.state == TrialState.COMPLETE:
+        values = ", ".join(f"{k} {v:.4f}" for k, v in zip(spec.objectives, t.values) if k != "steps")
+        return f"{label}: {values} ({steps}, {seconds})"
+    if t.state == TrialState.PRUNED:
+        return f"{label}: pruned ({steps}, {seconds}): {attrs.get('wg2.prune_reason', '')}"
+    return f"{label}: {t.state.name.lower()} ({seconds}): {fail_reason(t)}"
