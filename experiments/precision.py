@@ -110,6 +110,18 @@ def compile_decoder(model: torch.nn.Module, device: torch.device | str, dynamic:
     return True
 
 
+@contextlib.contextmanager
+def eager(module: torch.nn.Module):
+    """Run a module compiled in place (nn.Module.compile) eagerly for a while: for occasional calls of other
+    shapes and grad modes (training's conditioning-gain probe), which would otherwise each recompile."""
+    saved = getattr(module, "_compiled_call_impl", None)
+    module._compiled_call_impl = None
+    try:
+        yield module
+    finally:
+        module._compiled_call_impl = saved
+
+
 def set_threads() -> int:
     """Torch threads = the cores this process may use, unless OMP_NUM_THREADS says otherwise (then that).
     For the one-process commands (synth, eval, bench); returns the number set."""

@@ -35,6 +35,7 @@ def test_compile_that_does_not_work_here_is_an_input_error_naming_the_key(monkey
     assert model.decoder._compiled_call_impl is None
 
 
+@pytest.mark.slow
 def test_compiled_tiny_model_trains_and_samples_finite_audio(data_config, tmp_path):
     why = precision.compile_unavailable("cpu")
     if why is not None:
@@ -55,3 +56,19 @@ def test_compiled_tiny_model_trains_and_samples_finite_audio(data_config, tmp_pa
     assert loaded.model.decoder._compiled_call_impl is not None  # eval.compile = true in the checkpoint
     for u, s in zip(utterances, out):  # two lengths: one dynamic-shape graph
         assert s.audio.shape == (int(u.durations.sum()) * loaded.hop_length,) and np.isfinite(s.audio).all()
+
+
+def test_eager_runs_a_compiled_module_uncompiled_and_restores_it():
+    """training's conditioning-gain probe runs the decoder eagerly (other shapes and grad mode than training)"""
+    model = torch.nn.Module()
+    model.decoder = torch.nn.Conv1d(1, 1, 3, padding=1)
+    if precision.compile_unavailable("cpu") is not None:
+        pytest.skip(f"torch.compile does not work on this platform: {precision.compile_unavailable('cpu')}")
+    assert precision.compile_decoder(model, "cpu", None, "train.compile")
+    compiled = model.decoder._compiled_call_impl
+    x = torch.randn(1, 1, 16)
+    with precision.eager(model.decoder) as decoder:
+        assert decoder._compiled_call_impl is None
+        torch.testing.assert_close(decoder(x), decoder.forward(x))
+    assert model.decoder._compiled_call_impl is compiled
+    assert not precision.compile_decoder(model, "cpu", None, "train.compile")  # idempotent
