@@ -55,6 +55,7 @@ class TrainConfig:
     duration_loss_weight: float = 1.0
     schedule: str = "linear-1000"  # training noise schedule (any schedule name or file)
     precision: str = "fp32"  # network arithmetic: "fp32", "bf16" or "auto" (bf16 where native; experiments/precision.py)
+    compile: bool = False  # torch.compile the decoder for training (experiments/precision.py, compile_decoder)
     seed: int = 0
     # Exponential moving average of the weights, used by eval, synth and search (0 = off). The decay
     # warms up as min(ema_decay, (1 + step) / (10 + step)), so short CPU runs are not stuck near the init.
@@ -81,6 +82,7 @@ class EvalConfig:
     metric_workers: int = 2  # processes computing metrics
     seed: int = 0
     precision: str = "fp32"  # synthesis network arithmetic: "fp32", "bf16" or "auto" (as train.precision)
+    compile: bool = False  # torch.compile the decoder for synthesis (dynamic shapes: utterance lengths vary)
 
 
 @dataclass(frozen=True)
@@ -343,9 +345,13 @@ NON_IDENTITY_KEYS = {"data.cache_dir", "train.num_workers", "eval.metric_workers
 
 def _identity_items(config: RunConfig) -> dict[str, Any]:
     """flatten(config), with the precision keys written as before they existed where that is possible
-    (train.precision "fp32"/"bf16" as train.bf16 = false/true; eval.precision "fp32" left out), so runs
-    from before them keep their hashes (and resume, and count as done in grids)."""
+    (train.precision "fp32"/"bf16" as train.bf16 = false/true; eval.precision "fp32" left out), and the
+    compile keys left out when false, so runs from before them keep their hashes (and resume, and count as
+    done in grids)."""
     items = flatten(config)
+    for key in ("train.compile", "eval.compile"):
+        if items.get(key) is False:
+            del items[key]
     if items.get("train.precision") in ("fp32", "bf16"):
         items["train.bf16"] = items.pop("train.precision") == "bf16"
     if items.get("eval.precision") == "fp32":

@@ -5,6 +5,13 @@ CUDA when torch.cuda.is_bf16_supported(), a CPU whose /proc/cpuinfo flags includ
 `amx_bf16` (AVX512-BF16 or AMX); fp32 otherwise. "bf16" is honoured on any device (CPU autocast works
 everywhere, only slower without those instructions). Only the network runs in bf16, under
 torch.autocast; the diffusion arithmetic (noise levels, the sampler update, the added noise) stays fp32.
+
+Compiled kernels (`train.compile`, `eval.compile`): torch.compile (inductor) of the decoder only, the
+network that runs once per training step and once per refinement step; encoder and upsampler stay eager.
+The decoder is compiled in place (nn.Module.compile), so its state_dict keys, checkpoints and the EMA copy
+are unchanged. Before compiling, a one-line kernel is compiled and run on the device, so a missing
+toolchain (no C compiler on CPU, no Triton on CUDA) fails at once with the reason instead of inside the
+first training step.
 """
 from __future__ import annotations
 
@@ -69,6 +76,50 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+@functools.cache
+def compile_unavailable(device_type: str) -> str | None:
+    """None when torch.compile builds and runs a kernel on this device type; otherwise why not (one line)."""
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    try:
+        probe = torch.compile(lambda x: torch.nn.functional.leaky_relu(x * 2.0 + 1.0, 0.2), dynamic=False)
+        probe(torch.ones(8, device=device_type))
+    except Exception as err:  # noqa: BLE001 - any failure means: not here
+        text = str(err).strip()
+        return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no message'}"
+    return None
+
+
+def compile_decoder(model: torch.nn.Module, device: torch.device | str, dynamic: bool | None, key: str) -> bool:
+    """torch.compile model.decoder in place (idempotent). dynamic=True for synthesis, where every utterance
+    has its own length; None (torch's default: dynamic after the first new shape) for training's fixed
+    windows. Raises InputError naming `key` where compiling does not work on this machine. Returns whether
+    it compiled now (False: it already was)."""
+    from experiments.config import InputError
+
+    decoder = model.decoder
+    if getattr(decoder, "_compiled_call_impl", None) is not None:
+        return False
+    why = compile_unavailable(torch.device(device).type)
+    if why is not None:
+        raise InputError(f"{key} = true, but torch.compile does not work on this machine ({why}); "
+                         f"set {key}=false to run eager")
+    decoder.compile(dynamic=dynamic)
+    return True
+
+
+@contextlib.contextmanager
+def eager(module: torch.nn.Module):
+    """Run a module compiled in place (nn.Module.compile) eagerly for a while: for occasional calls of other
+    shapes and grad modes (training's conditioning-gain probe), which would otherwise each recompile."""
+    saved = getattr(module, "_compiled_call_impl", None)
+    module._compiled_call_impl = None
+    try:
+        yield module
+    finally:
+        module._compiled_call_impl = saved
 
 
 def set_threads() -> int:

@@ -16,7 +16,7 @@ from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
 from evaluation.conditioning import ConditioningItem
 from experiments.config import InputError, RunConfig, config_from_dict
-from experiments.precision import autocast, resolve_precision, set_threads
+from experiments.precision import autocast, compile_decoder, resolve_precision, set_threads
 from experiments.runtime import read_checkpoint, require_keys, resolve_device, weights_error
 from experiments.train import CHECKPOINT_FORMAT
 
@@ -88,12 +88,15 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema"
 @torch.inference_mode()
 def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.ndarray,
                durations: list[np.ndarray] | None = None, pace: float = 1.0, seed: int = 0,
-               batch_size: int = 1, precision: str | None = None) -> list[Synthesis]:
+               batch_size: int = 1, precision: str | None = None, compile: bool | None = None) -> list[Synthesis]:
     """Synthesize utterances. With `durations` (ground truth) outputs have exactly sum(d) * hop samples;
     without, durations are predicted (divided by pace; rounded to whole frames). `precision` ("fp32",
     "bf16", "auto"; default the checkpoint's eval.precision) applies to the network calls only: the
-    sampler's arithmetic stays fp32."""
+    sampler's arithmetic stays fp32. `compile` (default the checkpoint's eval.compile) compiles the decoder
+    once, with dynamic shapes, before the first call."""
     model, device = loaded.model, loaded.device
+    if loaded.config.eval.compile if compile is None else compile:
+        compile_decoder(model, device, True, "eval.compile")
     dtype = resolve_precision(precision or loaded.config.eval.precision, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     results: list[Synthesis] = []

@@ -26,7 +26,7 @@ from experiments.config import InputError, RunConfig, config_hash, load_config, 
 from experiments.mel_targets import N_MELS, normalized_targets
 from experiments.runtime import (atomic_save, peak_memory_mb, preflight_run_folder, read_checkpoint, resolve_device,
                                  weights_error)
-from experiments.precision import autocast, precision_name, resolve_precision
+from experiments.precision import autocast, compile_decoder, eager, precision_name, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
@@ -147,6 +147,8 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
 
     torch.manual_seed(t.seed)
     model = WaveGrad2(config.model, len(dataset.vocab.symbols), config.autoencoder).to(device)
+    if t.compile:  # in place: state_dict keys, checkpoints and the EMA are unchanged
+        compile_decoder(model, device, None, "train.compile")
     if model.hop != hop_signal:
         raise InputError(f"hop mismatch: the decoder produces {model.hop} signal steps per frame, the data needs {hop_signal}")
     diffusion = Diffusion(resolve_schedule_name(t.schedule), t.noise_loss)
@@ -218,7 +220,8 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         is_checkpoint = step % t.checkpoint_every == 0 or step == t.steps
         gain_metrics: dict[str, float] = {}
         if is_checkpoint and probe_items:  # does the model read its text? (the weights eval and synth use)
-            gain = measure_gain(model, ema, probe_items, t.noise_loss)
+            with eager(model.decoder):  # a compiled decoder would recompile for every probe length
+                gain = measure_gain(model, ema, probe_items, t.noise_loss)
             gain_metrics = gain.metrics()
             bar.write(f"step {step}: conditioning gain {gain.mean:.3f} on {len(probe_items)} val utterances")
         if device.type == "cuda" and (is_log or is_checkpoint):
