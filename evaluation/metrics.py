@@ -95,11 +95,11 @@ INF = math.inf
 # (defined below, with the work metrics share).
 METRICS: dict[str, MetricInfo] = {
     "pesq_wb": MetricInfo(
-        description="PESQ wide-band (ITU-T P.862.2) at 16 kHz: perceived quality", low=1.04, high=4.64,
+        description="PESQ wide-band (ITU-T P.862.2) at 16 kHz: perceived quality", low=1.0, high=4.64,
         better="higher", unit="MOS-LQO", eval_pass=ON_ALIGNED, headline=True,
         compute=lambda p: _pesq(p.ref, p.deg, p.rate, "wb")),
     "pesq_nb": MetricInfo(
-        description="PESQ narrow-band (P.862 + P.862.1 mapping) at 8 kHz", low=1.02, high=4.55,
+        description="PESQ narrow-band (P.862 + P.862.1 mapping) at 8 kHz", low=1.0, high=4.55,
         better="higher", unit="MOS-LQO", eval_pass=ON_ALIGNED,
         compute=lambda p: _pesq(p.ref, p.deg, p.rate, "nb")),
     "stoi": MetricInfo(

@@ -126,8 +126,8 @@ def plot_axis_bars(axes: list[AxisBars], metric: str, path: Path) -> Path:
             bars = [b for b in axis.bars if b.schedule == schedule]
             xs = [values.index(b.value) + (j - (len(schedules) - 1) / 2) * width for b in bars]
             means = [b.mean for b in bars]
-            below = [b.mean - b.ci[0] if b.ci else 0.0 for b in bars]
-            above = [b.ci[1] - b.mean if b.ci else 0.0 for b in bars]
+            below = [max(b.mean - b.ci[0], 0.0) if b.ci else 0.0 for b in bars]
+            above = [max(b.ci[1] - b.mean, 0.0) if b.ci else 0.0 for b in bars]
             ax.bar(xs, means, width=width, yerr=[below, above], capsize=3, label=schedule, color=f"C{j % 10}")
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels(values, fontsize=8, rotation=15 if max(map(len, values), default=0) > 10 else 0)
