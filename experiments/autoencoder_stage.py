@@ -25,7 +25,7 @@ from experiments.runtime import atomic_save, resolve_device
 from experiments.tracking import ensure_store, get_or_create_experiment
 
 RECON_UTTERANCES = 8  # val utterances scored for the reconstruction ceiling
-RECON_METRICS = ("pesq_wb", "stoi", "estoi", "mcd")
+RECON_METRICS = ("pesq_wb", "stoi", "estoi", "mel_cd")
 
 
 def autoencoder_key(config: RunConfig, corpus_hash: str) -> str:
