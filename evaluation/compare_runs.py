@@ -235,7 +235,8 @@ def _record(run) -> RunRecord:
     return RunRecord(run_id=run.info.run_id, name=run.info.run_name or tags.get("mlflow.runName", ""),
                      status=run.info.status, group=tags.get(TAG_GROUP) or canonical(assignment),
                      seed=seed, cell_hash=tags.get(TAG_CELL_HASH, run.info.run_id), assignment=assignment,
-                     params=params, tags=tags, metrics=_current_names(dict(run.data.metrics)), start_time=run.info.start_time or 0)
+                     params=params, tags=tags, metrics=_current_names(dict(run.data.metrics)),
+                     start_time=run.info.start_time or 0)
 
 
 def _running(run: RunRecord) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from evaluation.progress import progress_enabled
 
 from components.autoencoder import AUTOENCODERS
 from evaluation.pool import ScoreJob, score_many
@@ -55,7 +56,8 @@ def train_autoencoder(config: RunConfig, dataset, device: torch.device, progress
     segment = ae_cfg.segment_samples - ae_cfg.segment_samples % ae_cfg.stride
     history = []
     model.train()
-    for step in tqdm(range(ae_cfg.steps), desc="autoencoder", unit="step", disable=not progress, dynamic_ncols=True):
+    for step in tqdm(range(ae_cfg.steps), desc="autoencoder", unit="step",
+                     disable=not progress_enabled(progress), dynamic_ncols=True):
         audio = _segments(dataset.train, segment, ae_cfg.batch_size, rng).to(device)
         loss, parts = model.loss(audio, model(audio))
         if not torch.isfinite(loss):

@@ -145,6 +145,7 @@ def _ours(partial: Path) -> bool:
 
 def _synthesize(jobs: list[tuple[str, str, str, str]], voice: str, workers: int, progress: bool) -> None:
     from tqdm import tqdm
+    from evaluation.progress import progress_enabled
 
     if not jobs:
         return
@@ -153,7 +154,8 @@ def _synthesize(jobs: list[tuple[str, str, str, str]], voice: str, workers: int,
     context = multiprocessing.get_context("spawn")
     with context.Pool(n, initializer=_init_worker, initargs=(voice,)) as pool:
         results = pool.imap_unordered(_make_one, jobs, chunksize=4)
-        for _ in tqdm(results, total=len(jobs), desc="synthesizing", unit="utt", disable=not progress):
+        for _ in tqdm(results, total=len(jobs), desc="synthesizing", unit="utt",
+                      disable=not progress_enabled(progress)):
             pass
 
 
