@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+from evaluation.progress import progress_enabled
 
 from evaluation import report_plots as plots
 from evaluation.compare_report import GAIN_KEY, QUALITY, listen_section, render_markdown, results_csv, write_atomic
@@ -76,7 +77,8 @@ def _plots(client, out_dir: Path, grid: Grid) -> list[Path]:
     trained: dict[str, list[RunRecord]] = {}  # cells differing only in eval.* share one model: one curve
     for r in sorted(runs, key=lambda r: r.name):
         trained.setdefault(r.tags.get(TAG_TRAIN_HASH) or r.run_id, []).append(r)
-    for sharing in tqdm(list(trained.values()), desc="loss curves", leave=False, disable=len(trained) < 20):
+    for sharing in tqdm(list(trained.values()), desc="loss curves", leave=False,
+                        disable=not progress_enabled(len(trained) >= 20)):
         r = sharing[0]
         history = sorted(client.get_metric_history(r.run_id, "train/loss"), key=lambda m: m.step)
         if history:
@@ -96,7 +98,8 @@ def _listen(client, out_dir: Path, grid: Grid) -> Path | None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cells, references = [], {}
-        for i, row in enumerate(tqdm(grid.rows, desc="listen: audio", leave=False, disable=len(grid.rows) < 20)):
+        for i, row in enumerate(tqdm(grid.rows, desc="listen: audio", leave=False,
+                                        disable=not progress_enabled(len(grid.rows) >= 20))):
             try:
                 local = Path(client.download_artifacts(row.run_ids[0], "audio", str(Path(tmp) / str(i))))
             except Exception:  # noqa: BLE001, S112 - a run without kept audio (older, or eval.audio_artifacts = 0)

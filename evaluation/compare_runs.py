@@ -36,6 +36,26 @@ DERIVED = ("_ci_low", "_ci_high", "_n_missing")  # per-run companions of a metri
 TARGET_STRIDE, TARGET_SPEEDUP, TARGET_QUALITY = 16, 5.0, 0.90
 
 
+# Metric names before the rename to say what is measured (a log-mel DCT distance, not SPTK-mcep MCD): runs logged
+# under them are read under the current names, companions (_ci_low, _n_missing, ...) included.
+RENAMED_METRICS = {"mcd": "mel_cd", "mcd_dtw": "mel_cd_dtw"}
+_RENAMED = re.compile(r"(?<![^/])(" + "|".join(sorted(map(re.escape, RENAMED_METRICS), key=len, reverse=True))
+                      + r")(?=$|_ci_low$|_ci_high$|_n_missing$)")
+
+
+def current_metric_name(key: str) -> str:
+    """A metric key (`schedule/metric`, `recon/metric`, a bare metric, or one of their companions) under the current
+    metric names: `manual-6/mcd_dtw_n_missing` -> `manual-6/mel_cd_dtw_n_missing`; other keys unchanged."""
+    return _RENAMED.sub(lambda m: RENAMED_METRICS[m.group(1)], key)
+
+
+def _current_names(metrics: dict[str, float]) -> dict[str, float]:
+    """Old keys renamed; where a run has both (logged under both names), the current name wins."""
+    out = {current_metric_name(k): v for k, v in metrics.items() if current_metric_name(k) != k}
+    out.update({k: v for k, v in metrics.items() if current_metric_name(k) == k})
+    return out
+
+
 class CompareError(ValueError):
     """The experiment, store or metric asked for does not exist; the message says what does."""
 
@@ -215,7 +235,8 @@ def _record(run) -> RunRecord:
     return RunRecord(run_id=run.info.run_id, name=run.info.run_name or tags.get("mlflow.runName", ""),
                      status=run.info.status, group=tags.get(TAG_GROUP) or canonical(assignment),
                      seed=seed, cell_hash=tags.get(TAG_CELL_HASH, run.info.run_id), assignment=assignment,
-                     params=params, tags=tags, metrics=dict(run.data.metrics), start_time=run.info.start_time or 0)
+                     params=params, tags=tags, metrics=_current_names(dict(run.data.metrics)),
+                     start_time=run.info.start_time or 0)
 
 
 def _running(run: RunRecord) -> str:
@@ -410,6 +431,7 @@ def read_per_utterance(client, run_id: str) -> dict[str, dict[str, float | Missi
         if not utterance or not schedule:
             continue
         for metric, text in row.items():
+            metric = current_metric_name(metric)
             if text in (None, ""):
                 continue  # the metric belongs to the other pass (true or predicted durations)
             try:
@@ -574,7 +596,7 @@ def _attach_ceilings(client, rows: list[CellRow], runs: list[RunRecord],
             ae = local[0] if len(local) == 1 else None
         if ae is None:
             continue
-        recon = {k.split("/", 1)[1]: v for k, v in ae.data.metrics.items()
+        recon = {k.split("/", 1)[1]: v for k, v in _current_names(dict(ae.data.metrics)).items()
                  if k.startswith("recon/") and not k.endswith(DERIVED)}
         p = ae.data.params
         stride = p.get("autoencoder.stride", row.params.get("autoencoder.stride", "?"))
@@ -668,6 +690,7 @@ def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: l
         raise CompareError(f"no MLflow experiment named {experiment_name!r} at {client.tracking_uri}; "
                            f"experiments there: {', '.join(names) or 'none'}")
     exp_id = experiment.experiment_id
+    metric = current_metric_name(metric)
     all_runs = [_record(r) for r in _search(client, exp_id, KIND_CELL)]
     by_cell: dict[str, list[RunRecord]] = {}
     for r in all_runs:

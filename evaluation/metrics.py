@@ -4,14 +4,16 @@
 `Missing(reason)`, never a crash and never a made-up number: silent, too short or non-finite audio makes every
 metric missing, and any metric's own failure (a PESQ error, too few frames) makes that metric missing.
 
-Spectral features shared by MCD, MCD-DTW and the log-mel distance (rate-independent, stated in seconds):
+Spectral features shared by mel_cd, mel_cd_dtw and the log-mel distance (rate-independent, stated in seconds):
 - frames: 25 ms Hann window, 5 ms hop, FFT size the next power of two, no centring (last partial frame dropped);
 - 80 triangular mel bands (HTK mel scale, 2595 log10(1 + f/700)) from 0 Hz to half the reference rate, applied
   to the power spectrum; log in dB with a floor 80 dB below the reference's loudest mel bin (both signals share
   that floor, so digital silence in the reference does not dominate the distances);
 - mel-cepstra of order 24: DCT-II of the natural-log mel *magnitude*, scaled as in the cepstrum definition
   ln|S_m| = c0 + 2 sum_d c_d cos(pi d (m + 1/2) / M), i.e. c = DCT-II(ln|S|) / (2M). c0 (energy) is excluded;
-  MCD = 10/ln10 * sqrt(2 * sum_{d=1..24} (c_d - c'_d)^2) per frame, averaged over frames (Kubichek's convention).
+  mel_cd = 10/ln10 * sqrt(2 * sum_{d=1..24} (c_d - c'_d)^2) per frame, averaged over frames (Kubichek's convention).
+These are not SPTK mel-cepstra (no all-pass frequency warping of an mcep analysis), so mel_cd is a mel-cepstral
+distance on a log-mel DCT, not comparable to MCD figures computed from SPTK/pysptk mcep.
 """
 from __future__ import annotations
 
@@ -110,12 +112,14 @@ METRICS: dict[str, MetricInfo] = {
         description="extended STOI, robust to modulated noise", low=0.0, high=1.0,
         better="higher", eval_pass=ON_ALIGNED, headline=True,
         compute=lambda p: _stoi(p.ref, p.deg, p.rate, extended=True)),
-    "mcd": MetricInfo(
-        description="mel-cepstral distortion, order 24 without c0, on aligned frames", low=0.0, high=INF,
+    "mel_cd": MetricInfo(
+        description="mel-cepstral distance on an 80-band log-mel DCT, order 24 without c0, on aligned frames "
+                    "(not SPTK-mcep MCD)", low=0.0, high=INF,
         better="lower", unit="dB", eval_pass=ON_ALIGNED, headline=True,
         compute=lambda p: _mcd(*p.cepstra())),
-    "mcd_dtw": MetricInfo(
-        description="mel-cepstral distortion after dynamic time warping (any output length)", low=0.0, high=INF,
+    "mel_cd_dtw": MetricInfo(
+        description="mel-cepstral distance on an 80-band log-mel DCT after dynamic time warping (any output "
+                    "length)", low=0.0, high=INF,
         better="lower", unit="dB", eval_pass=ON_FREE_RUNNING, headline=True,
         compute=lambda p: _mcd_dtw(*p.cepstra())),
     "log_mel_distance": MetricInfo(
@@ -491,7 +495,7 @@ def score_pair(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, de
 
     aligned=True (ground-truth durations): every metric. The aligned ones need equal lengths within
     ALIGN_TOLERANCE_S (both are trimmed to the shorter); a bigger difference makes them Missing ("lengths differ").
-    aligned=False (free-running output): only the length-robust `mcd_dtw` and `length_ratio` (plus DNSMOS).
+    aligned=False (free-running output): only the length-robust `mel_cd_dtw` and `length_ratio` (plus DNSMOS).
     """
     reference = np.asarray(reference, dtype=np.float64)
     degraded = np.asarray(degraded, dtype=np.float64)
@@ -536,3 +540,7 @@ def _score(reference: np.ndarray, degraded: np.ndarray, sample_rate: int, degrad
         info = METRICS[name]
         scores[name] = unaligned if unaligned and info.aligned_only else _guarded(info.compute, pair)
     return scores
+
+
+if __name__ == "__main__":
+    print(metrics_markdown())

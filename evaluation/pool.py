@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 from tqdm import tqdm
+from evaluation.progress import progress_enabled
 
 from evaluation.metrics import Missing, Scores, describe_error, metric_names, score_pair
 
@@ -65,7 +66,7 @@ def score_many(pairs: Iterable[ScoreJob], workers: int, progress: bool = True,
     so batching gains nothing and costs load balance at the end of the run).
     """
     jobs = list(pairs)
-    bar = tqdm(total=len(jobs), desc="scoring", unit="utt", disable=not progress or not jobs)
+    bar = tqdm(total=len(jobs), desc="scoring", unit="utt", disable=not progress_enabled(progress) or not jobs)
     if workers <= 1 or len(jobs) <= 1:
         results = []
         for job in jobs:

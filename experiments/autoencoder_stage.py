@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from evaluation.progress import progress_enabled
 
 from components.autoencoder import AUTOENCODERS
 from evaluation.pool import ScoreJob, score_many
@@ -25,7 +26,7 @@ from experiments.runtime import atomic_save, resolve_device
 from experiments.tracking import ensure_store, get_or_create_experiment
 
 RECON_UTTERANCES = 8  # val utterances scored for the reconstruction ceiling
-RECON_METRICS = ("pesq_wb", "stoi", "estoi", "mcd")
+RECON_METRICS = ("pesq_wb", "stoi", "estoi", "mel_cd")
 
 
 def autoencoder_key(config: RunConfig, corpus_hash: str) -> str:
@@ -55,7 +56,8 @@ def train_autoencoder(config: RunConfig, dataset, device: torch.device, progress
     segment = ae_cfg.segment_samples - ae_cfg.segment_samples % ae_cfg.stride
     history = []
     model.train()
-    for step in tqdm(range(ae_cfg.steps), desc="autoencoder", unit="step", disable=not progress, dynamic_ncols=True):
+    for step in tqdm(range(ae_cfg.steps), desc="autoencoder", unit="step",
+                     disable=not progress_enabled(progress), dynamic_ncols=True):
         audio = _segments(dataset.train, segment, ae_cfg.batch_size, rng).to(device)
         loss, parts = model.loss(audio, model(audio))
         if not torch.isfinite(loss):

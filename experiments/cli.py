@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+
+DISTRIBUTION = "wavegrad2-ablation"
 
 
 def _handler(target: str):
@@ -29,28 +32,66 @@ def _overrides(p: argparse.ArgumentParser) -> None:
                    help="override one config key (repeatable), type-checked")
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _verbosity() -> argparse.ArgumentParser:
+    """-q/-v, shared by every subcommand: the level of the root logger that status messages go through."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                       default=logging.INFO, help="only warnings and errors on stderr")
+    group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                       help="debug messages too")
+    return common
+
+
+def configure_logging(level: int) -> None:
+    """The root logger, configured once per process: messages to stderr, so stdout holds only results."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_wg2", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._wg2 = True
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wg2", description="WaveGrad 2 ablation suite: corpora, training, "
                                      "synthesis, evaluation, MLflow grids and Optuna schedule search.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    common = _verbosity()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     corpus = sub.add_parser("corpus", help="build the offline default corpus or check any corpus")
     corpus_sub = corpus.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
-    p = corpus_sub.add_parser("build", help="synthesize the Harvard-sentence corpus offline with espeak-ng")
+    p = corpus_sub.add_parser("build", parents=[common],
+                              help="synthesize the Harvard-sentence corpus offline with espeak-ng")
     p.add_argument("--out", default="corpora/harvard", help="output folder (LJSpeech layout + TextGrids)")
     p.add_argument("--voice", default="en-us", help="espeak-ng voice")
     p.add_argument("--limit", type=int, default=0, help="only the first N sentences (0 = all 720)")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
     p.set_defaults(func=_handler("experiments.corpus_build:cmd_build"))
-    p = corpus_sub.add_parser("check", help="read an LJSpeech-layout corpus with TextGrids and report on it")
+    p = corpus_sub.add_parser("check", parents=[common],
+                              help="read an LJSpeech-layout corpus with TextGrids and report on it")
     p.add_argument("dir", help="corpus folder (metadata.csv, wavs/)")
     p.add_argument("--alignments", default=None, help="folder searched for ID.TextGrid (default DIR/alignments)")
     p.add_argument("--skip-bad", action="store_true", help="drop unusable utterances instead of failing")
     p.add_argument("--hop-length", type=int, default=300, help="frame hop in samples for durations")
     p.add_argument("--sample-rate", type=int, default=22050, help="rate audio is resampled to")
-    p.set_defaults(func=_handler("experiments.corpus:cmd_check"))
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_handler("experiments.corpus_cmd:cmd_check"))
 
-    p = sub.add_parser("train", help="train one WaveGrad 2 model from a TOML config")
+    p = sub.add_parser("train", parents=[common], help="train one WaveGrad 2 model from a TOML config")
     p.add_argument("config", help="run config (TOML)")
     _overrides(p)
     _device(p)
@@ -58,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.set_defaults(func=_handler("experiments.train:cmd_train"))
 
-    p = sub.add_parser("synth", help="synthesize a sentence (or a corpus utterance) to a wav file")
+    p = sub.add_parser("synth", parents=[common], help="synthesize a sentence (or a corpus utterance) to a wav file")
     p.add_argument("checkpoint", help="checkpoint file (.pt)")
     p.add_argument("text", nargs="?", default=None, help="text to say (espeak-ng front end)")
     p.add_argument("-o", "--out", required=True, help="output wav")
@@ -71,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device(p)
     p.set_defaults(func=_handler("experiments.synth:cmd_synth"))
 
-    p = sub.add_parser("bench", help="measure training and inference speed and memory per preset")
+    p = sub.add_parser("bench", parents=[common], help="measure training and inference speed and memory per preset")
     p.add_argument("--presets", default="tiny,base", help="comma-separated decoder presets")
     p.add_argument("--seconds", type=float, default=None,
                    help="utterance length for inference timing (default 10 s on CUDA, 2 s on CPU)")
@@ -84,24 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     _device(p)
     p.set_defaults(func=_handler("experiments.bench:cmd_bench"))
 
-    p = sub.add_parser("score", help="score a degraded wav against a reference with every metric")
+    p = sub.add_parser("score", parents=[common], help="score a degraded wav against a reference with every metric")
     p.add_argument("reference")
     p.add_argument("degraded")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_handler("experiments.score_cmd:cmd_score"))
 
-    p = sub.add_parser("eval", help="synthesize a split with a checkpoint and score quality and speed")
+    p = sub.add_parser("eval", parents=[common],
+                       help="synthesize a split with a checkpoint and score quality and speed")
     p.add_argument("checkpoint")
     p.add_argument("--schedules", default=None, help="comma-separated schedule names or files")
     p.add_argument("--split", default=None, choices=["train", "val", "test"])
     p.add_argument("--limit", type=int, default=None, help="utterances (0 = all)")
     p.add_argument("--out", default=None, help="output folder (default next to the checkpoint)")
     p.add_argument("--workers", type=int, default=None, help="metric worker processes")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     _precision(p)
     _device(p)
     p.set_defaults(func=_handler("experiments.evaluate:cmd_eval"))
 
-    p = sub.add_parser("grid", help="run an ablation grid tracked in MLflow (resumable)")
+    p = sub.add_parser("grid", parents=[common], help="run an ablation grid tracked in MLflow (resumable)")
     p.add_argument("grid", help="grid file (TOML)")
     _overrides(p)
     p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes")
@@ -109,13 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the cells and their hashes, then stop")
     p.set_defaults(func=_handler("experiments.grid:cmd_grid"))
 
-    p = sub.add_parser("compare", help="report a grid's MLflow runs: tables, intervals, plots")
+    p = sub.add_parser("compare", parents=[common], help="report a grid's MLflow runs: tables, intervals, plots")
     p.add_argument("target", help="grid file or MLflow experiment name")
     p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
     p.add_argument("--metric", default="pesq_wb", help="headline metric")
     p.set_defaults(func=_handler("experiments.compare_cmd:cmd_compare"))
 
-    p = sub.add_parser("search", help="search an inference noise schedule with Optuna")
+    p = sub.add_parser("search", parents=[common], help="search an inference noise schedule with Optuna")
     p.add_argument("model", help="checkpoint file or MLflow run ID")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--trials", type=int, default=100)
@@ -135,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("autoencoder", help="latent space: train the stage-one waveform autoencoder")
     ae_sub = p.add_subparsers(dest="autoencoder_command", metavar="ACTION", required=True)
-    p = ae_sub.add_parser("train", help="train (or find cached) the autoencoder for a config")
+    p = ae_sub.add_parser("train", parents=[common], help="train (or find cached) the autoencoder for a config")
     p.add_argument("config", help="run config (TOML) with [autoencoder] and [data]")
     _overrides(p)
     _device(p)
@@ -147,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.config import InputError
 
     args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "log_level", logging.INFO))
     try:
         code = args.func(args)
     except InputError as err:

@@ -391,6 +391,7 @@ class CorpusReport:
 
 def _read_plan(plan: _Plan, sample_rate: int, hop_length: int, skip_bad: bool, progress: bool) -> CorpusReport:
     from tqdm import tqdm
+    from evaluation.progress import progress_enabled
 
     problems = list(plan.problems)
     todo: list[_Entry] = []
@@ -399,7 +400,7 @@ def _read_plan(plan: _Plan, sample_rate: int, hop_length: int, skip_bad: bool, p
         problems += found
         if not found:
             todo.append(entry)
-    bar = tqdm(total=len(todo), desc="reading corpus", unit="utt", disable=not progress, leave=False)
+    bar = tqdm(total=len(todo), desc="reading corpus", unit="utt", disable=not progress_enabled(progress), leave=False)
     results = []
     for e in todo:
         results.append(_read_one(e, sample_rate, hop_length))

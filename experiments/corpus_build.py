@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 from experiments.config import InputError
+
+log = logging.getLogger(__name__)
 
 SENTENCES = Path(__file__).parent / "data" / "harvard_sentences.txt"
 MARKER = "wg2_corpus.json"
@@ -145,6 +148,7 @@ def _ours(partial: Path) -> bool:
 
 def _synthesize(jobs: list[tuple[str, str, str, str]], voice: str, workers: int, progress: bool) -> None:
     from tqdm import tqdm
+    from evaluation.progress import progress_enabled
 
     if not jobs:
         return
@@ -153,7 +157,8 @@ def _synthesize(jobs: list[tuple[str, str, str, str]], voice: str, workers: int,
     context = multiprocessing.get_context("spawn")
     with context.Pool(n, initializer=_init_worker, initargs=(voice,)) as pool:
         results = pool.imap_unordered(_make_one, jobs, chunksize=4)
-        for _ in tqdm(results, total=len(jobs), desc="synthesizing", unit="utt", disable=not progress):
+        for _ in tqdm(results, total=len(jobs), desc="synthesizing", unit="utt",
+                      disable=not progress_enabled(progress)):
             pass
 
 
@@ -176,7 +181,8 @@ def build_corpus(out: str | Path, voice: str = "en-us", limit: int = 0, workers:
                 "espeak_version": version, "sample_rate": SAMPLE_RATE, "count": len(sentences),
                 "sentences_sha256": text_hash}
     if _matches(out / MARKER, settings):
-        print(f"{out}: complete ({len(sentences)} utterances, voice {voice}, espeak-ng {version}); nothing to do")
+        log.info("%s: complete (%d utterances, voice %s, espeak-ng %s); nothing to do", out, len(sentences), voice,
+                 version)
         return out
     if out.exists() and (not out.is_dir() or (not (out / MARKER).is_file() and any(out.iterdir()))):
         raise InputError(f"--out {out}: exists and is not a corpus made by `wg2 corpus build` (no {MARKER}); "
@@ -223,7 +229,7 @@ def build_corpus(out: str | Path, voice: str = "en-us", limit: int = 0, workers:
     if replacing:
         shutil.rmtree(old)
     seconds = time.perf_counter() - started
-    print(f"{out}: built {len(sentences)} utterances (voice {voice}, espeak-ng {version}) in {seconds:.1f} s")
+    log.info("%s: built %d utterances (voice %s, espeak-ng %s) in %.1f s", out, len(sentences), voice, version, seconds)
     return out
 
 

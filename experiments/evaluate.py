@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import platform
 import time
@@ -242,8 +243,11 @@ def cmd_eval(args) -> int:
     config = dataclasses.replace(loaded.config.eval, **changes)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     result = evaluate(loaded, config, out)
-    print(format_summary(result.summary))
-    print(f"wrote {len(result.files)} files to {out}")
+    if getattr(args, "json", False):
+        print(json.dumps(result.summary, indent=2, default=str))
+    else:
+        print(format_summary(result.summary))
+    logging.getLogger(__name__).info("wrote %d files to %s", len(result.files), out)
     return 0
 
 

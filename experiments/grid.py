@@ -329,6 +329,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
     """Run (or resume) a grid; see the module docstring. Raises InputError (exit 2) before any training
     when the grid, a cell or the data is wrong."""
     from tqdm import tqdm
+    from evaluation.progress import progress_enabled
 
     from experiments.runtime import resolve_device
 
@@ -358,7 +359,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
     print(f"grid {grid.name!r}: {len(grid.cells)} cells, {len(done)} already finished, "
           f"{sum(map(len, jobs))} to run in {len(jobs)} trainings on {workers} worker(s); MLflow {uri}")
     bar = tqdm(total=len(grid.cells), initial=len(outcome.outcomes), desc=f"grid {grid.name}", unit="cell",
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress_enabled(progress), dynamic_ncols=True)
 
     def record(result: CellOutcome) -> None:
         outcome.outcomes.append(result)

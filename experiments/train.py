@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm import tqdm
+from evaluation.progress import progress_enabled
 
 from components.diffusion import Diffusion
 from components.durations import DurationPredictor
@@ -188,7 +189,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         }, ckpt_path)
 
     model.train()
-    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress_enabled(progress), dynamic_ncols=True)
     started, steps_done, throughput = time.perf_counter(), 0, {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -64,12 +64,12 @@ def _eval_metrics(pesq: float, mcd: float, rtf: dict[str, float], stoi: float = 
     for s in SCHEDULES:
         bonus = 0.2 if s == "linear-50" else 0.0
         for m, v, half in (("pesq_wb", pesq + bonus, 0.15), ("stoi", stoi, 0.02), ("estoi", stoi - 0.1, 0.02),
-                           ("mcd", mcd - bonus, 0.3), ("mcd_dtw", mcd + 0.5, 0.3)):
+                           ("mel_cd", mcd - bonus, 0.3), ("mel_cd_dtw", mcd + 0.5, 0.3)):
             out.update({f"{s}/{m}": v, f"{s}/{m}_ci_low": v - half, f"{s}/{m}_ci_high": v + half,
                         f"{s}/{m}_n_missing": 0.0})
         out[f"{s}/rtf"] = rtf[s]
         out[f"{s}/peak_memory_mb"] = 300.0
-    out["manual-6/mcd_dtw_n_missing"] = 1.0  # one utterance too short for DTW
+    out["manual-6/mel_cd_dtw_n_missing"] = 1.0  # one utterance too short for DTW
     return out
 
 
@@ -159,7 +159,7 @@ def test_best_marked_on_right_rows(grid_report):
     table = _table(md, "## Quality and speed at schedule `manual-6`")
     assert set(table) == {f"model.upsampler={u} train.window_frames={w}" for u in UPS for w in WINDOWS}
     bold_pesq = [k for k, row in table.items() if row["pesq_wb"].startswith("**")]
-    bold_mcd = [k for k, row in table.items() if row["mcd"].startswith("**")]
+    bold_mcd = [k for k, row in table.items() if row["mel_cd"].startswith("**")]
     assert bold_pesq == ["model.upsampler=gaussian train.window_frames=256"]  # higher is better
     assert bold_mcd == ["model.upsampler=repeat train.window_frames=256"]  # lower is better
     # one seed (the failed and the missing seed): the run's own across-utterance interval, marked
@@ -172,7 +172,7 @@ def test_best_marked_on_right_rows(grid_report):
     assert row.stats["manual-6/pesq_wb"].mean == pytest.approx(seeds_mean)
     assert row.stats["manual-6/pesq_wb"].interval == "seeds" and row.seeds == [0, 1]
     missing = md.split("## Missing metric values", 1)[1]
-    assert f"| `{row.label}` | manual-6/mcd_dtw | 2 |" in missing  # one utterance per seed, summed
+    assert f"| `{row.label}` | manual-6/mel_cd_dtw | 2 |" in missing  # one utterance per seed, summed
 
 
 def test_marginal_effects_signs(grid_report):
@@ -198,7 +198,7 @@ def test_csv_plots_and_artifacts(grid_report, store):
     assert len(rows) == 4
     for col in ("cell", "model.upsampler", "train.window_frames", "n_runs", "manual-6/pesq_wb_mean",
                 "manual-6/pesq_wb_ci_low", "manual-6/pesq_wb_ci_high", "linear-50/rtf_mean",
-                "train/peak_memory_mb_mean", "manual-6/mcd_dtw_n_missing"):
+                "train/peak_memory_mb_mean", "manual-6/mel_cd_dtw_n_missing"):
         assert col in rows[0], col
     assert {r["n_runs"] for r in rows} == {"1", "2"}
     names = {p.name for p in report.plots}
@@ -214,7 +214,7 @@ def test_csv_plots_and_artifacts(grid_report, store):
 def test_inferred_cells_without_a_list(store, tmp_path):
     uri, _, _ = store
     _build_grid(store, "no-list", list_cells=False)
-    report = compare("no-list", tmp_path, tracking_uri=uri, metric="mcd")
+    report = compare("no-list", tmp_path, tracking_uri=uri, metric="mel_cd")
     assert report.missing == ["model.upsampler=repeat train.window_frames=64 seed=1"]
     assert "inferred" in report.report_md.read_text()
     up = next(e for e in report.effects if e.axis == "model.upsampler" and e.schedule == "manual-6")
@@ -227,7 +227,7 @@ def _build_latent(store, name: str, latent_rtf: float, latent_pesq: float) -> No
     parent = _parent(client, exp, name, "Is latent R=16 worth it?", ["model.space"], None)
     ae = client.create_run(exp, tags={"wg2.kind": "autoencoder"}, run_name="autoencoder R=16")
     client.log_batch(ae.info.run_id, metrics=[Metric("recon/pesq_wb", 3.8, 0, 0), Metric("recon/stoi", 0.97, 0, 0),
-                                              Metric("recon/mcd", 2.0, 0, 0)],
+                                              Metric("recon/mel_cd", 2.0, 0, 0)],
                      params=[Param("autoencoder.stride", "16"), Param("autoencoder.kind", "continuous")])
     client.set_terminated(ae.info.run_id, "FINISHED")
     for space, pesq, rtf in (("waveform", 3.0, 0.5), ("latent", latent_pesq, latent_rtf)):

@@ -41,13 +41,13 @@ def _artifacts(tmp, up: str, seed: int, with_csv: bool, with_audio: bool):
     folder.mkdir(parents=True)
     if with_csv:
         with open(folder / "per_utterance.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, ["utterance", "schedule", "durations", "pesq_wb", "stoi", "mcd_dtw"])
+            w = csv.DictWriter(fh, ["utterance", "schedule", "durations", "pesq_wb", "stoi", "mel_cd_dtw"])
             w.writeheader()
             for u in UTTS:
                 pesq = "audio shorter than 0.25 s" if (up, seed, u) == ("repeat", 1, UTTS[0]) else _pesq(up, u, seed)
                 w.writerow({"utterance": u, "schedule": "manual-6", "durations": "true", "pesq_wb": pesq,
                             "stoi": _stoi(up, u, seed)})
-                w.writerow({"utterance": u, "schedule": "manual-6", "durations": "predicted", "mcd_dtw": 6.0})
+                w.writerow({"utterance": u, "schedule": "manual-6", "durations": "predicted", "mel_cd_dtw": 6.0})
     if with_audio:
         t = np.arange(int(0.5 * RATE)) / RATE
         for i, u in enumerate(UTTS[:2]):
@@ -136,7 +136,7 @@ def test_paired_statistics_and_ranges():
     from evaluation.stats import clip_interval, difference_bounds, paired_difference
 
     assert value_range("manual-6/pesq_wb") == (1.0, 4.64) and value_range("stoi") == (0.0, 1.0)
-    assert value_range("mcd") == (0.0, float("inf")) and value_range("rtf")[0] == 0.0
+    assert value_range("mel_cd") == (0.0, float("inf")) and value_range("rtf")[0] == 0.0
     assert value_range("length_ratio") == (0.0, float("inf")) and value_range("no_such_metric") is None
     assert all(value_range(name) is not None for name in METRICS)  # every range in the table parses
     assert clip_interval(-0.2, 1.3, (0.0, 1.0)) == (0.0, 1.0) and clip_interval(None, 2.0, None) == (None, 2.0)

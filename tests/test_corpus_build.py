@@ -90,8 +90,16 @@ def test_complete_corpus_is_left_alone(corpus_dir: Path, capsys):
     started = time.perf_counter()
     assert main(["corpus", "build", "--out", str(corpus_dir), "--limit", "24"]) == 0
     assert time.perf_counter() - started < 5
-    assert "complete" in capsys.readouterr().out
+    assert "complete" in capsys.readouterr().err  # a status message: logged on stderr, stdout stays for results
     assert (corpus_dir / MARKER).stat().st_mtime_ns == stamp
+
+
+def test_quiet_silences_info_messages(corpus_dir: Path, capsys):
+    assert main(["corpus", "build", "--out", str(corpus_dir), "--limit", "24", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "complete" not in captured.err and "complete" not in captured.out
+    assert main(["corpus", "build", "--out", str(corpus_dir), "--limit", "24", "-v"]) == 0
+    assert "complete" in capsys.readouterr().err
 
 
 def test_interrupted_rebuild_never_looks_complete_and_resumes(tmp_path: Path, monkeypatch):

@@ -34,8 +34,8 @@ def test_eval_scores_every_utterance_once_per_metric_and_writes_its_files(checkp
     for label in ("manual-6", "linear-50"):
         assert summary["speed"][label]["rtf"] > 0 and summary["speed"][label]["steps"] in (6, 50)
         metrics = summary["metrics"][label]
-        for name in ("pesq_wb", "pesq_nb", "stoi", "estoi", "mcd", "log_mel_distance", "f0_rmse_cents",
-                     "vuv_error", "mcd_dtw", "length_ratio", "duration_error_frames"):
+        for name in ("pesq_wb", "pesq_nb", "stoi", "estoi", "mel_cd", "log_mel_distance", "f0_rmse_cents",
+                     "vuv_error", "mel_cd_dtw", "length_ratio", "duration_error_frames"):
             s = metrics[name]
             assert s["n"] + s["n_missing"] == 3, f"{label}/{name}: each utterance counted once ({s})"
     with open(out / "per_utterance.csv") as fh:

@@ -43,7 +43,7 @@ def test_latent_cell_trains_synthesizes_and_is_scored_and_the_autoencoder_cache_
     result = evaluate(loaded, latent_config.eval, tmp_path / "eval", progress=False)
     assert result.metrics["manual-6/rtf"] > 0
     # every aligned metric is either a number or counted as missing: nothing silently dropped
-    for metric in ("pesq_wb", "stoi", "mcd"):
+    for metric in ("pesq_wb", "stoi", "mel_cd"):
         assert f"manual-6/{metric}" in result.metrics or result.metrics[f"manual-6/{metric}_n_missing"] == 2
     assert (tmp_path / "eval" / "summary.json").exists()
 

@@ -38,7 +38,7 @@ def make_page(tmp: Path) -> tuple[Path, list[ListenCell]]:
                                   0.6 if p == GT else 0.7)
                          for u in UTTS} for p in (GT, FREE)} for s in SCHEDULES}
         cells.append(ListenCell(label, {f"{s}/pesq_wb": pesq + (0.1 if s == "linear-50" else 0) for s in SCHEDULES}
-                                | {"manual-6/mcd": 6.0 - pesq}, audio, note="seed 0"))
+                                | {"manual-6/mel_cd": 6.0 - pesq}, audio, note="seed 0"))
     page = write_listen_page(tmp / "report", cells, refs, SCHEDULES, title="test grid")
     return page, cells
 

@@ -42,7 +42,7 @@ def test_reference_against_itself_gives_each_ideal(speech):
     assert s["pesq_nb"] == pytest.approx(4.549, abs=0.005)
     for key in ("stoi", "estoi", "length_ratio"):
         assert s[key] == pytest.approx(1.0, abs=1e-9)
-    for key in ("mcd", "mcd_dtw", "log_mel_distance", "f0_rmse_cents", "vuv_error"):
+    for key in ("mel_cd", "mel_cd_dtw", "log_mel_distance", "f0_rmse_cents", "vuv_error"):
         assert s[key] == pytest.approx(0.0, abs=1e-9)
 
 
@@ -103,7 +103,7 @@ def test_pesq_and_stoi_refusals_become_missing():
     s = score_pair(ref, deg, fs)
     assert s["pesq_nb"] == Missing("NoUtterancesError: No utterances detected")
     assert isinstance(s["stoi"], Missing) and "fewer than 30 non-silent STFT frames" in s["stoi"].reason
-    assert isinstance(s["mcd"], float)  # one metric's refusal leaves the others alone
+    assert isinstance(s["mel_cd"], float)  # one metric's refusal leaves the others alone
     # a reference below 16 kHz cannot give wide-band PESQ
     low = score_pair(resample_poly(ref, 1, 2), resample_poly(deg, 1, 2), 8000)
     assert low["pesq_wb"] == Missing("reference rate 8000 Hz is below the 16000 Hz that PESQ-wb needs")
@@ -113,14 +113,14 @@ def test_lengths_and_time_warping(speech):
     x, sr = speech[2]
     stretched = resample_poly(x, 11, 10)  # 10% slower: same speech, other length
     s = score_pair(x, stretched, sr, aligned=False)
-    assert set(s) == {"mcd_dtw", "length_ratio"}
+    assert set(s) == {"mel_cd_dtw", "length_ratio"}
     assert s["length_ratio"] == pytest.approx(1.1, abs=1e-3)
     forced = score_pair(x, stretched, sr, aligned=True)
     assert isinstance(forced["pesq_wb"], Missing) and forced["pesq_wb"].reason.startswith("lengths differ")
-    assert forced["mcd_dtw"] == s["mcd_dtw"]
+    assert forced["mel_cd_dtw"] == s["mel_cd_dtw"]
     # DTW finds the stretch: far closer than comparing frames index by index on the common part
-    naive = score_pair(x, stretched[: len(x)], sr)["mcd"]
-    assert s["mcd_dtw"] < 0.5 * naive
+    naive = score_pair(x, stretched[: len(x)], sr)["mel_cd"]
+    assert s["mel_cd_dtw"] < 0.5 * naive
 
 
 def test_dtw_matches_a_plain_dynamic_programme():
@@ -188,7 +188,7 @@ def test_pool_gives_the_same_numbers_as_inline(speech):
     assert [set(p) for p in pooled] == [set(i) for i in inline]
     for p, i in zip(pooled, inline):
         assert all(p[k] == i[k] if isinstance(i[k], Missing) else p[k] == pytest.approx(i[k], rel=1e-12) for k in i)
-    assert set(inline[2]) == {"mcd_dtw", "length_ratio"}
+    assert set(inline[2]) == {"mel_cd_dtw", "length_ratio"}
     assert all(isinstance(v, Missing) for v in inline[3].values())
 
 

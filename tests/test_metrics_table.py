@@ -38,8 +38,8 @@ def test_a_changed_table_entry_makes_the_readme_check_fail(monkeypatch):
     diff = table_difference()
     assert "+| `stoi` | a changed description | 0-1 | higher | - |" in diff
     monkeypatch.undo()
-    monkeypatch.setitem(METRICS, "mcd", dataclasses.replace(METRICS["mcd"], high=30.0))
-    assert any(line.startswith("+| `mcd` |") and "| 0-30 |" in line for line in table_difference())
+    monkeypatch.setitem(METRICS, "mel_cd", dataclasses.replace(METRICS["mel_cd"], high=30.0))
+    assert any(line.startswith("+| `mel_cd` |") and "| 0-30 |" in line for line in table_difference())
     monkeypatch.undo()
     assert table_difference() == []
 
@@ -50,8 +50,8 @@ def test_everything_derived_follows_the_tables():
     from evaluation.conditioning import GAIN_KEY
     from experiments.evaluate import FREE_RUNNING
 
-    assert QUALITY == ("pesq_wb", "stoi", "estoi", "mcd", "mcd_dtw")
-    assert FREE_RUNNING == {"mcd_dtw", "length_ratio"}
+    assert QUALITY == ("pesq_wb", "stoi", "estoi", "mel_cd", "mel_cd_dtw")
+    assert FREE_RUNNING == {"mel_cd_dtw", "length_ratio"}
     assert not set(METRICS) & set(RUN_FIGURES) and GAIN_KEY in RUN_FIGURES
     for name, info in [*METRICS.items(), *RUN_FIGURES.items()]:
         assert info.better in ("higher", "lower", "closer to 1", ""), name
@@ -92,5 +92,5 @@ def test_shared_work_fails_once_for_every_metric_that_needs_it(monkeypatch):
     rng = np.random.default_rng(0)
     x = 0.1 * rng.standard_normal(8000)
     scores = metrics.score_pair(x, x + 0.01 * rng.standard_normal(8000), 8000, aligned=False)
-    assert scores["mcd_dtw"] == metrics.Missing("RuntimeError: no features")
+    assert scores["mel_cd_dtw"] == metrics.Missing("RuntimeError: no features")
     assert isinstance(scores["length_ratio"], float)

@@ -72,7 +72,7 @@ def test_score_unaligned_and_stereo(pair, tmp_path):
     code, out, _ = run_cli(["score", str(pair[0]), str(half), "--json"])
     data = json.loads(out)
     assert code == 0 and data["aligned"] is False
-    assert set(data["scores"]) == {"mcd_dtw", "length_ratio"}
+    assert set(data["scores"]) == {"mel_cd_dtw", "length_ratio"}
     assert data["scores"]["length_ratio"] == pytest.approx(0.5, abs=1e-3)
     stereo = tmp_path / "stereo.wav"
     sf.write(str(stereo), np.stack([x, x], axis=1), sr, subtype="FLOAT")

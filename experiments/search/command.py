@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
+from evaluation.progress import progress_enabled
 
 from evaluation.runs import TAG_ERROR
 from experiments import tracking
@@ -53,7 +54,8 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
           f"{len(study.get_trials(deepcopy=False))} trials of --trials {spec.trials}, {waiting} to run on {workers} "
           f"worker(s) ({added} added, {interrupted} interrupted marked failed); {len(ids)} {SPLIT} utterances; "
           f"MLflow {redact(ctx.uri)}, experiment {EXPERIMENT!r}, parent run {ctx.parent_run_id}")
-    bar = tqdm(total=waiting, desc=f"search {spec.study}", unit="trial", disable=not spec.progress or not waiting,
+    bar = tqdm(total=waiting, desc=f"search {spec.study}", unit="trial",
+               disable=not progress_enabled(spec.progress) or not waiting,
                dynamic_ncols=True)
 
     def report(t: FrozenTrial) -> None:

@@ -1,0 +1,62 @@
+"""`wg2` habits: --version, progress bars only on a terminal, --json that parses."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from evaluation.progress import progress_enabled
+from experiments.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "WG2_PROGRESS")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return {**env, **extra}
+
+
+def test_version_prints_the_installed_version():
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli", "--version"], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wg2 {version('wavegrad2-ablation')}"
+
+
+def test_progress_rule(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.delenv("WG2_PROGRESS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert progress_enabled(True) and not progress_enabled(False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert not progress_enabled(True)
+    monkeypatch.delenv("TQDM_DISABLE")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert not progress_enabled(True)
+    monkeypatch.setenv("WG2_PROGRESS", "1")
+    assert progress_enabled(True) and not progress_enabled(False)
+
+
+def test_corpus_check_to_a_file_has_no_progress_bar(corpus_dir: Path, tmp_path: Path):
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "corpus", "check", str(corpus_dir)],
+                              cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=fh, text=True, timeout=300)
+    assert proc.returncode == 0, err.read_text()
+    text = err.read_text()
+    assert "reading corpus" not in text and "\r" not in text and "utt/s" not in text, text
+    assert "usable" in proc.stdout
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_corpus_check_json_parses(corpus_dir: Path, capsys, quiet: bool):
+    assert main(["corpus", "check", str(corpus_dir), "--json"] + (["-q"] if quiet else [])) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["usable"] is True and report["usable_utterances"] == report["listed"] > 0
+    assert report["problems"] == [] and len(report["utterance_ids"]) == report["usable_utterances"]
