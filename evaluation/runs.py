@@ -31,6 +31,7 @@ TAG_LABEL = "wg2.label"
 TAG_OVERRIDES = "wg2.overrides"
 TAG_AUTOENCODER_RUN = "wg2.autoencoder_run"
 TAG_ERROR = "wg2.error"
+TAG_END_REASON = "wg2.end_reason"  # why a run ended FAILED or KILLED (a grid parent, a cell)
 # the autoencoder stage
 TAG_AUTOENCODER_KEY = "wg2.autoencoder_key"
 # claiming runs (experiments/tracking.py)

@@ -22,6 +22,12 @@ Audio at another rate is resampled (scipy.signal.resample_poly) and stereo is do
 mean), each announced by one warning line per corpus with a count. Problems (missing or unreadable
 files, a bad metadata line, a length mismatch) are all collected: by default they make the corpus
 unusable and are listed together; with skip_bad those utterances are dropped and counted.
+
+Nothing is lost and nothing is silently wrong: NaN or ±Inf samples (named with the samples and
+seconds holding them), phone intervals with a negative time, a start after the end, overlapping
+another interval, or a label holding a space ("ð 0" is rejected: a phone label is one symbol) are
+Problems naming the file and the interval. A silence-only utterance (every label a silence) is a
+warning: kept by default, dropped and counted with skip_bad.
 """
 from __future__ import annotations
 
@@ -38,13 +44,13 @@ from pathlib import Path
 import numpy as np
 
 from experiments.config import DataConfig, InputError
-from experiments.textgrid import read_phone_intervals
+from experiments.textgrid import interval_problems, read_phone_tier
 
 SILENCE = "<sil>"
 PAD = "<pad>"
 SILENCE_LABELS = {"", "sil", "sp", "spn", SILENCE}  # compared lower-cased and stripped
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1  # bump when the processing below changes what a cache file holds
+CACHE_VERSION = 2  # bump when the processing below changes what a cache file holds
 
 
 @dataclass(eq=False)
@@ -130,6 +136,7 @@ class Problem:
     message: str  # what is wrong and what was expected
     utterance: str | None = None
     kind: str = "other"  # short reason used to count rejects in the summary
+    warning: bool = False  # the utterance is usable: kept and warned about, dropped with skip_bad
 
     def __str__(self) -> str:
         return f"{self.file}: {self.message}"
@@ -295,6 +302,9 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
     except Exception as err:  # noqa: BLE001 - libsndfile errors are plain RuntimeErrors with its message
         return _Read(None, [Problem(str(wav_path), f"unreadable audio ({err}); expected a wav file",
                                     entry.id, "unreadable wav")])
+    bad = _nonfinite_problems(audio, rate, wav_path, entry.id)
+    if bad:
+        return _Read(None, bad, rate, audio.shape[1])
     channels = audio.shape[1]
     audio = audio.mean(axis=1) if channels > 1 else audio[:, 0]  # (n,)
     if rate != sample_rate:
@@ -304,9 +314,14 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
         audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
     audio = np.clip(audio, -1.0, 1.0)
     try:
-        entries, end_time = read_phone_intervals(grid_path)
+        entries, end_time = read_phone_tier(grid_path)
     except ValueError as err:
         return _Read(None, [Problem(str(grid_path), str(err), entry.id, "unreadable TextGrid")], rate, channels)
+    bad_intervals = interval_problems(entries)
+    if bad_intervals:
+        return _Read(None, [Problem(str(grid_path), m, entry.id, "bad interval") for m in bad_intervals],
+                     rate, channels)
+    entries = sorted(entries)
     tokens, ends = _tokens(entries, end_time)
     n_frames = int(math.floor(len(audio) / hop + 0.5))
     frames_off = abs(ends[-1] - len(audio) / sample_rate) * sample_rate / hop if ends else 0.0
@@ -314,9 +329,15 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
         msg = (f"ends at {ends[-1]:.3f} s but {wav_path.name} lasts {len(audio) / sample_rate:.3f} s: "
                f"{frames_off:.1f} frames apart; expected within one frame ({hop} samples at {sample_rate} Hz)")
         return _Read(None, [Problem(str(grid_path), msg, entry.id, "length mismatch")], rate, channels)
-    if n_frames < 1 or all(t == SILENCE for t in tokens):
-        what = "no phones (only silence)" if n_frames >= 1 else f"shorter than half a frame ({len(audio)} samples)"
+    if n_frames < 1:
+        what = f"shorter than half a frame ({len(audio)} samples)"
         return _Read(None, [Problem(str(grid_path), what, entry.id, "empty")], rate, channels)
+    warned = []
+    if all(t == SILENCE for t in tokens):
+        labels = sorted({label.strip() for *_, label in entries})
+        warned.append(Problem(str(grid_path), f"silence only: every phone label of its {len(entries)} interval(s) "
+                              f"is a silence ({', '.join(map(repr, labels)) or 'no intervals'}); expected at "
+                              "least one phone", entry.id, "silence only", warning=True))
     bounds = np.floor(np.asarray(ends) * sample_rate / hop + 0.5).astype(np.int64)
     bounds = np.maximum.accumulate(np.minimum(bounds, n_frames))
     bounds[-1] = n_frames  # the audio settles the last frame
@@ -324,7 +345,21 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
     n_samples = n_frames * hop
     audio = audio[:n_samples] if len(audio) >= n_samples else np.pad(audio, (0, n_samples - len(audio)))
     utterance = Utterance(entry.id, entry.text, tokens, durations, np.ascontiguousarray(audio, np.float32))
-    return _Read(utterance, [], rate, channels, int((durations == 0).sum()))
+    return _Read(utterance, warned, rate, channels, int((durations == 0).sum()))
+
+
+def _nonfinite_problems(audio: np.ndarray, rate: int, path: Path, uid: str) -> list[Problem]:
+    """One Problem per kind of non-finite sample (NaN, +Inf, -Inf) in `audio` (n, channels), naming the
+    interval holding them; clipping would hide an Inf and a NaN kills training far from this file."""
+    found = []
+    for name, mask in (("NaN", np.isnan(audio)), ("+Inf", np.isposinf(audio)), ("-Inf", np.isneginf(audio))):
+        where = np.flatnonzero(mask.any(axis=1))
+        if len(where):
+            first, last = int(where[0]), int(where[-1])
+            found.append(Problem(str(path), f"{len(where)} {name} sample(s) in samples {first}..{last} "
+                                 f"[{first / rate:.3f} s, {last / rate:.3f} s]; expected finite samples in [-1, 1]",
+                                 uid, "non-finite audio"))
+    return found
 
 
 # ----------------------------------------------------------------------------- the whole corpus
@@ -406,11 +441,19 @@ def _read_plan(plan: _Plan, sample_rate: int, hop_length: int, skip_bad: bool, p
         results.append(_read_one(e, sample_rate, hop_length))
         bar.update()
     bar.close()
-    utterances = [r.utterance for r in results if r.utterance is not None]
-    for r in results:
-        problems += r.problems
-    read = [r for r in results if r.rate]
     warnings = []
+    utterances = []
+    for r in results:
+        errors = [p for p in r.problems if not p.warning]
+        notes = [p for p in r.problems if p.warning]
+        problems += errors
+        if skip_bad and notes:
+            problems += notes  # dropped: counted with the rejects
+        else:
+            warnings += [f"{p} (kept; --skip-bad / data.skip_bad = true drops it)" for p in notes]
+            if r.utterance is not None:
+                utterances.append(r.utterance)
+    read = [r for r in results if r.rate]
     other_rates = Counter(r.rate for r in read if r.rate != sample_rate)
     if other_rates:
         rates = ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(other_rates.items()))

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -217,24 +218,37 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
         with tracking.Heartbeat(ctx.uri, run_id):
             _execute(cell, ctx, mlf, run_id)
     except KeyboardInterrupt:
-        tracking.retry(lambda: mlf.set_terminated(run_id, "KILLED"))
+        _end_quietly(mlf, run_id, "KILLED", "interrupted (KeyboardInterrupt)")
         raise
     except Exception as err:  # noqa: BLE001 - any failure of one cell is recorded and the grid goes on
         message = f"{type(err).__name__}: {err}"
         text = f"cell [{cell.label}] ({cell.cell_hash})\n\n{traceback.format_exc()}"
+        # each step on its own: a failing artifact upload (often the very error) must not leave the run RUNNING
+        try:
+            tracking.retry(lambda: mlf.set_tag(run_id, runs.TAG_ERROR, message[:5000]))
+        except Exception:  # noqa: BLE001 - the store itself failing must not hide the cell's error
+            traceback.print_exc()
+        _end_quietly(mlf, run_id, "FAILED", message)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "error.log").write_text(text)
                 mlf.log_artifact(run_id, str(Path(tmp) / "error.log"))
-            tracking.retry(lambda: mlf.set_tag(run_id, runs.TAG_ERROR, message[:5000]))
-            tracking.retry(lambda: mlf.set_terminated(run_id, "FAILED"))
-        except Exception:  # noqa: BLE001 - the store itself failing must not hide the cell's error
-            traceback.print_exc()
+        except Exception as upload:  # noqa: BLE001 - the traceback still reaches the terminal
+            print(f"cell [{cell.label}]: error.log not uploaded ({type(upload).__name__}: {upload}):\n{text}",
+                  file=sys.stderr)
         return CellOutcome(cell.label, cell.cell_hash, "failed", run_id, message, time.perf_counter() - started)
     if runs.TAG_ERROR in mlf.get_run(run_id).data.tags:  # an earlier attempt failed; this one did not
         tracking.retry(lambda: mlf.delete_tag(run_id, runs.TAG_ERROR))
-    tracking.retry(lambda: mlf.set_terminated(run_id, "FINISHED"))
+    tracking.end_run(mlf, run_id, "FINISHED")
     return CellOutcome(cell.label, cell.cell_hash, "finished", run_id, None, time.perf_counter() - started)
+
+
+def _end_quietly(mlf, run_id: str, status: str, reason: str) -> None:
+    """End a run FAILED or KILLED with its reason; a store failing here is printed, not raised over the cause."""
+    try:
+        tracking.end_run(mlf, run_id, status, reason)
+    except Exception:  # noqa: BLE001 - the original error matters more
+        traceback.print_exc()
 
 
 # ----------------------------------------------------------------------------- the grid's parent run
@@ -261,11 +275,16 @@ def _parent_run(mlf, experiment_id: str, grid: Grid, device: str) -> str:
         tags[runs.TAG_EXPECTED_CELLS] = listed
     tracking.retry(lambda: tracking.log_tags(mlf, run_id, tags))
     tracking.retry(lambda: mlf.update_run(run_id, status="RUNNING"))
+    return run_id
+
+
+def _log_grid_files(mlf, run_id: str, grid: Grid) -> None:
+    """cells.json (every expected cell) and the grid file, as the parent run's artifacts."""
+    cells = expected_cells(grid)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "cells.json").write_text(json.dumps({"cells": cells}, indent=1))
         mlf.log_artifact(run_id, str(Path(tmp) / "cells.json"))
     mlf.log_artifact(run_id, str(grid.path))
-    return run_id
 
 
 def _finished_cells(mlf, experiment_id: str) -> set[str]:
@@ -327,10 +346,8 @@ def _run_parallel(jobs: list[list[Cell]], ctx: RunContext, workers: int, record)
 def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), workers: int = 1, device: str = "auto",
              dry_run: bool = False, progress: bool = True) -> GridOutcome:
     """Run (or resume) a grid; see the module docstring. Raises InputError (exit 2) before any training
-    when the grid, a cell or the data is wrong."""
-    from tqdm import tqdm
-    from evaluation.progress import progress_enabled
-
+    when the grid, a cell, the data or the MLflow store is wrong. The parent run and every cell run end
+    FAILED (KILLED on Ctrl-C) with the reason as tag wg2.end_reason; none is left RUNNING by this process."""
     from experiments.runtime import resolve_device
 
     grid = load_grid(path, list(overrides))
@@ -342,12 +359,40 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
               "fits the longest training utterance was skipped")
         return GridOutcome(grid, dry_run=True)
     resolved = str(resolve_device(device))  # `--device cuda` without a GPU: exit 2 now, not a failed cell each
+    tracking.check_store_writable(runs.tracking_uri())  # preflight: an unwritable store is exit 2 naming its path
     check_windows(grid, progress)
 
     uri = tracking.ensure_store(runs.tracking_uri())  # once, here, before any worker opens it
+
     experiment_id = tracking.get_or_create_experiment(grid.name, uri=uri)
     mlf = tracking.client(uri)
     parent_id = _parent_run(mlf, experiment_id, grid, resolved)
+    try:
+        outcome = _run_cells(grid, mlf, uri, experiment_id, parent_id, device, workers, progress)
+    except KeyboardInterrupt:
+        _end_quietly(mlf, parent_id, "KILLED", "interrupted (KeyboardInterrupt)")
+        raise
+    except BaseException as err:
+        _end_quietly(mlf, parent_id, "FAILED", f"{type(err).__name__}: {err}")
+        raise
+    failed = outcome.with_status("failed")
+    if failed:
+        labels = ", ".join(f"[{o.label}]" for o in failed[:10]) + (" ..." if len(failed) > 10 else "")
+        tracking.end_run(mlf, parent_id, "FAILED", f"{len(failed)} of {len(grid.cells)} cell(s) failed: {labels}")
+    elif not outcome.with_status("busy"):  # cells still running elsewhere: the parent stays RUNNING
+        tracking.end_run(mlf, parent_id, "FINISHED")
+    print(summary(outcome))
+    return outcome
+
+
+def _run_cells(grid: Grid, mlf, uri: str, experiment_id: str, parent_id: str, device: str, workers: int,
+               progress: bool) -> GridOutcome:
+    """The grid's cells not finished before, in this process or in `workers` processes."""
+    from tqdm import tqdm
+
+    from evaluation.progress import progress_enabled
+
+    _log_grid_files(mlf, parent_id, grid)
     outcome = GridOutcome(grid, experiment_id, parent_id)
     done = _finished_cells(mlf, experiment_id)
     outcome.outcomes += [CellOutcome(c.label, c.cell_hash, "skipped") for c in grid.cells if c.cell_hash in done]
@@ -377,11 +422,6 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
             _run_parallel(jobs, ctx, workers, record)
     finally:
         bar.close()
-    if outcome.with_status("failed"):
-        tracking.retry(lambda: mlf.set_terminated(parent_id, "FAILED"))
-    elif not outcome.with_status("busy"):  # cells still running elsewhere: the parent stays RUNNING
-        tracking.retry(lambda: mlf.set_terminated(parent_id, "FINISHED"))
-    print(summary(outcome))
     return outcome
 
 

@@ -26,6 +26,38 @@ def _praat_tokens(path: Path) -> list[str | float]:
 
 def read_phone_intervals(path: Path) -> tuple[list[tuple[float, float, str]], float]:
     """(start, end, label) of the phones tier, sorted, and the TextGrid's end time; ValueError if unusable."""
+    items, end_time = read_phone_tier(path)
+    return sorted(items), end_time
+
+
+def _interval(number: int, start: float, end: float, label: str) -> str:
+    return f"interval {number} [{start:g} s, {end:g} s] {label!r}"
+
+
+def interval_problems(items: list[tuple[float, float, str]]) -> list[str]:
+    """What is wrong with the phones tier's intervals (in file order, numbered from 1), one message each:
+    negative times, a start after its end, intervals overlapping, a label holding a space."""
+    found = []
+    for n, (start, end, label) in enumerate(items, start=1):
+        where = _interval(n, start, end, label)
+        if start < 0 or end < 0:
+            found.append(f"{where}: negative time; expected times of at least 0 s")
+        if start > end:
+            found.append(f"{where}: starts after it ends; expected start <= end")
+        if any(c.isspace() for c in label.strip()):
+            found.append(f"{where}: label {label.strip()!r} holds a space; rejected, since a phone label is "
+                         "one symbol (phones are separated by spaces elsewhere): expected e.g. 'ð' or 'AH0'")
+    order = sorted(range(len(items)), key=lambda k: (items[k][0], items[k][1]))
+    for a, b in zip(order, order[1:]):
+        (s1, e1, l1), (s2, e2, l2) = items[a], items[b]
+        if s2 < e1 - 1e-7 and s1 <= e1 and s2 <= e2:
+            found.append(f"{_interval(b + 1, s2, e2, l2)} overlaps {_interval(a + 1, s1, e1, l1)}; "
+                         "expected intervals that do not overlap")
+    return found
+
+
+def read_phone_tier(path: Path) -> tuple[list[tuple[float, float, str]], float]:
+    """(start, end, label) of the phones tier in file order, and the TextGrid's end time; ValueError if unusable."""
     try:
         tokens = _praat_tokens(path)
     except (OSError, UnicodeDecodeError) as err:
@@ -58,4 +90,4 @@ def read_phone_intervals(path: Path) -> tuple[list[tuple[float, float, str]], fl
     kind, items = tiers[names[0]]
     if kind != "IntervalTier":
         raise ValueError(f"tier {names[0]!r} is a point tier; expected intervals")
-    return sorted(items), end_time
+    return list(items), end_time

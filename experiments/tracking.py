@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from evaluation.runs import (TAG_DEVICE, TAG_GIT_COMMIT, TAG_HEARTBEAT, TAG_MACHINE, TAG_OWNER, TAG_PYTHON,
-                             TAG_TORCH_VERSION, TAG_VERSION_PREFIX, search_all_runs, sqlite_path, tag_is, tracking_uri)
+from evaluation.runs import (TAG_DEVICE, TAG_END_REASON, TAG_GIT_COMMIT, TAG_HEARTBEAT, TAG_MACHINE, TAG_OWNER,
+                             TAG_PYTHON, TAG_TORCH_VERSION, TAG_VERSION_PREFIX, search_all_runs, sqlite_path,
+                             tag_is, tracking_uri)
 
 T = TypeVar("T")
 
@@ -48,15 +49,67 @@ def client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
+def _unwritable(path: Path | str) -> Exception:
+    from experiments.config import InputError
+
+    return InputError(f"cannot write the MLflow store at {path} (set MLFLOW_TRACKING_URI or fix permissions)")
+
+
+def check_store_writable(uri: str | None = None) -> None:
+    """Preflight for a local SQLite store, creating nothing: InputError naming the path when the database
+    file, or the folder it would be created in, cannot be written (a path component that is a file counts).
+    Other stores are checked when opened (ensure_store)."""
+    db = sqlite_path(uri or tracking_uri())
+    if db is None:
+        return
+    db = db.absolute()
+    if db.exists():
+        if not db.is_file() or not os.access(db, os.W_OK):
+            raise _unwritable(db)
+        return
+    folder = db.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise _unwritable(db)
+
+
 def ensure_store(uri: str | None = None) -> str:
     """Create (and migrate) the store once, in this process, before any worker touches it: several
-    processes creating one SQLite schema at the same time race and fail. Returns the URI."""
+    processes creating one SQLite schema at the same time race and fail. Returns the URI.
+
+    A local SQLite store that cannot be written (its folder cannot be made, or sqlite says "unable to open
+    database file" / "readonly database") is an InputError naming the path, before any work is done."""
     uri = uri or tracking_uri()
     db = sqlite_path(uri)
     if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    client(uri).search_experiments(max_results=1)  # opening the store runs the migrations
+        check_store_writable(uri)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _unwritable(db) from err
+    try:
+        client(uri).search_experiments(max_results=1)  # opening the store runs the migrations
+    except Exception as err:
+        text = str(err).lower()
+        if "unable to open database file" in text or "readonly database" in text:
+            raise _unwritable(db if db is not None else uri) from err
+        raise
     return uri
+
+
+def end_run(mlf, run_id: str, status: str, reason: str | None = None) -> None:
+    """End a run FINISHED, FAILED or KILLED; FAILED and KILLED carry `reason` as tag wg2.end_reason (a
+    FINISHED run loses a stale one). Each step is tried on its own, so a failing tag write never leaves the
+    run RUNNING; the status change is retried on a locked store and its error re-raised."""
+    try:
+        if reason is not None and status != "FINISHED":
+            retry(lambda: mlf.set_tag(run_id, TAG_END_REASON, reason[:5000]))
+        elif status == "FINISHED" and TAG_END_REASON in mlf.get_run(run_id).data.tags:
+            retry(lambda: mlf.delete_tag(run_id, TAG_END_REASON))
+    except Exception as err:  # noqa: BLE001 - the status matters more than the tag
+        logging.getLogger(__name__).warning("run %s: end reason not recorded: %s", run_id, err)
+    retry(lambda: mlf.set_terminated(run_id, status))
 
 
 def _slug(name: str) -> str:
