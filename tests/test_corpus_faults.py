@@ -4,7 +4,6 @@ that cannot be written. Each test feeds the bad input and checks the message nam
 what was expected."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import soundfile
 from experiments.cli import main
 from experiments.corpus import read_corpus
 from experiments.textgrid import read_phone_tier
+from test_corpus import copy_corpus as copy_three  # the same copier, one place
 
 SR = 22050
 
@@ -22,17 +22,9 @@ def uid(n: int) -> str:
     return f"harvard-{n:03d}"
 
 
-def copy_corpus(src: Path, dst: Path, n: int = 3) -> Path:
-    """The first n utterances of the built corpus, as a corpus of their own (safe to damage)."""
-    (dst / "wavs").mkdir(parents=True)
-    (dst / "alignments").mkdir(parents=True)
-    lines = (src / "metadata.csv").read_text().splitlines()[:n]
-    (dst / "metadata.csv").write_text("\n".join(lines) + "\n")
-    for line in lines:
-        name = line.split("|")[0]
-        shutil.copy(src / "wavs" / f"{name}.wav", dst / "wavs")
-        shutil.copy(src / "alignments" / f"{name}.TextGrid", dst / "alignments")
-    return dst
+def copy_corpus(src: Path, dst: Path) -> Path:
+    """Three utterances of the built corpus, safe to damage."""
+    return copy_three(src, dst, n=3)
 
 
 def write_grid(path: Path, items: list[tuple[float, float, str]], end: float) -> None:
