@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
            "conditioning_gain": gain, "rows": rows}
     (out / "bf16_quality.json").write_text(json.dumps(doc, indent=2, default=str))
     lines = [f"# bf16 sampling against fp32 on one checkpoint ({doc['machine']})", "",
-             f"Checkpoint `{args.checkpoint}`; {args.limit} val utterances, ground-truth durations, same noise seeds. "
+             f"Checkpoint `{args.checkpoint}`; up to {args.limit} val utterances (pairs: what the split holds), "
+             "ground-truth durations, same noise seeds. "
              f"Conditioning gain {gain['mean']:.3f} [{gain['ci_low']:.3f}, {gain['ci_high']:.3f}] "
              f"({'reads its text' if gain['reads_text'] else 'DOES NOT READ ITS TEXT'}).", "",
              "| schedule | metric | bf16 − fp32 | 95% interval | Wilcoxon p | pairs | target | RTF fp32 | RTF bf16 |",
