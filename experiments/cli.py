@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/schedules", help="where the best schedule file goes")
     _device(p)
-    p.set_defaults(func=_handler("experiments.search:cmd_search"))
+    p.set_defaults(func=_handler("experiments.search.command:cmd_search"))
 
     p = sub.add_parser("autoencoder", help="latent space: train the stage-one waveform autoencoder")
     ae_sub = p.add_subparsers(dest="autoencoder_command", metavar="ACTION", required=True)

@@ -21,6 +21,10 @@ from typing import Any
 from components.configs import AutoencoderConfig, ModelConfig
 
 
+# train.precision / eval.precision (resolved per device in experiments/precision.py)
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
 class InputError(ValueError):
     """Bad user input (a file, a key, a value); the CLI prints it and exits 2 before expensive work."""
 
@@ -290,8 +294,6 @@ def validate(config: RunConfig, where: str = "config") -> None:
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from err
     t, e, d = config.train, config.eval, config.data
-    from experiments.precision import PRECISIONS
-
     for key, value in (("train.precision", t.precision), ("eval.precision", e.precision)):
         if value not in PRECISIONS:
             raise ConfigError(f"{where}: {key} = {value!r}; allowed: {', '.join(PRECISIONS)}")

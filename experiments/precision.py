@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "auto")
+from experiments.config import PRECISIONS, InputError
+
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
@@ -97,8 +98,6 @@ def compile_decoder(model: torch.nn.Module, device: torch.device | str, dynamic:
     has its own length; None (torch's default: dynamic after the first new shape) for training's fixed
     windows. Raises InputError naming `key` where compiling does not work on this machine. Returns whether
     it compiled now (False: it already was)."""
-    from experiments.config import InputError
-
     decoder = model.decoder
     if getattr(decoder, "_compiled_call_impl", None) is not None:
         return False

@@ -66,7 +66,6 @@ Modules: spec (the command line, the model, the baselines), space (the parametri
 one schedule), trial (one trial's objective and ending), queue (study set-up, waiting trials, claims under
 a file lock), tracking (MLflow), workers (running the queue in one or more processes), export (schedule
 files), plots (pictures), command (`wg2 search` itself; its `cmd_search` is the package's entry point).
-"""
-from experiments.search.command import cmd_search
 
-__all__ = ["cmd_search"]
+The package itself imports nothing, so its modules import each other without a cycle through it.
+"""
