@@ -174,6 +174,8 @@ def test_the_exported_schedule_round_trips_into_eval_and_synth(searched, checkpo
     assert doc["model"]["checkpoint"] == str(checkpoint.resolve()) and len(doc["model"]["sha256"]) == 64
     assert set(doc["baselines"]) == {"linear-50@6", "manual-6", "fibonacci-25@6"}
     assert doc["study"]["name"] == "two-workers" and doc["study"]["trials"] and len(doc["evaluation"]["utterances"]) == 2
+    gain = doc["conditioning_gain"]  # reported beside the schedule's quality numbers
+    assert gain["n"] == 2 and gain["mean"] > 0 and isinstance(gain["reads_text"], bool)
 
     out = tmp_path / "eval"
     assert main(["eval", str(checkpoint), "--schedules", str(searched.file), "--limit", "2", "--out", str(out),

@@ -11,11 +11,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from evaluation.conditioning import conditioning_gain, reads_text
 from experiments.runtime import atomic_write_bytes
 from experiments.search.evaluator import Evaluator, ModelInfo
 from experiments.search.spec import PARAMETRIZATION, SPLIT, SearchSpec, baseline_list, redact, slug
 from experiments.search.tracking import TrackingContext
 from experiments.search.trial import BASELINE, fail_reason
+from experiments.synth import conditioning_items
 
 
 def _write_json(path: Path, data: dict) -> Path:
@@ -57,6 +59,15 @@ def baseline_values(trials: list[FrozenTrial], spec: SearchSpec, ev: Evaluator |
     return out
 
 
+def model_gain(ev: Evaluator | None) -> dict | None:
+    """The model's conditioning gain on the search's utterances (independent of the schedule), once per export."""
+    if ev is None:
+        return None
+    loaded = ev.loaded
+    gain = conditioning_gain(loaded.model, conditioning_items(loaded, ev.utterances), loaded.config.train.noise_loss)
+    return {**gain.summary, "reads_text": reads_text(gain.summary)}
+
+
 def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: ModelInfo,
            ctx: TrackingContext | None) -> list[Path]:
     """Write the schedule file(s); [] when no trial completed."""
@@ -66,6 +77,8 @@ def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: M
     counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
     common = {
         "model": asdict(model),
+        # does the model read its text? (the schedule's quality numbers compare noise if not)
+        "conditioning_gain": model_gain(ev),
         "evaluation": {"split": SPLIT, "utterances": [u.id for u in ev.utterances] if ev else None,
                        "limit_utterances": spec.limit_utterances, "seed": spec.seed, "durations": "ground truth",
                        "noise": "utterance i uses seed * 1000003 + i"},
