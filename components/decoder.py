@@ -22,6 +22,7 @@ from components.registry import Registry
 # levels (latent space) the coarse UBlock widths and the coarse DBlock widths are kept.
 DECODER_PRESETS: dict[str, dict[str, list[int] | int]] = {
     "tiny": {"input": 32, "ublocks": [32, 32, 16, 16, 16], "dblocks": [8, 16, 16, 16, 32]},
+    "mini": {"input": 128, "ublocks": [128, 128, 64, 32, 16], "dblocks": [8, 16, 32, 64, 128]},
     "small": {"input": 256, "ublocks": [256, 256, 128, 64, 64], "dblocks": [16, 64, 64, 128, 256]},
     "base": {"input": 768, "ublocks": [512, 512, 256, 128, 128], "dblocks": [32, 128, 128, 256, 512]},
     "large": {"input": 1024, "ublocks": [1024, 1024, 512, 256, 256], "dblocks": [64, 256, 256, 512, 1024]},
