@@ -369,6 +369,16 @@ def config_hash(config: RunConfig, exclude: set[str] = frozenset()) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+EVAL_KEYS = frozenset(f"eval.{name}" for name in EvalConfig.__dataclass_fields__)
+
+
+def train_hash(config: RunConfig) -> str:
+    """The identity of a trained model: the config hash without `eval.*`, which never changes the weights. A run
+    folder (runs/<train hash>) and its checkpoint belong to every config with this hash, so `wg2 train`, a grid
+    cell and an eval-only grid axis find one another's trainings."""
+    return config_hash(config, set(EVAL_KEYS))
+
+
 def to_toml(config: RunConfig) -> str:
     """The resolved config as TOML (every key), for artifacts and checkpoints."""
     lines = []

@@ -36,12 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config import (SECTIONS, ConfigError, EvalConfig, RunConfig, config_from_dict, config_hash,
-                                parse_override, read_toml, set_nested, validate)
+from experiments.config import (SECTIONS, ConfigError, EvalConfig, RunConfig, config_from_dict,
+                                config_hash, parse_override, read_toml, set_nested, train_hash, validate)
 
 GRID_KEYS = ("name", "description", "seeds", "base", "base_file", "axes", "exclude")
 SEED_KEYS = ("train.seed", "eval.seed")
-EVAL_KEYS = frozenset(f"eval.{name}" for name in EvalConfig.__dataclass_fields__)
 MAX_ERRORS_SHOWN = 12
 
 
@@ -299,7 +298,7 @@ def _resolve_cell(path: Path, base: dict, axes: list[Axis], combo: tuple[int, ..
     where = f"{path}: cell [{label}]"
     config = config_from_dict(raw, where)
     validate(config, where)
-    return Cell(label, seed, assignment, config, config_hash(config), config_hash(config, set(EVAL_KEYS)),
+    return Cell(label, seed, assignment, config, config_hash(config), train_hash(config),
                 config_hash(config, set(SEED_KEYS)))
 
 

@@ -23,7 +23,8 @@ from components.schedules import resolve_schedule_name
 from evaluation.conditioning import ConditioningItem, conditioning_gain
 from experiments.autoencoder_stage import encode_utterances, ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
-from experiments.config import InputError, RunConfig, config_hash, load_config, to_dict
+from experiments.config import (ConfigError, InputError, RunConfig, config_from_dict, config_hash, load_config,
+                                to_dict, train_hash)
 from experiments.mel_targets import N_MELS, normalized_targets
 from experiments.runtime import (atomic_save, peak_memory_mb, preflight_run_folder, read_checkpoint, resolve_device,
                                  weights_error)
@@ -99,6 +100,17 @@ class EMA:
         model.load_state_dict(self.shadow)
 
 
+def _trained_hash(existing: dict, path: Path) -> str:
+    """The train hash of the config a checkpoint was trained with (from its stored config, so checkpoints written
+    before the train hash was stored, and ones whose eval settings differ, are recognised)."""
+    if "config" not in existing:
+        return existing["config_hash"]
+    try:
+        return train_hash(config_from_dict(existing["config"], f"{path}: stored config"))
+    except ConfigError:  # a config from an incompatible version: it cannot be this run's
+        return existing["config_hash"]
+
+
 def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool = False, progress: bool = True,
           on_log: Callable[[int, dict[str, float]], None] | None = None, dataset=None,
           autoencoder_experiment: str | None = None) -> TrainResult:
@@ -111,9 +123,9 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     ckpt_path = out_dir / CHECKPOINT
     preflight_run_folder(out_dir)  # writable, and dead processes' temporaries gone, before any data is read
     existing = read_checkpoint(ckpt_path, RESUME_KEYS) if ckpt_path.exists() else None
-    if existing is not None and existing["config_hash"] != config_hash(config):
-        raise InputError(f"{ckpt_path}: holds a run with another config (hash {existing['config_hash']}, "
-                         f"this config {config_hash(config)}); use another --out")
+    if existing is not None and _trained_hash(existing, ckpt_path) != train_hash(config):
+        raise InputError(f"{ckpt_path}: holds a run with another training config (train hash "
+                         f"{_trained_hash(existing, ckpt_path)}, this config {train_hash(config)}); use another --out")
     if existing is not None and existing["step"] >= config.train.steps:
         return TrainResult(ckpt_path, existing["step"], existing["history"], existing.get("throughput", {}))
     if existing is not None and not resume:
@@ -182,6 +194,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
             "ema": ema.state_dict() if ema is not None else None, "signal": scale,
             "mel_head": mel_head.state_dict() if mel_head is not None else None,
             "step": at_step, "config": to_dict(config), "config_hash": config_hash(config),
+            "train_hash": train_hash(config),
             "vocab": dataset.vocab.to_list(), "sample_rate": dataset.sample_rate, "hop_length": hop,
             "history": history, "throughput": throughput, "precision": precision_name(dtype),
             "autoencoder": autoencoder.state_dict() if autoencoder is not None else None,
@@ -270,7 +283,7 @@ def measure_gain(model: WaveGrad2, ema: EMA | None, items: list[ConditioningItem
 
 def cmd_train(args) -> int:
     config = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / config_hash(config)
+    out = Path(args.out) if args.out else Path("runs") / train_hash(config)
     result = train(config, out, device=args.device, resume=args.resume)
     first, last = result.history[0]["loss"] if result.history else float("nan"), result.history[-1]["loss"] if result.history else float("nan")
     print(f"trained {result.steps} steps: loss {first:.4f} -> {last:.4f}; "

@@ -46,8 +46,13 @@ def test_resume_reaches_the_same_loss_as_an_uninterrupted_run(data_config, tmp_p
 def test_existing_checkpoint_without_resume_is_an_error(data_config, tmp_path):
     config = tiny_config(data_config, steps=3)
     train(config, tmp_path / "run", device="cpu", progress=False)
-    with pytest.raises(ConfigError.__mro__[1], match="another config"):
+    with pytest.raises(ConfigError.__mro__[1], match="another training config"):
         train(replace(config, train__learning_rate=5e-3), tmp_path / "run", device="cpu", progress=False)
+    # eval settings never change the weights: the checkpoint is this config's model (what lets an eval-only grid
+    # axis, or `wg2 eval` with other settings, reuse a training)
+    reused = train(replace(config, eval__limit=2, eval__schedules=("linear-50",)), tmp_path / "run", device="cpu",
+                   progress=False)
+    assert reused.steps == 3
 
 
 def test_window_longer_than_utterances_fails_before_training(data_config, tmp_path):
