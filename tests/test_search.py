@@ -18,7 +18,9 @@ from components.configs import ModelConfig
 from components.schedules import BETA_MAX, BETA_MIN, load_schedule_file
 from experiments.search import space
 from experiments.search.command import run_search
-from experiments.search.evaluator import load_evaluator
+from evaluation.metrics import value_range
+from evaluation.stats import paired_difference
+from experiments.search.evaluator import load_evaluator, per_utterance
 from experiments.search.queue import top_up
 from experiments.search.spec import SearchSpec, default_study_name, resolve_model, spec_from_args
 from experiments.search.tracking import EXPERIMENT
@@ -198,12 +200,26 @@ def test_found_schedule_is_at_least_as_good_as_the_worst_baseline_evaluated_sepa
     doc = json.loads(searched.file.read_text())
     ev = load_evaluator(searched.spec)
     assert [u.id for u in ev.utterances] == doc["evaluation"]["utterances"]
-    separate = {b.name: ev.evaluate(b.betas)["pesq_wb"].mean for b in space.baselines(6)}
+    per_utt = {b.name: per_utterance(ev.scores(b.betas))["pesq_wb"] for b in space.baselines(6)}
+    separate = {name: float(np.mean(values)) for name, values in per_utt.items()}
     for name, value in separate.items():
         assert doc["baselines"][name]["metrics"]["pesq_wb"] == pytest.approx(value, rel=1e-6), name
-    found = ev.evaluate(np.asarray(doc["betas"]))["pesq_wb"].mean
+    mine = per_utterance(ev.scores(np.asarray(doc["betas"])))["pesq_wb"]
+    found = float(np.mean(mine))
     assert found == pytest.approx(doc["value"], rel=1e-6)
     assert found >= min(separate.values())
+
+    # the found schedule against each baseline, paired per utterance (same utterance, same noise seed)
+    for name, theirs in per_utt.items():
+        got = doc["paired_pesq_wb"][name]
+        paired = paired_difference(dict(enumerate(mine)), dict(enumerate(theirs)), bounds=value_range("pesq_wb"))
+        assert got["n"] == 2 and got["diff"] == pytest.approx(found - separate[name], abs=1e-9)
+        assert got["p_wilcoxon"] == pytest.approx(paired["p_wilcoxon"])
+        assert (got["ci_low"], got["ci_high"]) == pytest.approx((paired["ci_low"], paired["ci_high"]))
+        # a broken variant, utterance i set against the baseline's utterance 1-i, gives other differences
+        crossed = paired_difference(dict(enumerate(mine)), dict(enumerate(theirs[::-1])), bounds=value_range("pesq_wb"))
+        if theirs[0] != theirs[1] and mine[0] != mine[1]:
+            assert (crossed["ci_low"], crossed["ci_high"]) != pytest.approx((got["ci_low"], got["ci_high"]))
 
 
 def test_resume_with_other_settings_is_refused(searched, checkpoint, capsys, monkeypatch):

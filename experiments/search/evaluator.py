@@ -36,6 +36,14 @@ def summarize_scores(scores: list[dict]) -> dict[str, MetricSummary]:
     return out
 
 
+def per_utterance(scores: list[dict]) -> dict[str, list[float | None]]:
+    """Each metric's value per utterance, in the evaluator's utterance order (None where missing): what paired
+    comparisons between schedules are made on (same utterance, same noise seed)."""
+    names = dict.fromkeys(k for s in scores for k in s)
+    return {name: [None if name not in s or isinstance(s[name], Missing) else float(s[name]) for s in scores]
+            for name in names}
+
+
 class Evaluator:
     """Synthesizes the fixed utterance subset with a schedule (ground-truth durations, fixed noise per
     utterance) and scores it with every aligned metric."""
@@ -58,8 +66,12 @@ class Evaluator:
                 jobs.append(ScoreJob(u.id, u.audio, out.audio, self.loaded.sample_rate, aligned=True))
             yield min(n, start + size), score_many(jobs, 1, progress=False)
 
+    def scores(self, betas: np.ndarray) -> list[dict]:
+        """Every utterance's scores with this schedule, in utterance order."""
+        return [s for _, batch in self.batches(betas, len(self.utterances)) for s in batch]
+
     def evaluate(self, betas: np.ndarray) -> dict[str, MetricSummary]:
-        return summarize_scores([s for _, batch in self.batches(betas, len(self.utterances)) for s in batch])
+        return summarize_scores(self.scores(betas))
 
 
 def load_evaluator(spec: SearchSpec, progress: bool = False) -> Evaluator:

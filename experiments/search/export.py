@@ -12,11 +12,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.conditioning import conditioning_gain, reads_text
+from evaluation.metrics import value_range
+from evaluation.stats import paired_difference
 from experiments.runtime import atomic_write_bytes
-from experiments.search.evaluator import Evaluator, ModelInfo
+from experiments.search.evaluator import Evaluator, ModelInfo, per_utterance, summarize_scores
 from experiments.search.spec import PARAMETRIZATION, SPLIT, SearchSpec, baseline_list, redact, slug
 from experiments.search.tracking import TrackingContext
-from experiments.search.trial import BASELINE, fail_reason
+from experiments.search.trial import BASELINE, PER_UTTERANCE, fail_reason
 from experiments.synth import conditioning_items
 
 
@@ -40,22 +42,40 @@ def _trial_summary(t: FrozenTrial) -> dict[str, Any]:
     return out
 
 
-def baseline_values(trials: list[FrozenTrial], spec: SearchSpec, ev: Evaluator | None) -> dict[str, dict]:
+def baseline_values(trials: list[FrozenTrial], spec: SearchSpec, ev: Evaluator | None
+                    ) -> tuple[dict[str, dict], dict[str, dict[str, list]]]:
     """The baselines' metric values on the search's utterances: from their enqueued trials, or (a baseline
-    that is not a trial of this study) from a separate evaluation with the same protocol."""
-    out = {}
+    that is not a trial of this study) from a separate evaluation with the same protocol; and each baseline's
+    per-utterance values (for the paired comparisons)."""
+    out, values = {}, {}
     for b in baseline_list(spec):
         t = next((t for t in trials if t.user_attrs.get(BASELINE) == b.name), None)
         if t is not None:
             out[b.name] = {**_trial_summary(t), "source": f"trial {t.number} of the study",
                            "adjusted_to_monotone": t.user_attrs.get("wg2.baseline_adjusted", False)}
+            values[b.name] = t.user_attrs.get(PER_UTTERANCE, {})
         elif ev is not None:
-            summary = ev.evaluate(b.betas)
+            scores = ev.scores(b.betas)
+            summary = summarize_scores(scores)
             out[b.name] = {"state": "COMPLETE", "steps": len(b.betas), "betas": b.betas.tolist(),
                            "metrics": {k: s.mean for k, s in summary.items()},
                            "n_missing": {k: s.n_missing for k, s in summary.items() if s.n_missing},
                            "source": "separate evaluation (not a trial of the study)",
                            "adjusted_to_monotone": b.adjusted}
+            values[b.name] = per_utterance(scores)
+    return out, values
+
+
+def paired_against(best: FrozenTrial, baselines: dict[str, dict[str, list]], metric: str) -> dict[str, dict]:
+    """The found schedule minus each baseline on `metric`, paired per utterance (same utterance, same noise seed):
+    mean difference, 95% t-interval clipped to the metric's range, Wilcoxon signed-rank p (evaluation.stats)."""
+    mine = best.user_attrs.get(PER_UTTERANCE, {}).get(metric)
+    out = {}
+    for name, values in baselines.items():
+        theirs = values.get(metric)
+        if mine is None or theirs is None or len(mine) != len(theirs):
+            continue  # a study written before per-utterance values were kept
+        out[name] = paired_difference(dict(enumerate(mine)), dict(enumerate(theirs)), bounds=value_range(metric))
     return out
 
 
@@ -75,6 +95,7 @@ def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: M
     if not any(t.state == TrialState.COMPLETE for t in trials):
         return []
     counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
+    baselines, baseline_utterances = baseline_values(trials, spec, ev)
     common = {
         "model": asdict(model),
         # does the model read its text? (the schedule's quality numbers compare noise if not)
@@ -86,7 +107,7 @@ def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: M
                   "trials": {k: v for k, v in counts.items() if v}, "parametrization": PARAMETRIZATION,
                   "mlflow": {"tracking_uri": redact(ctx.uri), "experiment_id": ctx.experiment_id,
                              "parent_run_id": ctx.parent_run_id} if ctx else None},
-        "baselines": baseline_values(trials, spec, ev),
+        "baselines": baselines,
         "baseline_source": "the baselines' enqueued trials (same utterances, same noise seeds); a baseline "
                            "outside the trial budget is evaluated separately with the same protocol",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -101,6 +122,8 @@ def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: M
         doc = {"betas": best.user_attrs["wg2.betas"], "steps": best.user_attrs["wg2.steps"], "name": spec.study,
                "objective": spec.objective, "direction": spec.directions[0], "value": best.value,
                "best_baseline_value": better(reference) if reference else None,
+               # the found schedule minus each baseline, paired per utterance
+               f"paired_{spec.objective}": paired_against(best, baseline_utterances, spec.objective),
                "best": _trial_summary(best), **common}
         return [_write_json(out / f"{name}.json", doc)]
     front = sorted(study.best_trials, key=lambda t: (t.values[2], -t.values[0], -t.values[1]))

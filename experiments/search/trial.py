@@ -10,10 +10,11 @@ from optuna.trial import FrozenTrial, TrialState
 from evaluation.metrics import describe_error
 from experiments import tracking
 from experiments.search import space
-from experiments.search.evaluator import Evaluator, MetricSummary, summarize_scores
+from experiments.search.evaluator import Evaluator, MetricSummary, per_utterance, summarize_scores
 from experiments.search.spec import SearchSpec
 
 TICKET, BASELINE, OWNER = "wg2.ticket", "wg2.baseline", "wg2.owner"
+PER_UTTERANCE = "wg2.per_utterance"
 INTERRUPTED = "interrupted: the worker running this trial died; marked failed when the study was resumed"
 
 
@@ -21,8 +22,9 @@ class TrialFailed(Exception):
     """The trial produced no usable objective value (the message says why)."""
 
 
-def _record(trial, summary: dict[str, MetricSummary], done: int) -> None:
+def _record(trial, summary: dict[str, MetricSummary], done: int, scores: list[dict]) -> None:
     trial.set_user_attr("wg2.metrics", {k: s.mean for k, s in summary.items()})
+    trial.set_user_attr(PER_UTTERANCE, per_utterance(scores))  # the schedule file's paired comparisons
     trial.set_user_attr("wg2.n_missing", {k: s.n_missing for k, s in summary.items() if s.n_missing})
     trial.set_user_attr("wg2.missing_reasons", {k: s.reason for k, s in summary.items() if s.reason})
     trial.set_user_attr("wg2.utterances_scored", done)
@@ -37,7 +39,7 @@ def objective(trial, spec: SearchSpec, ev: Evaluator) -> float | tuple[float, ..
     for done, batch in ev.batches(betas, spec.prune_batch):
         scores += batch
         summary = summarize_scores(scores)
-        _record(trial, summary, done)
+        _record(trial, summary, done, scores)
         running = summary[spec.objective].mean
         if spec.multi or running is None:
             continue  # Optuna prunes single-objective studies only
