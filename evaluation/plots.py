@@ -1,4 +1,5 @@
-"""Pictures for reports: reference vs output log-mel spectrograms, and ground-truth vs predicted durations.
+"""Pictures for reports: reference vs output log-mel spectrograms, ground-truth vs predicted durations, and a
+run's training curves beside its conditioning gain.
 PNG files are written to a temporary name in the target folder and moved into place, so a reader never sees half
 a file."""
 from __future__ import annotations
@@ -14,7 +15,9 @@ matplotlib.use("Agg")  # files only, no display: safe in workers and on headless
 import matplotlib.pyplot as plt
 import numpy as np
 
-from evaluation.metrics import HOP_S, TOP_DB, log_mel_db, mel_power
+from evaluation.metrics import GAIN_KEY, HOP_S, TOP_DB, log_mel_db, mel_power
+
+LOSSES = ("loss", "noise_loss", "mel_loss", "duration_loss")  # the training log's loss terms, as train() names them
 
 
 def _save_atomic(fig, path: str | Path) -> Path:
@@ -85,4 +88,34 @@ def alignment_plot(path: str | Path, durations_true: Sequence[float], durations_
     bottom.set_xlabel("frame")
     bottom.set_ylabel("phoneme index")
     bottom.legend(fontsize=8)
+    return _save_atomic(fig, path)
+
+
+def training_curves(path: str | Path, history: Sequence[dict], title: str = "") -> Path | None:
+    """Loss terms (log scale) and the conditioning gain with its 95% interval against the step: is the model
+    still learning, and does it read its text more as it goes? None when the log is empty."""
+    if not history:
+        return None
+    steps = np.asarray([h["step"] for h in history])
+    fig, (ax_loss, ax_gain) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for key in LOSSES:
+        values = np.asarray([h.get(key, np.nan) for h in history], dtype=float)
+        if np.isfinite(values).any():
+            ax_loss.plot(steps, values, lw=1, label=key)
+    ax_loss.set(xlabel="step", ylabel="training loss (per logged batch)", yscale="log")
+    ax_loss.legend(fontsize=8)
+    gains = [h for h in history if GAIN_KEY in h]
+    if gains:
+        x = np.asarray([h["step"] for h in gains])
+        mean = np.asarray([h[GAIN_KEY] for h in gains])
+        low = np.asarray([h.get(f"{GAIN_KEY}_ci_low", m) for h, m in zip(gains, mean)])
+        high = np.asarray([h.get(f"{GAIN_KEY}_ci_high", m) for h, m in zip(gains, mean)])
+        ax_gain.fill_between(x, low, high, alpha=0.25, label="95% interval")
+        ax_gain.plot(x, mean, "o-", ms=3, label="conditioning gain")
+    ax_gain.axhline(1.0, color="grey", lw=0.8, ls="--", label="1: ignores its text")
+    ax_gain.set(xlabel="step", ylabel="conditioning gain (held-out utterances)")
+    ax_gain.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _save_atomic(fig, path)

@@ -181,7 +181,7 @@ def machine_name(device: torch.device) -> str:
 
 def write_outputs(out_dir: Path, rows, summary, utterances, outputs, config: EvalConfig, sr: int,
                   loaded: LoadedModel) -> list[Path]:
-    from evaluation.plots import alignment_plot, spectrogram_comparison
+    from evaluation.plots import alignment_plot, spectrogram_comparison, training_curves
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -215,7 +215,8 @@ def write_outputs(out_dir: Path, rows, summary, utterances, outputs, config: Eva
         png = out_dir / f"alignment_{label}.png"
         alignment_plot(png, utterances[0].durations, free[0].durations, utterances[0].phonemes)
         files.append(png)
-    return files
+    curves = training_curves(out_dir / "training_curves.png", loaded.history, f"{loaded.path} (step {loaded.step})")
+    return files + ([curves] if curves else [])
 
 
 def cmd_eval(args) -> int:

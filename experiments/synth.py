@@ -34,6 +34,7 @@ class LoadedModel:
     step: int
     signal: dict  # "gain": diffusion signal = gain x waveform (or latent); "clip": its range when sampling
     weights: str = "ema"  # which weight set is loaded: "ema" or "raw"
+    history: tuple = ()  # the training log (one dict per logged step), for the training-curves picture
 
 
 @dataclass
@@ -82,7 +83,7 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema"
             raise weights_error(path, err, "autoencoder weights") from None
         autoencoder.to(dev).eval()
     return LoadedModel(model, config, vocab, state["sample_rate"], state["hop_length"], dev, autoencoder, path,
-                       state["step"], signal, "ema" if use_ema else "raw")
+                       state["step"], signal, "ema" if use_ema else "raw", tuple(state.get("history") or ()))
 
 
 @torch.inference_mode()

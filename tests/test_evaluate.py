@@ -46,6 +46,7 @@ def test_eval_scores_every_utterance_once_per_metric_and_writes_its_files(checkp
         assert all(bool(row.get(m)) == free for m in FREE_RUNNING), "free-running metrics only on the free pass"
     assert (out / "spectrograms_manual-6.png").stat().st_size > 1000
     assert (out / "alignment_manual-6.png").exists()
+    assert (out / "training_curves.png").stat().st_size > 1000  # the checkpoint's loss and gain against the step
     for label in ("manual-6", "linear-50"):  # eval.audio_artifacts = 1: one utterance, both passes
         assert len(list((out / "audio" / label).glob("*.wav"))) == 1
         assert len(list((out / "audio" / label / "free").glob("*.wav"))) == 1
