@@ -112,7 +112,10 @@ class _Decoder(nn.Module):
 
 
 class WaveformAutoencoder(nn.Module, abc.ABC):
-    """Interface of the family: encode/decode for diffusion, forward/loss for stage-one training."""
+    """Interface of the family: encode/decode for diffusion, forward/loss for stage-one training.
+    Built as `cls(config)`; its config section is the whole [autoencoder] section."""
+
+    Config = AutoencoderConfig
 
     def __init__(self, config: AutoencoderConfig):
         super().__init__()

@@ -30,14 +30,15 @@ class WaveGrad2(nn.Module):
         self.config = config
         latent = config.space == "latent"
         self.signal_channels = autoencoder.latent_channels if latent else 1
-        self.encoder = ENCODERS.get(config.encoder)(config, vocab_size)
+        # every part is built the same way: its registry entry with its config section (taken from `config`)
+        self.encoder = ENCODERS.build(config.encoder, config, vocab_size=vocab_size)
         channels = self.encoder.out_channels
         self.duration_predictor = DurationPredictor(channels, config.duration_channels)
-        self.upsampler = UPSAMPLERS.get(config.upsampler)()
+        self.upsampler = UPSAMPLERS.build(config.upsampler, config)
         self.range_predictor = (RangePredictor(channels, config.duration_channels, config.sigma_floor)
                                 if self.upsampler.uses_range else None)
-        self.decoder = DECODERS.get(config.decoder)(config.decoder_preset, channels, self.signal_channels,
-                                                    config.upsample_factors)
+        self.decoder = DECODERS.build(config.decoder, config, cond_channels=channels,
+                                      signal_channels=self.signal_channels)
 
     @property
     def hop(self) -> int:

@@ -51,7 +51,7 @@ def train_autoencoder(config: RunConfig, dataset, device: torch.device, progress
     ae_cfg = config.autoencoder
     torch.manual_seed(ae_cfg.seed)
     rng = np.random.default_rng(ae_cfg.seed)
-    model = AUTOENCODERS.get(ae_cfg.kind)(ae_cfg).to(device)
+    model = AUTOENCODERS.build(ae_cfg.kind, ae_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=ae_cfg.learning_rate)
     segment = ae_cfg.segment_samples - ae_cfg.segment_samples % ae_cfg.stride
     history = []
@@ -112,7 +112,7 @@ def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progres
     MLflow run that records them (when an experiment is given, or in experiment 'wg2 autoencoders')."""
     key = autoencoder_key(config, dataset.corpus_hash)
     path = Path(config.data.cache_dir) / "autoencoders" / key / "autoencoder.pt"
-    model = AUTOENCODERS.get(config.autoencoder.kind)(config.autoencoder)
+    model = AUTOENCODERS.build(config.autoencoder.kind, config.autoencoder)
     if path.exists():
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])

@@ -75,7 +75,7 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema"
     autoencoder = None
     if config.model.space == "latent":
         from components.autoencoder import AUTOENCODERS
-        autoencoder = AUTOENCODERS.get(config.autoencoder.kind)(config.autoencoder)
+        autoencoder = AUTOENCODERS.build(config.autoencoder.kind, config.autoencoder)
         try:
             autoencoder.load_state_dict(state["autoencoder"])
         except (RuntimeError, TypeError, AttributeError) as err:  # None too: a latent run saves its autoencoder

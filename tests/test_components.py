@@ -1,6 +1,7 @@
 """Every registry entry at tiny size (forward, backward, inference, shapes) and the parts' contracts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -114,7 +115,8 @@ def test_repeat_repeats_each_state_d_times():
 
 @pytest.mark.parametrize("factors", [[5, 5, 3, 2, 2], [4, 4, 4, 2, 2], [4, 4], [8]])
 def test_decoder_output_length_is_frames_times_hop(factors):
-    decoder = DECODERS.get("wavegrad")("tiny", cond_channels=8, signal_channels=3, upsample_factors=factors)
+    decoder = DECODERS.build("wavegrad", ModelConfig(decoder_preset="tiny", upsample_factors=factors), cond_channels=8,
+                             signal_channels=3)
     assert decoder.hop == math.prod(factors)
     out = decoder(torch.randn(1, 3, 5 * decoder.hop), torch.randn(1, 8, 5), torch.rand(1))
     assert out.shape == (1, 3, 5 * decoder.hop)
@@ -192,3 +194,16 @@ def test_training_noise_levels_fall_between_adjacent_schedule_levels():
     levels = diffusion.sample_noise_level(10000, torch.Generator().manual_seed(0)).double().numpy()
     assert levels.min() >= diffusion.levels[-1] - 1e-6 and levels.max() <= 1.0
     assert len(np.unique(levels)) > 9000, "continuous, not a few discrete levels"
+
+
+@pytest.mark.parametrize("registry", [ENCODERS, UPSAMPLERS, DECODERS], ids=lambda r: r.family)
+def test_every_entry_is_built_from_its_own_section_of_the_model_config(registry):
+    """A section's fields are [model] keys (so user keys and config hashes stay ModelConfig's), and its
+    defaults are ModelConfig's."""
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    for name in registry.names():
+        config_cls = registry.get(name).Config
+        assert {f.name for f in dataclasses.fields(config_cls)} <= model_keys, name
+        assert registry.section(name, ModelConfig()) == config_cls(), name
+    with pytest.raises(TypeError, match="Config is not a frozen dataclass"):
+        registry.with_entries(broken=type("Broken", (registry.interface,), {"Config": dict}))
