@@ -24,7 +24,7 @@ class ModelConfig:
     decoder: str = "wavegrad"
     decoder_preset: str = "base"
     upsample_factors: list[int] = field(default_factory=lambda: [5, 5, 3, 2, 2])  # coarse -> fine
-    # where diffusion runs: the raw waveform, or the latent sequence of a learned autoencoder
+    # where diffusion runs (components/spaces.py): the raw waveform, or the latent sequence of a learned autoencoder
     space: str = "waveform"
     # The diffusion signal is scaled to this corpus-wide standard deviation (the gain is measured on the
     # training split and stored in the checkpoint; synthesis divides it out). 0 keeps the waveform as it is
@@ -54,5 +54,3 @@ class AutoencoderConfig:
     learning_rate: float = 1e-3
     seed: int = 0
 
-
-SPACES = ("waveform", "latent")

@@ -15,6 +15,7 @@ from components.configs import AutoencoderConfig, ModelConfig
 from components.decoder import DECODERS
 from components.durations import DurationPredictor, RangePredictor
 from components.encoder import ENCODERS
+from components.spaces import SPACES
 from components.upsampler import UPSAMPLERS
 
 
@@ -28,8 +29,8 @@ class WaveGrad2(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int, autoencoder: AutoencoderConfig | None = None):
         super().__init__()
         self.config = config
-        latent = config.space == "latent"
-        self.signal_channels = autoencoder.latent_channels if latent else 1
+        self.space = SPACES.build(config.space, autoencoder)  # waveform or latent: signal channels and hop
+        self.signal_channels = self.space.signal_channels
         # every part is built the same way: its registry entry with its config section (taken from `config`)
         self.encoder = ENCODERS.build(config.encoder, config, vocab_size=vocab_size)
         channels = self.encoder.out_channels

@@ -77,16 +77,6 @@ def train_autoencoder(config: RunConfig, dataset, device: torch.device, progress
 
 
 @torch.no_grad()
-def encode_utterances(model, utterances, device: torch.device) -> list[np.ndarray]:
-    """Each utterance's audio -> its latent sequence (C, samples / stride) as float32."""
-    out = []
-    for u in utterances:
-        audio = torch.from_numpy(u.audio[None, :len(u.audio) - len(u.audio) % model.stride]).to(device)
-        out.append(model.encode(audio)[0].float().cpu().numpy())
-    return out
-
-
-@torch.no_grad()
 def reconstruction_quality(model, dataset, device: torch.device, workers: int = 2) -> dict[str, float]:
     """The ceiling of latent cells: encode-decode val utterances and score them like `wg2 eval` does."""
     utterances = sorted(dataset.val or dataset.train, key=lambda u: u.id)[:RECON_UTTERANCES]

@@ -17,6 +17,7 @@ from components.model import WaveGrad2
 from components.registry import Registry
 from components.schedules import (fibonacci, load_schedule_file, noise_levels, resolve_schedule_name,
                                   subsample)
+from components.spaces import SPACES
 from components.upsampler import UPSAMPLERS, GaussianUpsampler, RepeatUpsampler
 from components.validation import validate_model_config
 
@@ -131,6 +132,25 @@ def test_hop_mismatch_fails_validation_naming_both_keys():
     with pytest.raises(ValueError, match="latent"):
         validate_model_config(ModelConfig(**TINY, space="latent", upsample_factors=[4, 4, 4]),
                               AutoencoderConfig(stride=16), hop_length=256)
+
+
+def test_signal_spaces_encode_and_decode_at_their_hop():
+    audio = torch.randn(2, 16 * 10 + 5)
+    waveform = SPACES.build("waveform", AutoencoderConfig())
+    assert waveform.encode(audio).shape == (2, 1, 165) and torch.equal(waveform.decode(waveform.encode(audio)), audio)
+    assert (waveform.signal_channels, waveform.hop_divisor, waveform.build_autoencoder()) == (1, 1, None)
+    config = AutoencoderConfig(stride=16, latent_channels=4, hidden_channels=8)
+    latent = SPACES.build("latent", config)
+    assert (latent.signal_channels, latent.hop_divisor, latent.unscaled_clip) == (4, 16, None)
+    autoencoder = latent.build_autoencoder().eval()
+    with torch.no_grad():
+        signal = latent.encode(audio, autoencoder)  # the 5 samples that fill no latent step are cropped
+        assert signal.shape == (2, 4, 10) and latent.decode(signal, autoencoder).shape == (2, 160)
+    assert [s.shape for s in latent.encode_each([audio[0].numpy()], autoencoder)] == [(4, 10)]
+    with pytest.raises(ValueError, match="autoencoder"):
+        latent.decode(signal)
+    with pytest.raises(ValueError, match="allowed: waveform, latent"):
+        validate_model_config(ModelConfig(**TINY, space="spectrogram"), AutoencoderConfig(), 300)
 
 
 def test_unknown_registry_name_lists_allowed():
