@@ -285,7 +285,8 @@ def _check_numbers(config: RunConfig, where: str) -> None:
 
 def validate(config: RunConfig, where: str = "config") -> None:
     """Cross-key checks that need the registries; raises ConfigError naming the key and allowed values."""
-    from components.schedules import check_within_training, resolve_schedule_name
+    from components.schedules import check_within_training
+    from experiments.schedule_files import resolve_schedule
     from components.validation import validate_model_config  # imports torch: only when validating
 
     _check_numbers(config, where)
@@ -320,12 +321,12 @@ def validate(config: RunConfig, where: str = "config") -> None:
     if not e.schedules:
         raise ConfigError(f"{where}: eval.schedules is empty; expected at least one schedule name")
     try:
-        train_betas = resolve_schedule_name(t.schedule)
+        train_betas = resolve_schedule(t.schedule)
     except ValueError as err:
         raise ConfigError(f"{where}: train.schedule: {err}") from err
     for i, name in enumerate(e.schedules):
         try:
-            check_within_training(resolve_schedule_name(name), train_betas, f"schedule {name!r}")
+            check_within_training(resolve_schedule(name), train_betas, f"schedule {name!r}")
         except ValueError as err:
             raise ConfigError(f"{where}: eval.schedules[{i}]: {err}") from err
 

@@ -13,11 +13,11 @@ import torch
 from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
-from components.schedules import resolve_schedule_name
 from evaluation.conditioning import ConditioningItem
 from experiments.config import InputError, RunConfig, config_from_dict
 from experiments.precision import autocast, compile_decoder, resolve_precision, set_threads
 from experiments.runtime import read_checkpoint, require_keys, resolve_device, weights_error
+from experiments.schedule_files import resolve_schedule
 from experiments.train import CHECKPOINT_FORMAT
 
 
@@ -170,7 +170,7 @@ def cmd_synth(args) -> int:
     check_synth_args(args)
     loaded = load_checkpoint(args.checkpoint, args.device)
     try:
-        betas = resolve_schedule_name(args.schedule)
+        betas = resolve_schedule(args.schedule)
     except ValueError as err:
         raise InputError(f"--schedule: {err}") from err
     durations = None

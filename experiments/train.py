@@ -19,7 +19,6 @@ from evaluation.progress import progress_enabled
 from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
-from components.schedules import resolve_schedule_name
 from components.spaces import SPACES
 from evaluation.conditioning import ConditioningItem, conditioning_gain
 from experiments.autoencoder_stage import ensure_autoencoder
@@ -29,6 +28,7 @@ from experiments.mel_targets import N_MELS, normalized_targets
 from experiments.runtime import (atomic_save, peak_memory_mb, preflight_run_folder, read_checkpoint, resolve_device,
                                  weights_error)
 from experiments.precision import autocast, compile_decoder, eager, precision_name, resolve_precision
+from experiments.schedule_files import resolve_schedule
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
@@ -150,7 +150,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         compile_decoder(model, device, None, "train.compile")
     if model.hop != hop_signal:
         raise InputError(f"hop mismatch: the decoder produces {model.hop} signal steps per frame, the data needs {hop_signal}")
-    diffusion = Diffusion(resolve_schedule_name(t.schedule), t.noise_loss)
+    diffusion = Diffusion(resolve_schedule(t.schedule), t.noise_loss)
     # the auxiliary mel head (training only; see experiments/mel_targets.py)
     mel_head = torch.nn.Linear(model.encoder.out_channels, N_MELS).to(device) if t.mel_loss_weight > 0 else None
     parameters = list(model.parameters()) + (list(mel_head.parameters()) if mel_head is not None else [])

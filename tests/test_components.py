@@ -15,11 +15,12 @@ from components.diffusion import Diffusion, NonFiniteError
 from components.encoder import ENCODERS, reverse_padded
 from components.model import WaveGrad2
 from components.registry import Registry
-from components.schedules import (fibonacci, load_schedule_file, noise_levels, resolve_schedule_name,
+from components.schedules import (SCHEDULES, fibonacci, noise_levels, resolve_schedule_name, schedule_names,
                                   subsample)
 from components.spaces import SPACES
 from components.upsampler import UPSAMPLERS, GaussianUpsampler, RepeatUpsampler
 from components.validation import validate_model_config
+from experiments.schedule_files import load_schedule_file, resolve_schedule
 
 TINY = dict(encoder_channels=32, duration_channels=16, decoder_preset="tiny")
 
@@ -183,16 +184,28 @@ def test_schedules_are_float64_and_named_ones_end_near_training_noise():
 def test_schedule_files_load_and_bad_ones_name_the_problem(tmp_path):
     good = tmp_path / "s.json"
     good.write_text(json.dumps({"betas": [1e-4, 1e-2, 0.5]}))
-    assert resolve_schedule_name(str(good)).tolist() == [1e-4, 1e-2, 0.5]
+    assert resolve_schedule(str(good)).tolist() == [1e-4, 1e-2, 0.5]
     toml = tmp_path / "s.toml"
     toml.write_text("betas = [0.001, 0.1]\n")
     assert len(load_schedule_file(toml)) == 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"betas": [0.5, 2.0]}))
     with pytest.raises(ValueError, match=r"beta\[1\] = 2"):
-        resolve_schedule_name(str(bad))
-    with pytest.raises(ValueError, match="allowed"):
-        resolve_schedule_name("quadratic-10")
+        resolve_schedule(str(bad))
+    with pytest.raises(ValueError, match="allowed: linear-N, cosine-N, fibonacci-N, manual-6, or a .json/.toml file"):
+        resolve_schedule("quadratic-10")
+    assert resolve_schedule("cosine-50").tolist() == resolve_schedule_name("cosine-50").tolist()
+
+
+def test_schedule_names_are_the_registry_keys_and_components_read_no_files(tmp_path):
+    assert schedule_names() == [f"{name}-N" for name in SCHEDULES.names() if name != "manual"] + ["manual-6"]
+    assert resolve_schedule_name("fibonacci-25").tolist() == fibonacci(25).tolist()
+    assert len(resolve_schedule_name("fibonacci-12")) == 12
+    for name in ("manual-7", "quadratic-10", "linear", str(tmp_path / "s.json")):
+        with pytest.raises(ValueError, match="allowed: linear-N, cosine-N, fibonacci-N, manual-6$"):
+            resolve_schedule_name(name)
+    with pytest.raises(ValueError, match="at least one step"):
+        resolve_schedule_name("linear-0")
 
 
 def test_non_finite_loss_and_sample_stop_naming_the_step():
