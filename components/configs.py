@@ -6,6 +6,11 @@ import math
 from dataclasses import dataclass, field
 
 
+# Field metadata of a key added after runs were recorded: the key is left out of a run's identity (its config
+# hash) while it holds its default, so those runs keep their hashes (experiments/config.py, config_hash).
+ADDED_KEY = {"identity": "when not default"}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # encoder (WaveGrad 2 sec. 2: Tacotron 2's encoder with ZoneOut)
