@@ -307,7 +307,8 @@ def _broadcast(*tensors: torch.Tensor) -> None:
             torch.distributed.broadcast(t, src=0)
 
 
-AUTOENCODERS = Registry("autoencoder", WaveformAutoencoder, {"continuous": ContinuousAutoencoder, "vq": VQAutoencoder})
+AUTOENCODERS: Registry[WaveformAutoencoder] = Registry("autoencoder", WaveformAutoencoder,
+                                                        {"continuous": ContinuousAutoencoder, "vq": VQAutoencoder})
 
 
 def latent_length(samples: int, stride: int) -> int:

@@ -157,4 +157,4 @@ class WaveGradDecoder(Decoder):
         return self.output_conv(x)  # (B, C_x, T)
 
 
-DECODERS = Registry("decoder", Decoder, {"wavegrad": WaveGradDecoder})
+DECODERS: Registry[Decoder] = Registry("decoder", Decoder, {"wavegrad": WaveGradDecoder})

@@ -30,32 +30,33 @@ class Registry(Generic[T]):
     Every entry must subclass the family's interface and carry `Config`, a frozen dataclass; unknown names
     fail naming the allowed ones."""
 
-    def __init__(self, family: str, interface: type, entries: dict[str, type]):
+    def __init__(self, family: str, interface: type, entries: dict[str, type[T]]):
         for name, cls in entries.items():
             if not (isinstance(cls, type) and issubclass(cls, interface)):
                 raise TypeError(f"{family} registry: {name!r} -> {cls!r} does not implement {interface.__name__}")
             config_cls = getattr(cls, "Config", None)
-            if not (dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen):
+            frozen = getattr(getattr(config_cls, "__dataclass_params__", None), "frozen", False)
+            if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls) and frozen):
                 raise TypeError(f"{family} registry: {name!r} -> {cls.__name__}.Config is not a frozen dataclass")
         self.family, self.interface, self._entries = family, interface, dict(entries)
 
     def names(self) -> list[str]:
         return list(self._entries)
 
-    def get(self, name: str) -> type:
+    def get(self, name: str) -> type[T]:
         if name not in self._entries:
             raise ValueError(f"unknown {self.family} {name!r}; allowed: {', '.join(self._entries)}")
         return self._entries[name]
 
     def section(self, name: str, *sources: Any) -> Any:
         """The config section of entry `name`, its fields taken by name from `sources` (see config_section)."""
-        return config_section(self.get(name).Config, *sources)
+        return config_section(self.get(name).Config, *sources)  # type: ignore[attr-defined]
 
     def build(self, name: str, *sources: Any, **sizes: Any) -> T:
         """`cls(section, **sizes)`: the one way every entry is built."""
-        return self.get(name)(self.section(name, *sources), **sizes)
+        return self.get(name)(self.section(name, *sources), **sizes)  # type: ignore[call-arg]
 
-    def with_entries(self, **entries: type) -> "Registry[T]":
+    def with_entries(self, **entries: type[T]) -> Registry[T]:
         """A copy with more entries (checked the same way): for tests and examples that add a variant."""
         return Registry(self.family, self.interface, {**self._entries, **entries})
 

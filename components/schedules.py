@@ -150,7 +150,7 @@ class ManualSchedule(Schedule):
         return manual(MANUAL_6)
 
 
-SCHEDULES = Registry("schedule", Schedule, {"linear": LinearSchedule, "cosine": CosineSchedule,
+SCHEDULES: Registry[Schedule] = Registry("schedule", Schedule, {"linear": LinearSchedule, "cosine": CosineSchedule,
                                             "fibonacci": FibonacciSchedule, "manual": ManualSchedule})
 _PATTERN = re.compile(r"^([a-z]+)-(\d+)$")
 
@@ -167,10 +167,9 @@ def schedule_names() -> list[str]:
 def resolve_schedule_name(name: str) -> np.ndarray:
     """`FAMILY-N` -> float64 betas. Raises ValueError naming what is allowed."""
     match = _PATTERN.match(name)
-    family = match.group(1) if match else None
-    if family not in SCHEDULES:
+    if match is None or match.group(1) not in SCHEDULES:
         raise UnknownScheduleError(f"unknown schedule {name!r}; allowed: {', '.join(schedule_names())}")
-    cls, n = SCHEDULES.get(family), int(match.group(2))
+    cls, n = SCHEDULES.get(match.group(1)), int(match.group(2))
     if cls.fixed_steps is not None and n != cls.fixed_steps:
         raise UnknownScheduleError(f"unknown schedule {name!r}; allowed: {', '.join(schedule_names())}")
     if n < 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,18 +22,22 @@ from components.configs import AutoencoderConfig
 from components.registry import Registry
 
 
+@dataclass(frozen=True)
+class NoSettings:
+    """The config section of a space without settings."""
+
+
 class SignalSpace:
     """Interface. audio (B, T) <-> diffusion signal (B, signal_channels, T // hop_divisor)."""
 
-    @dataclass(frozen=True)
-    class Config:
-        """No settings."""
+    Config: type = NoSettings
+    config: Any
 
     uses_autoencoder: bool = False  # whether encode/decode need a trained stage-one autoencoder
     # the range an unscaled (gain 1) signal is clipped to when sampling; None: unbounded
     unscaled_clip: float | None = None
 
-    def __init__(self, config: Config | None = None):
+    def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
 
     @property
@@ -91,6 +96,7 @@ class WaveformSpace(SignalSpace):
 
 class LatentSpace(SignalSpace):
     Config = AutoencoderConfig
+    config: AutoencoderConfig
     uses_autoencoder = True
 
     @property
@@ -134,4 +140,5 @@ class LatentSpace(SignalSpace):
         return autoencoder
 
 
-SPACES = Registry("signal space", SignalSpace, {"waveform": WaveformSpace, "latent": LatentSpace})
+SPACES: Registry[SignalSpace] = Registry("signal space", SignalSpace,
+                                         {"waveform": WaveformSpace, "latent": LatentSpace})
