@@ -1,5 +1,6 @@
 """Typed, frozen configs of the model's parts. Defaults are the paper's sizes; tiny runs override.
-Checking them against the registries: components/validation.py."""
+Checking them against the registries: components/validation.py. Each registry entry reads its own section
+of these keys: its frozen `Config`, filled by key name (components/registry.py, config_section)."""
 from __future__ import annotations
 
 import math
