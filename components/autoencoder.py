@@ -112,7 +112,10 @@ class _Decoder(nn.Module):
 
 
 class WaveformAutoencoder(nn.Module, abc.ABC):
-    """Interface of the family: encode/decode for diffusion, forward/loss for stage-one training."""
+    """Interface of the family: encode/decode for diffusion, forward/loss for stage-one training.
+    Built as `cls(config)`; its config section is the whole [autoencoder] section."""
+
+    Config = AutoencoderConfig
 
     def __init__(self, config: AutoencoderConfig):
         super().__init__()
@@ -304,7 +307,8 @@ def _broadcast(*tensors: torch.Tensor) -> None:
             torch.distributed.broadcast(t, src=0)
 
 
-AUTOENCODERS = Registry("autoencoder", WaveformAutoencoder, {"continuous": ContinuousAutoencoder, "vq": VQAutoencoder})
+AUTOENCODERS: Registry[WaveformAutoencoder] = Registry("autoencoder", WaveformAutoencoder,
+                                                        {"continuous": ContinuousAutoencoder, "vq": VQAutoencoder})
 
 
 def latent_length(samples: int, stride: int) -> int:

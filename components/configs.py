@@ -1,9 +1,15 @@
 """Typed, frozen configs of the model's parts. Defaults are the paper's sizes; tiny runs override.
-Checking them against the registries: components/validation.py."""
+Checking them against the registries: components/validation.py. Each registry entry reads its own section
+of these keys: its frozen `Config`, filled by key name (components/registry.py, config_section)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+
+# Field metadata of a key added after runs were recorded: the key is left out of a run's identity (its config
+# hash) while it holds its default, so those runs keep their hashes (experiments/config.py, config_hash).
+ADDED_KEY = {"identity": "when not default"}
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class ModelConfig:
     decoder: str = "wavegrad"
     decoder_preset: str = "base"
     upsample_factors: list[int] = field(default_factory=lambda: [5, 5, 3, 2, 2])  # coarse -> fine
-    # where diffusion runs: the raw waveform, or the latent sequence of a learned autoencoder
+    # where diffusion runs (components/spaces.py): the raw waveform, or the latent sequence of a learned autoencoder
     space: str = "waveform"
     # The diffusion signal is scaled to this corpus-wide standard deviation (the gain is measured on the
     # training split and stored in the checkpoint; synthesis divides it out). 0 keeps the waveform as it is
@@ -54,5 +60,3 @@ class AutoencoderConfig:
     learning_rate: float = 1e-3
     seed: int = 0
 
-
-SPACES = ("waveform", "latent")

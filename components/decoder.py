@@ -9,6 +9,7 @@ predicted noise. The network knows nothing else about diffusion.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,7 @@ class DBlock(nn.Module):
 
 class Decoder(nn.Module):
     """Interface: noisy signal (B, C_x, T), conditioning (B, C_cond, frames), noise level (B,) -> noise (B, C_x, T),
-    with T = frames * hop."""
+    with T = frames * hop. Built as `cls(config: cls.Config, cond_channels=..., signal_channels=...)`."""
 
     hop: int
 
@@ -112,9 +113,16 @@ class Decoder(nn.Module):
 
 
 class WaveGradDecoder(Decoder):
-    def __init__(self, preset: str, cond_channels: int, signal_channels: int, upsample_factors: list[int]):
+    @dataclass(frozen=True)
+    class Config:
+        """The [model] keys it reads (defaults: components/configs.py, ModelConfig)."""
+        decoder_preset: str = "base"
+        upsample_factors: list[int] = field(default_factory=lambda: [5, 5, 3, 2, 2])  # coarse -> fine
+
+    def __init__(self, config: Config, cond_channels: int, signal_channels: int):
         super().__init__()
-        spec = DECODER_PRESETS[preset]
+        spec = DECODER_PRESETS[config.decoder_preset]
+        upsample_factors = config.upsample_factors
         levels = len(upsample_factors)
         ublocks = list(spec["ublocks"])[:levels]  # coarse -> fine
         dblocks = list(spec["dblocks"])[-levels:]  # fine -> coarse
@@ -149,4 +157,4 @@ class WaveGradDecoder(Decoder):
         return self.output_conv(x)  # (B, C_x, T)
 
 
-DECODERS = Registry("decoder", Decoder, {"wavegrad": WaveGradDecoder})
+DECODERS: Registry[Decoder] = Registry("decoder", Decoder, {"wavegrad": WaveGradDecoder})

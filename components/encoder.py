@@ -6,16 +6,18 @@ With zoneout = 0 the fused cuDNN/oneDNN LSTM runs instead of the Python cell loo
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.configs import ModelConfig
 from components.registry import Registry
 
 
 class Encoder(nn.Module):
-    """Interface: phoneme ids (B, N) and a token mask (B, N) -> encoder states (B, N, C), zero at padding."""
+    """Interface: phoneme ids (B, N) and a token mask (B, N) -> encoder states (B, N, C), zero at padding.
+    Built as `cls(config: cls.Config, vocab_size=...)`."""
 
     out_channels: int
 
@@ -85,7 +87,16 @@ class BiLSTM(nn.Module):
 
 
 class WaveGrad2Encoder(Encoder):
-    def __init__(self, config: ModelConfig, vocab_size: int):
+    @dataclass(frozen=True)
+    class Config:
+        """The [model] keys it reads (defaults and the paper's numbers: components/configs.py, ModelConfig)."""
+        encoder_channels: int = 512
+        encoder_kernel_size: int = 5
+        encoder_conv_layers: int = 3
+        encoder_dropout: float = 0.5
+        zoneout: float = 0.1
+
+    def __init__(self, config: Config, vocab_size: int):
         super().__init__()
         channels = config.encoder_channels
         self.out_channels = channels
@@ -105,4 +116,4 @@ class WaveGrad2Encoder(Encoder):
         return self.lstm(x.transpose(1, 2) * token_mask[..., None], token_mask.float())  # (B, N, C)
 
 
-ENCODERS = Registry("encoder", Encoder, {"wavegrad2": WaveGrad2Encoder})
+ENCODERS: Registry[Encoder] = Registry("encoder", Encoder, {"wavegrad2": WaveGrad2Encoder})

@@ -15,6 +15,7 @@ from components.configs import AutoencoderConfig, ModelConfig
 from components.decoder import DECODERS
 from components.durations import DurationPredictor, RangePredictor
 from components.encoder import ENCODERS
+from components.spaces import SPACES
 from components.upsampler import UPSAMPLERS
 
 
@@ -28,16 +29,17 @@ class WaveGrad2(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int, autoencoder: AutoencoderConfig | None = None):
         super().__init__()
         self.config = config
-        latent = config.space == "latent"
-        self.signal_channels = autoencoder.latent_channels if latent else 1
-        self.encoder = ENCODERS.get(config.encoder)(config, vocab_size)
+        self.space = SPACES.build(config.space, autoencoder)  # waveform or latent: signal channels and hop
+        self.signal_channels = self.space.signal_channels
+        # every part is built the same way: its registry entry with its config section (taken from `config`)
+        self.encoder = ENCODERS.build(config.encoder, config, vocab_size=vocab_size)
         channels = self.encoder.out_channels
         self.duration_predictor = DurationPredictor(channels, config.duration_channels)
-        self.upsampler = UPSAMPLERS.get(config.upsampler)()
+        self.upsampler = UPSAMPLERS.build(config.upsampler, config)
         self.range_predictor = (RangePredictor(channels, config.duration_channels, config.sigma_floor)
                                 if self.upsampler.uses_range else None)
-        self.decoder = DECODERS.get(config.decoder)(config.decoder_preset, channels, self.signal_channels,
-                                                    config.upsample_factors)
+        self.decoder = DECODERS.build(config.decoder, config, cond_channels=channels,
+                                      signal_channels=self.signal_channels)
 
     @property
     def hop(self) -> int:

@@ -1,19 +1,20 @@
 """Noise schedules: pure functions returning float64 betas (WaveGrad sec. 3).
 
-Nothing here holds state. A schedule is a 1-D float64 array of betas in (0, 1); the number of
-refinement steps is len(betas). Named schedules: `linear-N` (the training ramp spread over N steps),
-`cosine-N`, `fibonacci-25`, `manual-6`,
-`linear-1000`, or a path to a TOML/JSON file holding `betas = [...]`.
+Nothing here holds state or reads files. A schedule is a 1-D float64 array of betas in (0, 1); the number
+of refinement steps is len(betas). Named schedules are `FAMILY-N` (registry `SCHEDULES`): `linear-N` (the
+training ramp spread over N steps; `linear-1000` is the training schedule), `cosine-N`, `fibonacci-N`
+(`fibonacci-25` in WaveGrad) and `manual-6`, a family with a fixed step count. Schedule files (TOML/JSON
+holding `betas = [...]`) are read by experiments/schedule_files.py.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-import tomllib
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
+
+from components.registry import Registry
 
 BETA_MIN, BETA_MAX = 1e-7, 0.9  # the range every schedule must lie in (search space too)
 
@@ -110,49 +111,67 @@ def linear_named(n: int) -> np.ndarray:
     return np.minimum(linear(1e-6 * scale, 0.01 * scale, n), BETA_MAX)
 
 
-_PATTERN = re.compile(r"^(linear|cosine)-(\d+)$")
+class Schedule:
+    """Interface of a schedule family `FAMILY-N`: built as `cls(config: cls.Config)`, `betas()` -> float64.
+    A family with `fixed_steps` exists only at that step count (its name is e.g. `manual-6`)."""
+
+    @dataclass(frozen=True)
+    class Config:
+        steps: int
+
+    fixed_steps: int | None = None
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def betas(self) -> np.ndarray:
+        raise NotImplementedError
+
+
+class LinearSchedule(Schedule):
+    def betas(self) -> np.ndarray:
+        return linear_named(self.config.steps)
+
+
+class CosineSchedule(Schedule):
+    def betas(self) -> np.ndarray:
+        return cosine(self.config.steps)
+
+
+class FibonacciSchedule(Schedule):
+    def betas(self) -> np.ndarray:
+        return fibonacci(self.config.steps)
+
+
+class ManualSchedule(Schedule):
+    fixed_steps = len(MANUAL_6)
+
+    def betas(self) -> np.ndarray:
+        return manual(MANUAL_6)
+
+
+SCHEDULES: Registry[Schedule] = Registry("schedule", Schedule, {"linear": LinearSchedule, "cosine": CosineSchedule,
+                                            "fibonacci": FibonacciSchedule, "manual": ManualSchedule})
+_PATTERN = re.compile(r"^([a-z]+)-(\d+)$")
+
+
+class UnknownScheduleError(ValueError):
+    """A name that is no `FAMILY-N` of the registry (callers that accept files add them to the message)."""
+
+
+def schedule_names() -> list[str]:
+    """The allowed names, from the registry's keys: `linear-N`, ..., `manual-6`."""
+    return [f"{name}-{SCHEDULES.get(name).fixed_steps or 'N'}" for name in SCHEDULES.names()]
 
 
 def resolve_schedule_name(name: str) -> np.ndarray:
-    """Name or file -> float64 betas. Raises ValueError naming what is allowed."""
+    """`FAMILY-N` -> float64 betas. Raises ValueError naming what is allowed."""
     match = _PATTERN.match(name)
-    if match:
-        kind, n = match.group(1), int(match.group(2))
-        if n < 1:
-            raise ValueError(f"schedule {name!r}: need at least one step")
-        betas = linear_named(n) if kind == "linear" else cosine(n)
-        return check_betas(betas, f"schedule {name!r}")
-    if name == "fibonacci-25":
-        return fibonacci(25)
-    if name == "manual-6":
-        return manual(MANUAL_6)
-    path = Path(name)
-    if path.suffix in (".json", ".toml"):
-        return load_schedule_file(path)
-    raise ValueError(f"unknown schedule {name!r}; allowed: linear-N, cosine-N, fibonacci-25, manual-6, "
-                     "or a .json/.toml file with `betas = [...]`")
-
-
-def load_schedule_file(path: str | Path) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"schedule file {path}: not found")
-    try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ValueError(f"schedule file {path}: unreadable: {err}") from err
-    if isinstance(data, list):
-        betas = data
-    elif isinstance(data, dict) and "betas" in data:
-        betas = data["betas"]
-    else:
-        raise ValueError(f"schedule file {path}: expected a key `betas` holding a list of numbers")
-    if not isinstance(betas, list) or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas):
-        raise ValueError(f"schedule file {path}: `betas` must be a list of numbers")
-    return check_betas(np.asarray(betas, dtype=np.float64), f"schedule file {path}")
-
-
-def schedule_label(name: str) -> str:
-    """A short name for tables and metric keys: files by stem, names as given."""
-    path = Path(name)
-    return path.stem if path.suffix in (".json", ".toml") else name
+    if match is None or match.group(1) not in SCHEDULES:
+        raise UnknownScheduleError(f"unknown schedule {name!r}; allowed: {', '.join(schedule_names())}")
+    cls, n = SCHEDULES.get(match.group(1)), int(match.group(2))
+    if cls.fixed_steps is not None and n != cls.fixed_steps:
+        raise UnknownScheduleError(f"unknown schedule {name!r}; allowed: {', '.join(schedule_names())}")
+    if n < 1:
+        raise ValueError(f"schedule {name!r}: need at least one step")
+    return check_betas(cls(cls.Config(steps=n)).betas(), f"schedule {name!r}")

@@ -5,6 +5,8 @@ training evaluates just the random window instead of the whole utterance.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -13,9 +15,17 @@ from components.registry import Registry
 
 class Upsampler(nn.Module):
     """Interface. encoded (B, N, C), durations (B, N) in frames, sigma (B, N) or None, token_mask (B, N),
-    frames (B, W) long -> (states (B, W, C), weights (B, W, N))."""
+    frames (B, W) long -> (states (B, W, C), weights (B, W, N)). Built as `cls(config: cls.Config)`."""
+
+    @dataclass(frozen=True)
+    class Config:
+        """No hyperparameters: a variant with some declares its own Config (README, "Adding a variant")."""
 
     uses_range: bool = False
+
+    def __init__(self, config: Config | None = None):
+        super().__init__()
+        self.config = config if config is not None else self.Config()
 
     def forward(self, encoded, durations, sigma, token_mask, frames):
         raise NotImplementedError
@@ -54,4 +64,5 @@ class RepeatUpsampler(Upsampler):
         return weights @ encoded, weights
 
 
-UPSAMPLERS = Registry("upsampler", Upsampler, {"gaussian": GaussianUpsampler, "repeat": RepeatUpsampler})
+UPSAMPLERS: Registry[Upsampler] = Registry("upsampler", Upsampler,
+                                           {"gaussian": GaussianUpsampler, "repeat": RepeatUpsampler})

@@ -1,13 +1,14 @@
-"""Checks a model config against the registries of the parts (encoder, upsampler, decoder, autoencoder) and
-the sizes that must agree (decoder hop against the data's hop length, in waveform or latent space)."""
+"""Checks a model config against the registries of the parts (encoder, upsampler, decoder, signal space and
+its autoencoder) and the sizes that must agree (decoder hop against the data's hop length, checked by the
+signal space)."""
 from __future__ import annotations
 
 import math
 
-from components.autoencoder import AUTOENCODERS, check_stride
-from components.configs import SPACES, AutoencoderConfig, ModelConfig
+from components.configs import AutoencoderConfig, ModelConfig
 from components.decoder import DECODER_PRESETS, DECODERS
 from components.encoder import ENCODERS
+from components.spaces import SPACES
 from components.upsampler import UPSAMPLERS
 
 
@@ -22,7 +23,7 @@ def validate_model_config(model: ModelConfig, autoencoder: AutoencoderConfig, ho
     if model.decoder_preset not in DECODER_PRESETS:
         _unknown("model.decoder_preset", model.decoder_preset, list(DECODER_PRESETS))
     if model.space not in SPACES:
-        _unknown("model.space", model.space, list(SPACES))
+        _unknown("model.space", model.space, SPACES.names())
     if not model.upsample_factors or any(f < 1 for f in model.upsample_factors):
         raise ValueError(f"model.upsample_factors = {model.upsample_factors}; expected positive integers")
     if not 0.0 <= model.zoneout < 1.0:
@@ -35,22 +36,7 @@ def validate_model_config(model: ModelConfig, autoencoder: AutoencoderConfig, ho
     if len(model.upsample_factors) > max_levels:
         raise ValueError(f"model.upsample_factors has {len(model.upsample_factors)} levels; preset "
                          f"{model.decoder_preset!r} has {max_levels}")
-    if model.space == "waveform":
-        if model.decoder_hop() != hop_length:
-            raise ValueError(f"hop mismatch: product of model.upsample_factors {model.upsample_factors} = "
-                             f"{model.decoder_hop()} but data.hop_length = {hop_length}")
-    else:
-        if autoencoder.kind not in AUTOENCODERS:
-            _unknown("autoencoder.kind", autoencoder.kind, AUTOENCODERS.names())
-        check_stride(autoencoder.stride)
-        if hop_length % autoencoder.stride:
-            raise ValueError(f"data.hop_length = {hop_length} is not divisible by autoencoder.stride = "
-                             f"{autoencoder.stride}: latent frames would not line up with phoneme frames")
-        if model.decoder_hop() * autoencoder.stride != hop_length:
-            raise ValueError(f"hop mismatch in latent space: product of model.upsample_factors "
-                             f"{model.upsample_factors} = {model.decoder_hop()} must equal data.hop_length / "
-                             f"autoencoder.stride = {hop_length} / {autoencoder.stride} = "
-                             f"{hop_length // autoencoder.stride}")
+    SPACES.build(model.space, autoencoder).check(model.upsample_factors, hop_length)
 
 
 def _unknown(key: str, value: str, allowed: list[str]) -> None:

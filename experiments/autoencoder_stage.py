@@ -51,7 +51,7 @@ def train_autoencoder(config: RunConfig, dataset, device: torch.device, progress
     ae_cfg = config.autoencoder
     torch.manual_seed(ae_cfg.seed)
     rng = np.random.default_rng(ae_cfg.seed)
-    model = AUTOENCODERS.get(ae_cfg.kind)(ae_cfg).to(device)
+    model = AUTOENCODERS.build(ae_cfg.kind, ae_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=ae_cfg.learning_rate)
     segment = ae_cfg.segment_samples - ae_cfg.segment_samples % ae_cfg.stride
     history = []
@@ -74,16 +74,6 @@ def train_autoencoder(config: RunConfig, dataset, device: torch.device, progress
                             for _ in range(4)])
         model.calibrate_scale(sample)
     return model, history
-
-
-@torch.no_grad()
-def encode_utterances(model, utterances, device: torch.device) -> list[np.ndarray]:
-    """Each utterance's audio -> its latent sequence (C, samples / stride) as float32."""
-    out = []
-    for u in utterances:
-        audio = torch.from_numpy(u.audio[None, :len(u.audio) - len(u.audio) % model.stride]).to(device)
-        out.append(model.encode(audio)[0].float().cpu().numpy())
-    return out
 
 
 @torch.no_grad()
@@ -112,7 +102,7 @@ def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progres
     MLflow run that records them (when an experiment is given, or in experiment 'wg2 autoencoders')."""
     key = autoencoder_key(config, dataset.corpus_hash)
     path = Path(config.data.cache_dir) / "autoencoders" / key / "autoencoder.pt"
-    model = AUTOENCODERS.get(config.autoencoder.kind)(config.autoencoder)
+    model = AUTOENCODERS.build(config.autoencoder.kind, config.autoencoder)
     if path.exists():
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])

@@ -29,11 +29,11 @@ from components.configs import ModelConfig
 from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2, count_parameters
-from components.schedules import resolve_schedule_name
 from experiments.batches import TrainingItem, make_batch
 from experiments.evaluate import machine_name
 from experiments.precision import autocast, precision_name, resolve_precision, set_threads
 from experiments.runtime import peak_memory_mb, resolve_device
+from experiments.schedule_files import resolve_schedule
 
 SAMPLE_RATE, VOCAB = 22050, 64
 PRESET_MODELS = {  # encoder sizes that go with each decoder preset (tiny = the quickstart model)
@@ -66,7 +66,7 @@ def bench_training(model, config: ModelConfig, device, batch_size: int, window: 
                           rng.uniform(-0.5, 0.5, (1, 320 * hop)).astype(np.float32))
              for _ in range(batch_size)]
     batch = make_batch(items, window, hop, 0, 0).to(device)
-    diffusion = Diffusion(resolve_schedule_name("linear-1000"))
+    diffusion = Diffusion(resolve_schedule("linear-1000"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
@@ -98,7 +98,7 @@ def _utterance(model, device, seconds_audio: float):
 @torch.inference_mode()
 def bench_inference(model, device, seconds_audio: float, schedule: str, dtype: torch.dtype | None, warm_up: bool,
                     repeats: int) -> float:
-    betas = resolve_schedule_name(schedule)
+    betas = resolve_schedule(schedule)
     frames, ids, mask, dur = _utterance(model, device, seconds_audio)
     model.eval()
 
@@ -168,7 +168,7 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
                 row[f"{name}_rtf_speedup_{schedule}"] = row[f"rtf_{schedule}"] / row[f"{name}_rtf_{schedule}"]
         flops, audio_s = decoder_flops(model, dev, seconds)
         for schedule in schedules:
-            row[f"gflop_per_audio_s_{schedule}"] = flops * len(resolve_schedule_name(schedule)) / audio_s / 1e9
+            row[f"gflop_per_audio_s_{schedule}"] = flops * len(resolve_schedule(schedule)) / audio_s / 1e9
         row["peak_memory_mb"] = peak_memory_mb(dev)
         rows.append(row)
         print(json.dumps(row))

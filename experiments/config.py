@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.configs import AutoencoderConfig, ModelConfig
+from components.configs import ADDED_KEY, AutoencoderConfig, ModelConfig
 
 
 # train.precision / eval.precision (resolved per device in experiments/precision.py)
@@ -59,7 +59,8 @@ class TrainConfig:
     duration_loss_weight: float = 1.0
     schedule: str = "linear-1000"  # training noise schedule (any schedule name or file)
     precision: str = "fp32"  # network arithmetic: "fp32", "bf16" or "auto" (bf16 where native; experiments/precision.py)
-    compile: bool = False  # torch.compile the decoder for training (experiments/precision.py, compile_decoder)
+    # torch.compile the decoder for training (experiments/precision.py, compile_decoder)
+    compile: bool = field(default=False, metadata=ADDED_KEY)
     seed: int = 0
     # Exponential moving average of the weights, used by eval, synth and search (0 = off). The decay
     # warms up as min(ema_decay, (1 + step) / (10 + step)), so short CPU runs are not stuck near the init.
@@ -86,7 +87,8 @@ class EvalConfig:
     metric_workers: int = 2  # processes computing metrics
     seed: int = 0
     precision: str = "fp32"  # synthesis network arithmetic: "fp32", "bf16" or "auto" (as train.precision)
-    compile: bool = False  # torch.compile the decoder for synthesis (dynamic shapes: utterance lengths vary)
+    # torch.compile the decoder for synthesis (dynamic shapes: utterance lengths vary)
+    compile: bool = field(default=False, metadata=ADDED_KEY)
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,8 @@ def _check_numbers(config: RunConfig, where: str) -> None:
 
 def validate(config: RunConfig, where: str = "config") -> None:
     """Cross-key checks that need the registries; raises ConfigError naming the key and allowed values."""
-    from components.schedules import check_within_training, resolve_schedule_name
+    from components.schedules import check_within_training
+    from experiments.schedule_files import resolve_schedule
     from components.validation import validate_model_config  # imports torch: only when validating
 
     _check_numbers(config, where)
@@ -320,12 +323,12 @@ def validate(config: RunConfig, where: str = "config") -> None:
     if not e.schedules:
         raise ConfigError(f"{where}: eval.schedules is empty; expected at least one schedule name")
     try:
-        train_betas = resolve_schedule_name(t.schedule)
+        train_betas = resolve_schedule(t.schedule)
     except ValueError as err:
         raise ConfigError(f"{where}: train.schedule: {err}") from err
     for i, name in enumerate(e.schedules):
         try:
-            check_within_training(resolve_schedule_name(name), train_betas, f"schedule {name!r}")
+            check_within_training(resolve_schedule(name), train_betas, f"schedule {name!r}")
         except ValueError as err:
             raise ConfigError(f"{where}: eval.schedules[{i}]: {err}") from err
 
@@ -345,14 +348,25 @@ def flatten(config: RunConfig) -> dict[str, Any]:
 NON_IDENTITY_KEYS = {"data.cache_dir", "train.num_workers", "eval.metric_workers"}
 
 
+def _added_key_defaults() -> dict[str, Any]:
+    """'section.key' -> default, for every key marked ADDED_KEY (added after runs were recorded)."""
+    out = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("identity") == ADDED_KEY["identity"]:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                out[f"{section}.{f.name}"] = default
+    return out
+
+
 def _identity_items(config: RunConfig) -> dict[str, Any]:
     """flatten(config), with the precision keys written as before they existed where that is possible
-    (train.precision "fp32"/"bf16" as train.bf16 = false/true; eval.precision "fp32" left out), and the
-    compile keys left out when false, so runs from before them keep their hashes (and resume, and count as
-    done in grids)."""
+    (train.precision "fp32"/"bf16" as train.bf16 = false/true; eval.precision "fp32" left out), and the keys
+    added later (ADDED_KEY: the compile keys, ...) left out at their defaults, so runs from before them keep
+    their hashes (and resume, and count as done in grids)."""
     items = flatten(config)
-    for key in ("train.compile", "eval.compile"):
-        if items.get(key) is False:
+    for key, default in _added_key_defaults().items():
+        if key in items and items[key] == default:
             del items[key]
     if items.get("train.precision") in ("fp32", "bf16"):
         items["train.bf16"] = items.pop("train.precision") == "bf16"

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.schedules import check_within_training, noise_levels, resolve_schedule_name, schedule_label
+from components.schedules import check_within_training, noise_levels
 from evaluation.conditioning import conditioning_gain, reads_text
 from evaluation.metrics import METRICS, ON_FREE_RUNNING, Missing, value_range
 from evaluation.pool import ScoreJob, score_many
@@ -40,6 +40,7 @@ from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
 from experiments.precision import precision_name, resolve_precision, set_threads
 from experiments.runtime import peak_memory_mb
+from experiments.schedule_files import resolve_schedule, schedule_label
 from experiments.synth import LoadedModel, conditioning_items, load_checkpoint, synthesize, write_wav
 
 
@@ -102,7 +103,7 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
     gain = conditioning_gain(loaded.model, conditioning_items(loaded, utterances), loaded.config.train.noise_loss)
     jobs, speed, outputs = [], {}, {}
     for name in config.schedules:
-        betas, label = resolve_schedule_name(name), schedule_label(name)
+        betas, label = resolve_schedule(name), schedule_label(name)
         # scored and headline-timed at batch 1; eval.batch_size > 1 is timed beside it (see the module docstring)
         aligned, seconds, memory = timed_synthesis(loaded, ids, betas, true_durations, config.seed, 1,
                                                    config.precision, config.compile)
@@ -228,10 +229,10 @@ def cmd_eval(args) -> int:
         changes["schedules"] = [s.strip() for s in args.schedules.split(",") if s.strip()]
         if not changes["schedules"]:
             raise InputError(f"--schedules {args.schedules!r}: expected at least one schedule name")
-        train_betas = resolve_schedule_name(loaded.config.train.schedule)
+        train_betas = resolve_schedule(loaded.config.train.schedule)
         for name in changes["schedules"]:
             try:
-                check_within_training(resolve_schedule_name(name), train_betas, f"schedule {name!r}")
+                check_within_training(resolve_schedule(name), train_betas, f"schedule {name!r}")
             except ValueError as err:
                 raise InputError(f"--schedules: {err}") from err
     for key in ("split", "limit"):

@@ -166,6 +166,7 @@ def _autoencoder_run(result) -> str | None:
 
 
 def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
+    from components.spaces import SPACES  # torch: only when a cell runs
     from experiments.config import to_toml
     from experiments.evaluate import evaluate
     from experiments.synth import load_checkpoint
@@ -188,7 +189,7 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
         result = train(cell.training_config(), folder, device=ctx.device, resume=True, progress=ctx.progress,
                        on_log=curves.on_log, dataset=dataset)
     curves.flush(result.history)
-    autoencoder_run = _autoencoder_run(result) if cell.config.model.space == "latent" else None
+    autoencoder_run = _autoencoder_run(result) if SPACES.get(cell.config.model.space).uses_autoencoder else None
     if autoencoder_run:  # latent space: `wg2 compare` shows the autoencoder's reconstruction ceiling
         tracking.retry(lambda: mlf.set_tag(run_id, runs.TAG_AUTOENCODER_RUN, autoencoder_run))
     figures = {f"train/{k}": v for k, v in result.throughput.items()}

@@ -13,11 +13,11 @@ import torch
 from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
-from components.schedules import resolve_schedule_name
 from evaluation.conditioning import ConditioningItem
 from experiments.config import InputError, RunConfig, config_from_dict
 from experiments.precision import autocast, compile_decoder, resolve_precision, set_threads
 from experiments.runtime import read_checkpoint, require_keys, resolve_device, weights_error
+from experiments.schedule_files import resolve_schedule
 from experiments.train import CHECKPOINT_FORMAT
 
 
@@ -70,13 +70,11 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema"
     except (RuntimeError, TypeError, AttributeError) as err:
         raise weights_error(path, err, "ema weights" if use_ema else "weights") from None
     model.to(dev).eval()
+    space = model.space
     # format 1 trained on the raw signal and clipped only waveforms
-    latent = config.model.space == "latent"
-    signal = state.get("signal") or {"gain": 1.0, "clip": None if latent else 1.0}
-    autoencoder = None
-    if config.model.space == "latent":
-        from components.autoencoder import AUTOENCODERS
-        autoencoder = AUTOENCODERS.get(config.autoencoder.kind)(config.autoencoder)
+    signal = state.get("signal") or {"gain": 1.0, "clip": space.unscaled_clip}
+    autoencoder = space.build_autoencoder()
+    if autoencoder is not None:
         try:
             autoencoder.load_state_dict(state["autoencoder"])
         except (RuntimeError, TypeError, AttributeError) as err:  # None too: a latent run saves its autoencoder
@@ -131,7 +129,7 @@ def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.nda
         shape = (len(chunk), model.signal_channels, frames.shape[1] * model.hop)
         signal = Diffusion.sample(predict, shape, betas, device, generator, clip=loaded.signal["clip"])
         signal = signal / loaded.signal["gain"]
-        audio = loaded.autoencoder.decode(signal) if loaded.autoencoder is not None else signal[:, 0]
+        audio = model.space.decode(signal, loaded.autoencoder)
         for b in range(len(chunk)):
             length = int(n_frames[b]) * loaded.hop_length
             results.append(Synthesis(audio[b, :length].float().cpu().numpy(),
@@ -143,16 +141,10 @@ def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.nda
 @torch.no_grad()
 def conditioning_items(loaded: LoadedModel, utterances) -> list[ConditioningItem]:
     """Utterances as the diffusion signal this model was trained on (scaled waveform or latent)."""
-    items = []
-    for u in utterances:
-        if loaded.autoencoder is None:
-            signal = u.audio[None, :]
-        else:
-            audio = torch.from_numpy(u.audio[None, :len(u.audio) - len(u.audio) % loaded.autoencoder.stride])
-            signal = loaded.autoencoder.encode(audio.to(loaded.device))[0].float().cpu().numpy()
-        items.append(ConditioningItem(loaded.vocab.encode(u.phonemes), u.durations,
-                                      (signal * loaded.signal["gain"]).astype(np.float32)))
-    return items
+    signals = loaded.model.space.encode_each([u.audio for u in utterances], loaded.autoencoder)
+    return [ConditioningItem(loaded.vocab.encode(u.phonemes), u.durations,
+                             (signal * loaded.signal["gain"]).astype(np.float32))
+            for u, signal in zip(utterances, signals)]
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -179,7 +171,7 @@ def cmd_synth(args) -> int:
     check_synth_args(args)
     loaded = load_checkpoint(args.checkpoint, args.device)
     try:
-        betas = resolve_schedule_name(args.schedule)
+        betas = resolve_schedule(args.schedule)
     except ValueError as err:
         raise InputError(f"--schedule: {err}") from err
     durations = None

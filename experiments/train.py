@@ -19,9 +19,9 @@ from evaluation.progress import progress_enabled
 from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
-from components.schedules import resolve_schedule_name
+from components.spaces import SPACES
 from evaluation.conditioning import ConditioningItem, conditioning_gain
-from experiments.autoencoder_stage import encode_utterances, ensure_autoencoder
+from experiments.autoencoder_stage import ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
 from experiments.config import (ConfigError, InputError, RunConfig, config_from_dict, config_hash, load_config,
                                 to_dict, train_hash)
@@ -29,6 +29,7 @@ from experiments.mel_targets import N_MELS, normalized_targets
 from experiments.runtime import (atomic_save, peak_memory_mb, preflight_run_folder, read_checkpoint, resolve_device,
                                  weights_error)
 from experiments.precision import autocast, compile_decoder, eager, precision_name, resolve_precision
+from experiments.schedule_files import resolve_schedule
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
@@ -139,17 +140,14 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     t, hop = config.train, dataset.hop_length
     autoencoder, ae_info = None, None
     probe = dataset.val[:t.gain_utterances]  # held out: the conditioning gain is measured on these
-    if config.model.space == "latent":
+    space = SPACES.build(config.model.space, config.autoencoder)
+    if space.uses_autoencoder:
         autoencoder, ae_info = ensure_autoencoder(config, dataset, device, progress=progress,
                                                   experiment_id=autoencoder_experiment)
-        signals = encode_utterances(autoencoder, dataset.train, device)
-        probe_signals = encode_utterances(autoencoder, probe, device)
-        hop_signal = hop // config.autoencoder.stride
-    else:
-        signals = [u.audio[None, :] for u in dataset.train]
-        probe_signals = [u.audio[None, :] for u in probe]
-        hop_signal = hop
-    scale = signal_scale(config, [u.audio for u in dataset.train], signals if autoencoder is not None else None)
+    signals = space.encode_each([u.audio for u in dataset.train], autoencoder)
+    probe_signals = space.encode_each([u.audio for u in probe], autoencoder)
+    hop_signal = hop // space.hop_divisor
+    scale = signal_scale(config, [u.audio for u in dataset.train], signals if space.uses_autoencoder else None)
     signals = [(s * scale["gain"]).astype(np.float32) for s in signals]
     items = training_items(dataset.train, dataset.vocab, signals)
     if t.mel_loss_weight > 0:
@@ -164,7 +162,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         compile_decoder(model, device, None, "train.compile")
     if model.hop != hop_signal:
         raise InputError(f"hop mismatch: the decoder produces {model.hop} signal steps per frame, the data needs {hop_signal}")
-    diffusion = Diffusion(resolve_schedule_name(t.schedule), t.noise_loss)
+    diffusion = Diffusion(resolve_schedule(t.schedule), t.noise_loss)
     # the auxiliary mel head (training only; see experiments/mel_targets.py)
     mel_head = torch.nn.Linear(model.encoder.out_channels, N_MELS).to(device) if t.mel_loss_weight > 0 else None
     parameters = list(model.parameters()) + (list(mel_head.parameters()) if mel_head is not None else [])

@@ -14,10 +14,12 @@ from components.diffusion import Diffusion, NonFiniteError
 from components.encoder import ENCODERS, reverse_padded
 from components.model import WaveGrad2
 from components.registry import Registry
-from components.schedules import (fibonacci, load_schedule_file, noise_levels, resolve_schedule_name,
+from components.schedules import (SCHEDULES, fibonacci, noise_levels, resolve_schedule_name, schedule_names,
                                   subsample)
+from components.spaces import SPACES
 from components.upsampler import UPSAMPLERS, GaussianUpsampler, RepeatUpsampler
 from components.validation import validate_model_config
+from experiments.schedule_files import load_schedule_file, resolve_schedule
 
 TINY = dict(encoder_channels=32, duration_channels=16, decoder_preset="tiny")
 
@@ -114,7 +116,8 @@ def test_repeat_repeats_each_state_d_times():
 
 @pytest.mark.parametrize("factors", [[5, 5, 3, 2, 2], [4, 4, 4, 2, 2], [4, 4], [8]])
 def test_decoder_output_length_is_frames_times_hop(factors):
-    decoder = DECODERS.get("wavegrad")("tiny", cond_channels=8, signal_channels=3, upsample_factors=factors)
+    decoder = DECODERS.build("wavegrad", ModelConfig(decoder_preset="tiny", upsample_factors=factors), cond_channels=8,
+                             signal_channels=3)
     assert decoder.hop == math.prod(factors)
     out = decoder(torch.randn(1, 3, 5 * decoder.hop), torch.randn(1, 8, 5), torch.rand(1))
     assert out.shape == (1, 3, 5 * decoder.hop)
@@ -129,6 +132,25 @@ def test_hop_mismatch_fails_validation_naming_both_keys():
     with pytest.raises(ValueError, match="latent"):
         validate_model_config(ModelConfig(**TINY, space="latent", upsample_factors=[4, 4, 4]),
                               AutoencoderConfig(stride=16), hop_length=256)
+
+
+def test_signal_spaces_encode_and_decode_at_their_hop():
+    audio = torch.randn(2, 16 * 10 + 5)
+    waveform = SPACES.build("waveform", AutoencoderConfig())
+    assert waveform.encode(audio).shape == (2, 1, 165) and torch.equal(waveform.decode(waveform.encode(audio)), audio)
+    assert (waveform.signal_channels, waveform.hop_divisor, waveform.build_autoencoder()) == (1, 1, None)
+    config = AutoencoderConfig(stride=16, latent_channels=4, hidden_channels=8)
+    latent = SPACES.build("latent", config)
+    assert (latent.signal_channels, latent.hop_divisor, latent.unscaled_clip) == (4, 16, None)
+    autoencoder = latent.build_autoencoder().eval()
+    with torch.no_grad():
+        signal = latent.encode(audio, autoencoder)  # the 5 samples that fill no latent step are cropped
+        assert signal.shape == (2, 4, 10) and latent.decode(signal, autoencoder).shape == (2, 160)
+    assert [s.shape for s in latent.encode_each([audio[0].numpy()], autoencoder)] == [(4, 10)]
+    with pytest.raises(ValueError, match="autoencoder"):
+        latent.decode(signal)
+    with pytest.raises(ValueError, match="allowed: waveform, latent"):
+        validate_model_config(ModelConfig(**TINY, space="spectrogram"), AutoencoderConfig(), 300)
 
 
 def test_unknown_registry_name_lists_allowed():
@@ -161,16 +183,28 @@ def test_schedules_are_float64_and_named_ones_end_near_training_noise():
 def test_schedule_files_load_and_bad_ones_name_the_problem(tmp_path):
     good = tmp_path / "s.json"
     good.write_text(json.dumps({"betas": [1e-4, 1e-2, 0.5]}))
-    assert resolve_schedule_name(str(good)).tolist() == [1e-4, 1e-2, 0.5]
+    assert resolve_schedule(str(good)).tolist() == [1e-4, 1e-2, 0.5]
     toml = tmp_path / "s.toml"
     toml.write_text("betas = [0.001, 0.1]\n")
     assert len(load_schedule_file(toml)) == 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"betas": [0.5, 2.0]}))
     with pytest.raises(ValueError, match=r"beta\[1\] = 2"):
-        resolve_schedule_name(str(bad))
-    with pytest.raises(ValueError, match="allowed"):
-        resolve_schedule_name("quadratic-10")
+        resolve_schedule(str(bad))
+    with pytest.raises(ValueError, match="allowed: linear-N, cosine-N, fibonacci-N, manual-6, or a .json/.toml file"):
+        resolve_schedule("quadratic-10")
+    assert resolve_schedule("cosine-50").tolist() == resolve_schedule_name("cosine-50").tolist()
+
+
+def test_schedule_names_are_the_registry_keys_and_components_read_no_files(tmp_path):
+    assert schedule_names() == [f"{name}-N" for name in SCHEDULES.names() if name != "manual"] + ["manual-6"]
+    assert resolve_schedule_name("fibonacci-25").tolist() == fibonacci(25).tolist()
+    assert len(resolve_schedule_name("fibonacci-12")) == 12
+    for name in ("manual-7", "quadratic-10", "linear", str(tmp_path / "s.json")):
+        with pytest.raises(ValueError, match="allowed: linear-N, cosine-N, fibonacci-N, manual-6$"):
+            resolve_schedule_name(name)
+    with pytest.raises(ValueError, match="at least one step"):
+        resolve_schedule_name("linear-0")
 
 
 def test_non_finite_loss_and_sample_stop_naming_the_step():
@@ -192,3 +226,15 @@ def test_training_noise_levels_fall_between_adjacent_schedule_levels():
     levels = diffusion.sample_noise_level(10000, torch.Generator().manual_seed(0)).double().numpy()
     assert levels.min() >= diffusion.levels[-1] - 1e-6 and levels.max() <= 1.0
     assert len(np.unique(levels)) > 9000, "continuous, not a few discrete levels"
+
+
+@pytest.mark.parametrize("registry", [ENCODERS, UPSAMPLERS, DECODERS], ids=lambda r: r.family)
+def test_every_entry_is_built_from_its_own_section_of_the_model_config(registry):
+    """A section's fields are read by name from the [model] keys (so user keys and config hashes stay
+    ModelConfig's), and its defaults are ModelConfig's."""
+    for name in registry.names():
+        config_cls = registry.get(name).Config
+        assert registry.section(name, ModelConfig()) == config_cls(), name
+    assert DECODERS.section("wavegrad", ModelConfig(upsample_factors=[4, 4])).upsample_factors == [4, 4]
+    with pytest.raises(TypeError, match="Config is not a frozen dataclass"):
+        registry.with_entries(broken=type("Broken", (registry.interface,), {"Config": dict}))

@@ -15,7 +15,7 @@ import soundfile as sf
 from optuna.trial import TrialState
 
 from components.configs import ModelConfig
-from components.schedules import BETA_MAX, BETA_MIN, load_schedule_file
+from components.schedules import BETA_MAX, BETA_MIN
 from experiments.search import space
 from experiments.search.command import run_search
 from evaluation.metrics import value_range
@@ -27,6 +27,7 @@ from experiments.search.tracking import EXPERIMENT
 from experiments.search.trial import BASELINE, OWNER, TICKET
 from experiments.cli import build_parser, main
 from experiments.config import DataConfig, InputError, RunConfig, TrainConfig
+from experiments.schedule_files import load_schedule_file
 from experiments.train import train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -1,0 +1,52 @@
+"""Schedules as users give them (train.schedule, eval.schedules, --schedule): a registry name
+(components/schedules.py: `linear-N`, `cosine-N`, ...) or a .json/.toml file holding `betas = [...]`.
+File reading lives here, so components/ only ever sees names and arrays."""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from components.schedules import UnknownScheduleError, check_betas, resolve_schedule_name
+
+SCHEDULE_FILE_SUFFIXES = (".json", ".toml")
+
+
+def is_schedule_file(name: str) -> bool:
+    return Path(name).suffix in SCHEDULE_FILE_SUFFIXES
+
+
+def resolve_schedule(name: str) -> np.ndarray:
+    """Name or file -> float64 betas. Raises ValueError naming what is allowed."""
+    if is_schedule_file(name):
+        return load_schedule_file(name)
+    try:
+        return resolve_schedule_name(name)
+    except UnknownScheduleError as err:
+        raise ValueError(f"{err}, or a .json/.toml file with `betas = [...]`") from None
+
+
+def load_schedule_file(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"schedule file {path}: not found")
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"schedule file {path}: unreadable: {err}") from err
+    if isinstance(data, list):
+        betas = data
+    elif isinstance(data, dict) and "betas" in data:
+        betas = data["betas"]
+    else:
+        raise ValueError(f"schedule file {path}: expected a key `betas` holding a list of numbers")
+    if not isinstance(betas, list) or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas):
+        raise ValueError(f"schedule file {path}: `betas` must be a list of numbers")
+    return check_betas(np.asarray(betas, dtype=np.float64), f"schedule file {path}")
+
+
+def schedule_label(name: str) -> str:
+    """A short name for tables and metric keys: files by stem, names as given."""
+    return Path(name).stem if is_schedule_file(name) else name
