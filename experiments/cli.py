@@ -32,6 +32,12 @@ def _overrides(p: argparse.ArgumentParser) -> None:
                    help="override one config key (repeatable), type-checked")
 
 
+def _tracking(p: argparse.ArgumentParser, experiment: str) -> None:
+    p.add_argument("--no-track", action="store_true", help="write nothing to MLflow")
+    p.add_argument("--experiment", default=None, metavar="NAME",
+                   help=f"MLflow experiment (default {experiment!r}); store: MLFLOW_TRACKING_URI, else ./mlflow.db")
+
+
 def version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as installed
@@ -96,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     _overrides(p)
     _device(p)
     p.add_argument("--out", default=None, help="run folder (default runs/<config hash>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.set_defaults(func=_handler("experiments.train:cmd_train"))
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's last checkpoint, or the tracking server's when later")
+    _tracking(p, "wg2 train")
+    p.set_defaults(func=_handler("experiments.tracked_runs:cmd_train"))
 
     p = sub.add_parser("synth", parents=[common], help="synthesize a sentence (or a corpus utterance) to a wav file")
-    p.add_argument("checkpoint", help="checkpoint file (.pt)")
+    p.add_argument("checkpoint", help="checkpoint file (.pt) or MLflow run ID")
     p.add_argument("text", nargs="?", default=None, help="text to say (espeak-ng front end)")
     p.add_argument("-o", "--out", required=True, help="output wav")
     p.add_argument("--schedule", default="manual-6", help="inference schedule name or .json/.toml file")
@@ -133,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", parents=[common],
                        help="synthesize a split with a checkpoint and score quality and speed")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint file (.pt) or MLflow run ID")
     p.add_argument("--schedules", default=None, help="comma-separated schedule names or files")
     p.add_argument("--split", default=None, choices=["train", "val", "test"])
     p.add_argument("--limit", type=int, default=None, help="utterances (0 = all)")
@@ -142,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     _precision(p)
     _device(p)
-    p.set_defaults(func=_handler("experiments.evaluate:cmd_eval"))
+    _tracking(p, "wg2 eval")
+    p.set_defaults(func=_handler("experiments.tracked_runs:cmd_eval"))
 
     p = sub.add_parser("grid", parents=[common], help="run an ablation grid tracked in MLflow (resumable)")
     p.add_argument("grid", help="grid file (TOML)")

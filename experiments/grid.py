@@ -12,7 +12,10 @@ or KILLED) or FAILED cell is taken over in the same run and trains on from its r
 Claiming (experiments/tracking.py, claim_run) uses only tags, so several `wg2 grid` commands, on one
 machine or on several pointed at one tracking server (MLFLOW_TRACKING_URI), can share a grid: each takes
 the cells nobody live holds; a holder on another machine counts as dead when its heartbeat tag is older
-than $WG2_STALE_SECONDS (600). Trainings restart from scratch on a machine without the run folder.
+than $WG2_STALE_SECONDS (600). Each cell uploads its checkpoint at every train.checkpoint_every steps, so
+a cell taken over on a machine without its run folder resumes from the store's copy (tag
+wg2.checkpoint_step), not from step 0. Every cell run carries the corpus as a dataset input (digest = the
+content hash) and MLflow's system metrics (system/*).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from typing import Any
 
 from evaluation import runs
 from experiments import tracking
-from experiments.config import ConfigError, InputError, RunConfig, flatten
+from experiments.config import ConfigError, InputError, RunConfig
 from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
 from experiments.workers import start_workers, watch_parent
 
@@ -166,35 +169,18 @@ def _autoencoder_run(result) -> str | None:
 
 
 def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
-    from experiments.config import to_toml
     from experiments.evaluate import evaluate
     from experiments.synth import load_checkpoint
-    from experiments.runtime import resolve_device
-    from experiments.train import train
-
-    device = str(resolve_device(ctx.device))
-    run = mlf.get_run(run_id)
-    tracking.retry(lambda: tracking.log_tags(mlf, run_id, tracking.run_tags(device)))
-    if not run.data.params:  # params once per run, even when the run is resumed
-        tracking.retry(lambda: tracking.log_params(mlf, run_id, flatten(cell.config)))
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "config.toml").write_text(to_toml(cell.config))
-            mlf.log_artifact(run_id, str(Path(tmp) / "config.toml"))
+    from experiments.tracked_runs import run_training
 
     folder = Path(ctx.runs_dir) / cell.train_hash
-    curves = tracking.CurveLogger(mlf, run_id, tracking.logged_steps(mlf, run_id))
     dataset = _dataset(cell.config, ctx.progress)
-    with _FolderLock(folder):
-        result = train(cell.training_config(), folder, device=ctx.device, resume=True, progress=ctx.progress,
-                       on_log=curves.on_log, dataset=dataset)
-    curves.flush(result.history)
+    with _FolderLock(folder):  # the store's checkpoint is fetched when it is ahead of this folder's (a takeover)
+        result = run_training(mlf, run_id, cell.training_config(), folder, ctx.device, dataset, resume=True,
+                              progress=ctx.progress, logged_config=cell.config)
     autoencoder_run = _autoencoder_run(result) if cell.config.model.space == "latent" else None
     if autoencoder_run:  # latent space: `wg2 compare` shows the autoencoder's reconstruction ceiling
         tracking.retry(lambda: mlf.set_tag(run_id, runs.TAG_AUTOENCODER_RUN, autoencoder_run))
-    figures = {f"train/{k}": v for k, v in result.throughput.items()}
-    if result.wall_seconds:
-        figures["train/wall_seconds"] = result.wall_seconds
-    tracking.retry(lambda: tracking.log_metrics(mlf, run_id, figures, step=result.steps))
 
     loaded = load_checkpoint(result.checkpoint, ctx.device)
     eval_dir = folder / "eval" / cell.cell_hash
@@ -202,7 +188,6 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
     evaluated = evaluate(loaded, cell.config.eval, eval_dir, dataset=dataset, progress=ctx.progress)
     tracking.retry(lambda: tracking.log_metrics(mlf, run_id, evaluated.metrics))
     mlf.log_artifacts(run_id, str(eval_dir))
-    mlf.log_artifact(run_id, str(result.checkpoint))
 
 
 def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
@@ -215,7 +200,7 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
     if state in ("finished", "busy"):
         return CellOutcome(cell.label, cell.cell_hash, "skipped" if state == "finished" else "busy", run_id)
     try:
-        with tracking.Heartbeat(ctx.uri, run_id):
+        with tracking.Heartbeat(ctx.uri, run_id), tracking.system_metrics(ctx.uri, run_id):
             _execute(cell, ctx, mlf, run_id)
     except KeyboardInterrupt:
         _end_quietly(mlf, run_id, "KILLED", "interrupted (KeyboardInterrupt)")
