@@ -59,12 +59,27 @@ def _verbosity() -> argparse.ArgumentParser:
     return common
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message is logged (not the stream of the moment it was made)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(level: int) -> None:
     """The root logger, configured once per process: messages to stderr, so stdout holds only results."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_wg2", False)]:
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._wg2 = True
     root.addHandler(handler)
@@ -130,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed beside eager fp32 in every row (auto: bf16 where the device computes it natively)")
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="write the table (markdown) and JSON here")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
     _device(p)
     p.set_defaults(func=_handler("experiments.bench:cmd_bench"))
 
@@ -165,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="grid file or MLflow experiment name")
     p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
     p.add_argument("--metric", default="pesq_wb", help="headline metric")
+    p.add_argument("--json", action="store_true", help="print the report's content as JSON on stdout")
     p.set_defaults(func=_handler("experiments.compare_cmd:cmd_compare"))
 
     p = sub.add_parser("search", parents=[common], help="search an inference noise schedule with Optuna")

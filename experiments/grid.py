@@ -20,11 +20,11 @@ content hash) and MLflow's system metrics (system/*).
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import queue
 import shutil
-import sys
 import tempfile
 import time
 import traceback
@@ -41,6 +41,9 @@ from experiments.workers import start_workers, watch_parent
 __all__ = [
     "RunContext", "CellOutcome", "GridOutcome", "check_windows", "runs_dir", "run_cell", "run_grid", "summary",
     "cmd_grid"]
+
+
+log = logging.getLogger(__name__)
 
 
 def runs_dir() -> Path:
@@ -219,8 +222,8 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
                 (Path(tmp) / "error.log").write_text(text)
                 mlf.log_artifact(run_id, str(Path(tmp) / "error.log"))
         except Exception as upload:  # noqa: BLE001 - the traceback still reaches the terminal
-            print(f"cell [{cell.label}]: error.log not uploaded ({type(upload).__name__}: {upload}):\n{text}",
-                  file=sys.stderr)
+            log.error("cell [%s]: error.log not uploaded (%s: %s):\n%s", cell.label, type(upload).__name__, upload,
+                      text)
         return CellOutcome(cell.label, cell.cell_hash, "failed", run_id, message, time.perf_counter() - started)
     if runs.TAG_ERROR in mlf.get_run(run_id).data.tags:  # an earlier attempt failed; this one did not
         tracking.retry(lambda: mlf.delete_tag(run_id, runs.TAG_ERROR))
@@ -366,7 +369,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
         tracking.end_run(mlf, parent_id, "FAILED", f"{len(failed)} of {len(grid.cells)} cell(s) failed: {labels}")
     elif not outcome.with_status("busy"):  # cells still running elsewhere: the parent stays RUNNING
         tracking.end_run(mlf, parent_id, "FINISHED")
-    print(summary(outcome))
+    log.log(logging.WARNING if failed else logging.INFO, "%s", summary(outcome))
     return outcome
 
 
@@ -386,7 +389,7 @@ def _run_cells(grid: Grid, mlf, uri: str, experiment_id: str, parent_id: str, de
     workers = min(workers, max(1, len(jobs)))
     ctx = RunContext(uri, experiment_id, parent_id, grid.name, device, str(runs_dir()), grid.overrides,
                      progress and workers == 1)  # several workers' training bars would overwrite each other
-    print(f"grid {grid.name!r}: {len(grid.cells)} cells, {len(done)} already finished, "
+    log.info(f"grid {grid.name!r}: {len(grid.cells)} cells, {len(done)} already finished, "
           f"{sum(map(len, jobs))} to run in {len(jobs)} trainings on {workers} worker(s); MLflow {uri}")
     bar = tqdm(total=len(grid.cells), initial=len(outcome.outcomes), desc=f"grid {grid.name}", unit="cell",
                disable=not progress_enabled(progress), dynamic_ncols=True)
@@ -396,7 +399,7 @@ def _run_cells(grid: Grid, mlf, uri: str, experiment_id: str, parent_id: str, de
         bar.update(1)
         bar.set_postfix(failed=len(outcome.with_status("failed")))
         if result.status in ("finished", "failed", "busy"):
-            bar.write(f"{result.status}: [{result.label}] {result.error or ''}".rstrip())
+            log.info("%s", f"{result.status}: [{result.label}] {result.error or ''}".rstrip())
 
     try:
         if workers == 1:

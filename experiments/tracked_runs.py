@@ -25,11 +25,11 @@ import logging
 from pathlib import Path
 
 from evaluation import runs
+from experiments import corpus
 from experiments import evaluate as evaluation
 from experiments import tracking
 from experiments import train as training
 from experiments.config import InputError, RunConfig, config_hash, flatten, load_config
-from experiments.corpus import load_dataset
 from experiments.precision import set_threads
 from experiments.runtime import preflight_run_folder, resolve_device
 from experiments.synth import load_checkpoint
@@ -115,7 +115,7 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
         return training.train(config, out, device=device, resume=resume, progress=progress), run_id
     log.info("MLflow run %s (experiment %r, %s) in %s", run_id, experiment, state, uri)
     try:
-        dataset = load_dataset(config.data, progress=progress)
+        dataset = corpus.load_dataset(config.data, progress=progress)
         with tracking.Heartbeat(uri, run_id), tracking.system_metrics(uri, run_id):
             result = run_training(mlf, run_id, config, out, device, dataset, resume=resume, progress=progress)
     except KeyboardInterrupt:
@@ -162,7 +162,7 @@ def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment
     log.info("MLflow run %s (experiment %r) in %s", run_id, experiment, uri)
     try:
         with tracking.system_metrics(uri, run_id):
-            dataset = load_dataset(loaded.config.data, progress=progress)
+            dataset = corpus.load_dataset(loaded.config.data, progress=progress)
             params = {**flatten(dataclasses.replace(loaded.config, eval=config)), "checkpoint": str(loaded.path),
                       "checkpoint_step": loaded.step, "model_run_id": model_run_id or ""}
             tracking.retry(lambda: tracking.log_params(mlf, run_id, params))

@@ -356,6 +356,6 @@ def test_cli_grid_file_with_a_multi_key_axis(store, tmp_path, monkeypatch, capsy
     assert main(["compare", str(spec), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
     assert "from the grid file" in md
-    assert len(grid.cells) > 1 and f"{len(grid.cells) - 1} missing" in capsys.readouterr().out
+    assert len(grid.cells) > 1 and f"{len(grid.cells) - 1} missing" in capsys.readouterr().err
     for cell in grid.cells[1:]:
         assert cell.label in md

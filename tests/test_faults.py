@@ -209,7 +209,7 @@ def test_orphaned_checkpoint_temporaries_of_dead_processes_are_removed_on_start(
     with pytest.raises(AssertionError, match="corpus was read"):
         main(["train", str(config), "--device", "cpu", "--out", str(run)])
     assert not dead.exists() and live.exists() and other.exists()
-    assert f"removed {dead}" in capsys.readouterr().out
+    assert f"removed {dead}" in capsys.readouterr().err
 
 
 def test_full_disk_while_saving_a_checkpoint_names_the_path_and_removes_the_temporary(trained, tmp_path: Path,

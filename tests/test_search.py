@@ -190,7 +190,7 @@ def test_the_exported_schedule_round_trips_into_eval_and_synth(searched, checkpo
     wav = tmp_path / "synth.wav"
     assert main(["synth", str(checkpoint), "--utterance", utterance, "--schedule", str(searched.file), "-o", str(wav),
                  "--device", "cpu"]) == 0
-    assert sf.info(wav).frames > 0 and "6 steps" in capsys.readouterr().out
+    assert sf.info(wav).frames > 0 and "6 steps" in capsys.readouterr().err
 
 
 def test_found_schedule_is_at_least_as_good_as_the_worst_baseline_evaluated_separately(searched):
