@@ -37,6 +37,7 @@ TAG_END_REASON = "wg2.end_reason"  # why a run ended FAILED or KILLED (a grid pa
 TAG_CHECKPOINT_STEP = "wg2.checkpoint_step"
 TAG_CORPUS_HASH = "wg2.corpus_hash"  # sha256 of the corpus content (also the dataset input's digest, cut to 36)
 TAG_CONFIG_FILE = "wg2.config_file"  # `wg2 train`: the config file given
+TAG_TRAIN_KEY = "wg2.train_key"  # `wg2 train`: the run's own key (claimed by it, as a cell by its hash)
 TAG_CHECKPOINT = "wg2.checkpoint"  # `wg2 eval`: the checkpoint file evaluated
 # the autoencoder stage
 TAG_AUTOENCODER_KEY = "wg2.autoencoder_key"

@@ -1,14 +1,15 @@
 """`wg2 train` and `wg2 eval` outside a grid, each an MLflow run unless `--no-track` (store: evaluation/runs.py).
 
-`wg2 train CONFIG`: experiment "wg2 train" (or `--experiment NAME`), one run per config (tag wg2.kind=train,
-found by tag wg2.train_hash = the config hash, as grid cells are by their cell hash): params (the flattened
-config, as in grids), config.toml, the corpus as a dataset input (digest = its content hash), the training
-curves (train/*) while it trains, MLflow's system metrics (system/*), the checkpoint uploaded at every
-train.checkpoint_every steps (tag wg2.checkpoint_step), throughput at the end. Rerunning a config whose run
-FINISHED finds it (the checkpoint is downloaded when the run folder lacks it) and trains nothing; a run
-being trained by a live process is refused (exit 2); an interrupted one (killed, failed, or its owner dead)
-is taken over with `--resume`, from the run folder's checkpoint or, when the store's copy is at a later step
-(another machine, another runs/ folder), from the store's.
+`wg2 train CONFIG`: experiment "wg2 train" (or `--experiment NAME`), a run per training (tags wg2.kind=train,
+wg2.train_hash = the config hash, wg2.train_key = the run's own key, claimed like a grid cell by its hash):
+params (the flattened config, as in grids), config.toml, the corpus as a dataset input (digest = its content
+hash), the training curves (train/*) while it trains, MLflow's system metrics (system/*), the checkpoint
+uploaded at every train.checkpoint_every steps (tag wg2.checkpoint_step), throughput at the end. The run
+folder records its run (mlflow_run.json). `--resume` continues that run; in a fresh folder (another machine,
+another runs/) it takes over the latest interrupted run of the same config (killed, failed, or RUNNING with
+a dead owner) and resumes from the store's checkpoint; when the store's copy of the folder's own run is at a
+later step than the folder's, the store's is taken too. A run being trained by a live process is refused
+(exit 2). Without --resume, a folder holding a checkpoint is refused as before (or found done).
 
 `wg2 eval CKPT|RUN_ID`: experiment "wg2 eval" (or `--experiment NAME`), a new run per evaluation (tag
 wg2.kind=eval; wg2.model_run_id when the model was given as a run ID, wg2.checkpoint the file): params (the
@@ -22,20 +23,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import uuid
 from pathlib import Path
 
 from evaluation import runs
-from experiments import corpus
+from experiments import corpus, synth
 from experiments import evaluate as evaluation
 from experiments import tracking
 from experiments import train as training
 from experiments.config import InputError, RunConfig, config_hash, flatten, load_config
 from experiments.precision import set_threads
-from experiments.runtime import preflight_run_folder, resolve_device
-from experiments.synth import load_checkpoint
+from experiments.runtime import atomic_write_bytes, preflight_run_folder, resolve_device
 
 TRAIN_EXPERIMENT = "wg2 train"
 EVAL_EXPERIMENT = "wg2 eval"
+MARKER = "mlflow_run.json"  # in a tracked run folder: the run that trains there (its ID and key)
 
 log = logging.getLogger(__name__)
 
@@ -71,49 +73,63 @@ def _end(mlf, run_id: str, status: str, reason: str) -> None:
         log.warning("run %s not marked %s: %s", run_id, status, err)
 
 
-def _interrupted_checkpoint(mlf, experiment_id: str, key: str) -> tuple[str, int] | None:
-    """(run ID, step) of an unfinished run of this config whose checkpoint was uploaded."""
-    query = f"{runs.tag_is(runs.TAG_TRAIN_HASH, key)} and {runs.tag_is(runs.TAG_KIND, runs.KIND_TRAIN)}"
-    for run in tracking.retry(lambda: runs.search_all_runs(mlf, [experiment_id], query)):
-        step = run.data.tags.get(runs.TAG_CHECKPOINT_STEP, "")
-        if run.info.status != "FINISHED" and step.isdigit() and int(step) > 0:
-            return run.info.run_id, int(step)
-    return None
+def _interrupted_run(mlf, experiment_id: str, config_key: str) -> str | None:
+    """The run key of the latest unfinished `wg2 train` run of this config whose checkpoint was uploaded."""
+    query = f"{runs.tag_is(runs.TAG_TRAIN_HASH, config_key)} and {runs.tag_is(runs.TAG_KIND, runs.KIND_TRAIN)}"
+    found = [r for r in tracking.retry(lambda: runs.search_all_runs(mlf, [experiment_id], query))
+             if r.info.status != "FINISHED" and runs.TAG_TRAIN_KEY in r.data.tags
+             and r.data.tags.get(runs.TAG_CHECKPOINT_STEP, "").isdigit()
+             and int(r.data.tags[runs.TAG_CHECKPOINT_STEP]) > 0]
+    if not found:
+        return None
+    return max(found, key=lambda r: (r.info.start_time or 0, r.info.run_id)).data.tags[runs.TAG_TRAIN_KEY]
+
+
+def _read_marker(out: Path) -> dict | None:
+    try:
+        marker = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("key"), str) else None
 
 
 def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bool = False,
                   config_file: str | None = None, experiment: str = TRAIN_EXPERIMENT,
-                  progress: bool = True) -> tuple[training.TrainResult, str]:
-    """`wg2 train` as an MLflow run (see the module docstring). Returns (result, run ID)."""
+                  progress: bool = True) -> tuple[training.TrainResult, str | None]:
+    """`wg2 train` as an MLflow run (see the module docstring). Returns (result, run ID or None when nothing
+    was tracked: the run folder already held this training, finished)."""
     out = Path(out)
+    ckpt = out / training.CHECKPOINT
+    if ckpt.exists() and not resume:  # done already (returns), or another run's folder (InputError): no run
+        return training.train(config, out, device=device, resume=False, progress=progress), None
     preflight_run_folder(out)
     uri = tracking.ensure_store(runs.tracking_uri())  # an unwritable store: exit 2 before the corpus is read
     experiment_id = tracking.get_or_create_experiment(experiment, uri=uri)
     mlf = tracking.client(uri)
-    key = config_hash(config)
-    ckpt = out / training.CHECKPOINT
-    if not resume and not ckpt.exists():
-        found = _interrupted_checkpoint(mlf, experiment_id, key)
-        if found is not None:
-            raise InputError(f"MLflow run {found[0]} (experiment {experiment!r}) holds an interrupted training of "
-                             f"this config, uploaded at step {found[1]}; pass --resume to continue it, or "
-                             "--no-track")
+    config_key = config_hash(config)
+    key = None
+    if resume:
+        marker = _read_marker(out)  # this folder's own run, or (a fresh folder) the interrupted run to take over
+        key = marker["key"] if marker else (None if ckpt.exists() else _interrupted_run(mlf, experiment_id, config_key))
+    key = key or uuid.uuid4().hex
 
     def create(tags: dict[str, str]) -> str:
-        tags = {**tags, runs.TAG_KIND: runs.KIND_TRAIN, runs.TAG_CONFIG_FILE: str(config_file or "")}
-        name = f"train: {Path(config_file).stem if config_file else key}"
+        tags = {**tags, runs.TAG_KIND: runs.KIND_TRAIN, runs.TAG_TRAIN_HASH: config_key,
+                runs.TAG_CONFIG_FILE: str(config_file or "")}
+        name = f"train: {Path(config_file).stem if config_file else config_key}"
         return tracking.retry(lambda: mlf.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
 
-    run_id, state = tracking.claim_run(mlf, experiment_id, runs.TAG_TRAIN_HASH, key, create)
+    run_id, state = tracking.claim_run(mlf, experiment_id, runs.TAG_TRAIN_KEY, key, create)
     if state == "busy":
         owner = mlf.get_run(run_id).data.tags.get(runs.TAG_OWNER, "?")
-        raise InputError(f"this config (hash {key}) is being trained in MLflow run {run_id} by a live process "
-                         f"({owner}); wait for it, or pass --no-track")
+        raise InputError(f"MLflow run {run_id} of this config is being trained by a live process ({owner}); "
+                         "wait for it, or pass --no-track")
     if state == "finished":
-        tracking.fetch_checkpoint(mlf, run_id, ckpt)
-        log.info("this config was trained before: MLflow run %s (experiment %r)", run_id, experiment)
+        log.info("MLflow run %s (experiment %r) trained this folder to the end", run_id, experiment)
         return training.train(config, out, device=device, resume=resume, progress=progress), run_id
     log.info("MLflow run %s (experiment %r, %s) in %s", run_id, experiment, state, uri)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / MARKER, json.dumps({"run_id": run_id, "key": key, "tracking_uri": uri}).encode())
     try:
         dataset = corpus.load_dataset(config.data, progress=progress)
         with tracking.Heartbeat(uri, run_id), tracking.system_metrics(uri, run_id):
@@ -186,7 +202,7 @@ def cmd_eval(args) -> int:
     checkpoint, model_run_id = tracking.resolve_checkpoint(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.parent / "eval"
     evaluation.check_eval_out(out)
-    loaded = load_checkpoint(checkpoint, args.device)
+    loaded = synth.load_checkpoint(checkpoint, args.device)
     config = evaluation.eval_config(loaded, args)
     run_id = None
     if getattr(args, "no_track", False):

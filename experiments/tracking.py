@@ -36,7 +36,10 @@ PACKAGES = ("torch", "numpy", "scipy", "mlflow", "optuna", "pesq", "pystoi", "so
 
 
 def quiet_mlflow_logs() -> None:
-    """The SQLite store runs its schema migrations through alembic, which logs every step at INFO."""
+    """The SQLite store runs its schema migrations through alembic, which logs every step at INFO. And
+    MLflow writes "View run ... at: URL" to stdout when a run on a tracking server ends: stdout holds only
+    a command's results (--json), so that is off unless MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT says otherwise."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

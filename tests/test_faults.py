@@ -142,12 +142,12 @@ def test_train_refuses_an_unwritable_run_folder_before_reading_data(trained, tmp
 
 
 def test_eval_refuses_an_unwritable_out_folder_before_loading(trained, tmp_path: Path, monkeypatch, capsys):
-    import experiments.evaluate
+    import experiments.synth
 
     _, checkpoint = trained
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me")
-    monkeypatch.setattr(experiments.evaluate, "load_checkpoint", lambda *a, **k: pytest.fail("loaded first"))
+    monkeypatch.setattr(experiments.synth, "load_checkpoint", lambda *a, **k: pytest.fail("loaded first"))
     assert main(["eval", str(checkpoint), "--device", "cpu", "--out", str(blocker / "eval")]) == 2
     line = _one_line_naming(capsys.readouterr().err, blocker / "eval")
     assert "--out folder is not writable" in line and blocker.read_text() == "keep me"

@@ -100,13 +100,15 @@ def test_train_alone_is_a_run_with_params_curves_checkpoint_corpus_input_and_sys
     assert {t.key: t.value for t in given.tags}["mlflow.data.context"] == "training"
 
 
-def test_training_the_same_config_again_finds_the_finished_run(tracked, monkeypatch):
+def test_resuming_a_finished_run_trains_nothing_and_keeps_the_folder(tracked, monkeypatch):
     monkeypatch.chdir(tracked["home"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked["uri"])
     monkeypatch.setattr(experiments.train, "train", _no_training_past_the_end(experiments.train.train))
-    fresh = tracked["home"] / "elsewhere"
-    assert main(["train", str(tracked["config"]), "--device", "cpu", "--out", str(fresh)]) == 0
-    assert tracking.local_step(fresh / "checkpoint.pt") == STEPS  # the store's checkpoint, downloaded
+    folder = tracked["home"] / "A"
+    assert json.loads((folder / "mlflow_run.json").read_text())["run_id"] == tracked["run"].info.run_id
+    before = (folder / "checkpoint.pt").read_bytes()
+    assert main(["train", str(tracked["config"]), "--device", "cpu", "--out", str(folder), "--resume"]) == 0
+    assert (folder / "checkpoint.pt").read_bytes() == before
     assert only_run(tracked["mlf"], "wg2 train").info.run_id == tracked["run"].info.run_id
 
 
@@ -205,8 +207,6 @@ def test_train_taken_over_in_another_runs_folder_resumes_from_the_uploaded_step(
     _as_if_its_machine_died(mlf, run.info.run_id)
 
     folder_b = tmp_path / "runsB" / "run"  # another machine: its runs/ folder has never seen this run
-    assert main(["train", str(config), "--device", "cpu", "--out", str(folder_b)]) == 2  # --resume is asked for
-    assert not (folder_b / "checkpoint.pt").exists()
     starts = _starting_steps(monkeypatch)
     assert main(["train", str(config), "--device", "cpu", "--out", str(folder_b), "--resume"]) == 0
     assert starts == [4], "resumed from the store's step-4 checkpoint, not from step 0"
