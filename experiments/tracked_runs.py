@@ -103,6 +103,7 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
     if ckpt.exists() and not resume:  # done already (returns), or another run's folder (InputError): no run
         return training.train(config, out, device=device, resume=False, progress=progress), None
     preflight_run_folder(out)
+    training.existing_checkpoint(config, ckpt, resume)  # unreadable, or another config's: exit 2, no run made
     uri = tracking.ensure_store(runs.tracking_uri())  # an unwritable store: exit 2 before the corpus is read
     experiment_id = tracking.get_or_create_experiment(experiment, uri=uri)
     mlf = tracking.client(uri)

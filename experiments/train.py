@@ -106,6 +106,18 @@ class EMA:
         model.load_state_dict(self.shadow)
 
 
+def existing_checkpoint(config: RunConfig, ckpt_path: Path, resume: bool) -> dict | None:
+    """The run folder's checkpoint, read (an unreadable one is an InputError naming it), or None. Refused: a
+    checkpoint of another config, and an unfinished one without `resume`."""
+    existing = read_checkpoint(ckpt_path, RESUME_KEYS) if ckpt_path.exists() else None
+    if existing is not None and existing["config_hash"] != config_hash(config):
+        raise InputError(f"{ckpt_path}: holds a run with another config (hash {existing['config_hash']}, "
+                         f"this config {config_hash(config)}); use another --out")
+    if existing is not None and existing["step"] < config.train.steps and not resume:
+        raise InputError(f"{ckpt_path}: a checkpoint exists at step {existing['step']}; pass --resume or another --out")
+    return existing
+
+
 def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool = False, progress: bool = True,
           on_log: Callable[[int, dict[str, float]], None] | None = None, dataset=None,
           autoencoder_experiment: str | None = None,
@@ -119,14 +131,9 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     device = resolve_device(device)
     ckpt_path = out_dir / CHECKPOINT
     preflight_run_folder(out_dir)  # writable, and dead processes' temporaries gone, before any data is read
-    existing = read_checkpoint(ckpt_path, RESUME_KEYS) if ckpt_path.exists() else None
-    if existing is not None and existing["config_hash"] != config_hash(config):
-        raise InputError(f"{ckpt_path}: holds a run with another config (hash {existing['config_hash']}, "
-                         f"this config {config_hash(config)}); use another --out")
+    existing = existing_checkpoint(config, ckpt_path, resume)
     if existing is not None and existing["step"] >= config.train.steps:
         return TrainResult(ckpt_path, existing["step"], existing["history"], existing.get("throughput", {}))
-    if existing is not None and not resume:
-        raise InputError(f"{ckpt_path}: a checkpoint exists at step {existing['step']}; pass --resume or another --out")
 
     dataset = dataset or load_dataset(config.data, progress=progress)
     longest = max(int(u.durations.sum()) for u in dataset.train)

@@ -229,7 +229,8 @@ def test_full_disk_while_saving_a_checkpoint_names_the_path_and_removes_the_temp
     assert main(["train", str(config), "--device", "cpu", "--out", str(run)]) == 2
     line = _one_line_naming(capsys.readouterr().err, run / "checkpoint.pt")
     assert f"no space left on device at {run / 'checkpoint.pt'}" in line
-    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == []  # no temporary, no checkpoint
+    left = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+    assert left in ([], ["mlflow_run.json"]), left  # no temporary, no checkpoint (the tracked run's note may stay)
 
 
 # ----------------------------------------------------------------------------- checkpoints that do not fit
