@@ -13,7 +13,7 @@ The command line (reading a grid file for its expected cells) is experiments/com
 from __future__ import annotations
 
 import itertools
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +164,8 @@ def compare(experiment_name: str, out_dir: str | Path, metric: str = "pesq_wb", 
                 client.log_artifacts(parent.info.run_id, str(out_dir / "listen"), artifact_path="report/listen")
             logged = True
         except Exception as err:  # noqa: BLE001 - the local report stands even when the artifact store is unreachable
-            print(f"wg2 compare: warning: could not log the report on run {parent.info.run_id}: {err}",
-                  file=sys.stderr)
+            logging.getLogger(__name__).warning("wg2 compare: warning: could not log the report on run %s: %s",
+                                                parent.info.run_id, err)
     return Report(experiment_name, out_dir, md, table, plot_files, grid.rows, grid.status["missing"],
                   grid.status["failed"], grid.status["running"], metric, grid.schedules, grid.effects, grid.target,
                   parent.info.run_id if parent is not None else None, logged, listen)

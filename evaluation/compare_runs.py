@@ -14,7 +14,7 @@ import itertools
 import json
 import math
 import re
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,7 +283,8 @@ def _expected_from_parent(client, parent) -> list | None:
             listed = listed.get("cells")
         return listed if isinstance(listed, list) else None
     except Exception as err:  # noqa: BLE001 - an unreadable artifact store must not stop the report
-        print(f"wg2 compare: warning: could not read cells.json of the parent run: {err}", file=sys.stderr)
+        logging.getLogger(__name__).warning("wg2 compare: warning: could not read cells.json of the parent run: %s",
+                                            err)
         return None
 
 

@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlparse
 
 TAG_KIND = "wg2.kind"  # what a run is: one of the KIND_* values
 KIND_GRID, KIND_CELL, KIND_AUTOENCODER, KIND_SEARCH, KIND_TRIAL = "grid", "cell", "autoencoder", "search", "trial"
+KIND_TRAIN, KIND_EVAL = "train", "eval"  # `wg2 train` and `wg2 eval` outside a grid
 
 # a grid's parent run
 TAG_GRID_NAME = "wg2.grid_name"
@@ -32,6 +33,12 @@ TAG_OVERRIDES = "wg2.overrides"
 TAG_AUTOENCODER_RUN = "wg2.autoencoder_run"
 TAG_ERROR = "wg2.error"
 TAG_END_REASON = "wg2.end_reason"  # why a run ended FAILED or KILLED (a grid parent, a cell)
+# any training run (a cell, a `wg2 train` run): the step of its uploaded checkpoint.pt artifact
+TAG_CHECKPOINT_STEP = "wg2.checkpoint_step"
+TAG_CORPUS_HASH = "wg2.corpus_hash"  # sha256 of the corpus content (also the dataset input's digest, cut to 36)
+TAG_CONFIG_FILE = "wg2.config_file"  # `wg2 train`: the config file given
+TAG_TRAIN_KEY = "wg2.train_key"  # `wg2 train`: the run's own key (claimed by it, as a cell by its hash)
+TAG_CHECKPOINT = "wg2.checkpoint"  # `wg2 eval`: the checkpoint file evaluated
 # the autoencoder stage
 TAG_AUTOENCODER_KEY = "wg2.autoencoder_key"
 # claiming runs (experiments/tracking.py)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -158,6 +159,6 @@ def cmd_autoencoder_train(args) -> int:
     _, info = ensure_autoencoder(config, dataset, resolve_device(args.device))
     state = "found in cache" if info["cache_hit"] else f"trained in {info['seconds']:.0f} s"
     recon = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in info.get("recon", {}).items() if "n_missing" not in k)
-    print(f"autoencoder {info['key']} {state}: {info['path']}\nreconstruction ceiling (val): {recon}\n"
-          f"MLflow run: {info['mlflow_run_id']}")
+    logging.getLogger(__name__).info("autoencoder %s %s: %s\nreconstruction ceiling (val): %s\nMLflow run: %s",
+                                     info["key"], state, info["path"], recon, info["mlflow_run_id"])
     return 0

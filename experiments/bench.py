@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
             row[f"gflop_per_audio_s_{schedule}"] = flops * len(resolve_schedule(schedule)) / audio_s / 1e9
         row["peak_memory_mb"] = peak_memory_mb(dev)
         rows.append(row)
-        print(json.dumps(row))
+        logging.getLogger(__name__).info("%s", json.dumps(row))
     return dev, rows
 
 
@@ -194,7 +195,10 @@ def cmd_bench(args) -> int:
     set_threads()
     dev, rows = run_bench(presets, args.device, args.seconds, args.batch_size, args.window_frames, args.precision)
     table = format_table(machine_name(dev), rows, args.batch_size, args.window_frames)
-    print("\n" + table)
+    if getattr(args, "json", False):
+        print(json.dumps({"machine": machine_name(dev), "rows": rows}, indent=1))
+    else:
+        print("\n" + table)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,12 @@ def _overrides(p: argparse.ArgumentParser) -> None:
                    help="override one config key (repeatable), type-checked")
 
 
+def _tracking(p: argparse.ArgumentParser, experiment: str) -> None:
+    p.add_argument("--no-track", action="store_true", help="write nothing to MLflow")
+    p.add_argument("--experiment", default=None, metavar="NAME",
+                   help=f"MLflow experiment (default {experiment!r}); store: MLFLOW_TRACKING_URI, else ./mlflow.db")
+
+
 def version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as installed
@@ -53,12 +59,27 @@ def _verbosity() -> argparse.ArgumentParser:
     return common
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message is logged (not the stream of the moment it was made)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(level: int) -> None:
     """The root logger, configured once per process: messages to stderr, so stdout holds only results."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_wg2", False)]:
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._wg2 = True
     root.addHandler(handler)
@@ -96,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     _overrides(p)
     _device(p)
     p.add_argument("--out", default=None, help="run folder (default runs/<config hash>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.set_defaults(func=_handler("experiments.train:cmd_train"))
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's last checkpoint, or the tracking server's when later")
+    _tracking(p, "wg2 train")
+    p.set_defaults(func=_handler("experiments.tracked_runs:cmd_train"))
 
     p = sub.add_parser("synth", parents=[common], help="synthesize a sentence (or a corpus utterance) to a wav file")
-    p.add_argument("checkpoint", help="checkpoint file (.pt)")
+    p.add_argument("checkpoint", help="checkpoint file (.pt) or MLflow run ID")
     p.add_argument("text", nargs="?", default=None, help="text to say (espeak-ng front end)")
     p.add_argument("-o", "--out", required=True, help="output wav")
     p.add_argument("--schedule", default="manual-6", help="inference schedule name or .json/.toml file")
@@ -122,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed beside eager fp32 in every row (auto: bf16 where the device computes it natively)")
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="write the table (markdown) and JSON here")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
     _device(p)
     p.set_defaults(func=_handler("experiments.bench:cmd_bench"))
 
@@ -133,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", parents=[common],
                        help="synthesize a split with a checkpoint and score quality and speed")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint file (.pt) or MLflow run ID")
     p.add_argument("--schedules", default=None, help="comma-separated schedule names or files")
     p.add_argument("--split", default=None, choices=["train", "val", "test"])
     p.add_argument("--limit", type=int, default=None, help="utterances (0 = all)")
@@ -142,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     _precision(p)
     _device(p)
-    p.set_defaults(func=_handler("experiments.evaluate:cmd_eval"))
+    _tracking(p, "wg2 eval")
+    p.set_defaults(func=_handler("experiments.tracked_runs:cmd_eval"))
 
     p = sub.add_parser("grid", parents=[common], help="run an ablation grid tracked in MLflow (resumable)")
     p.add_argument("grid", help="grid file (TOML)")
@@ -156,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="grid file or MLflow experiment name")
     p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
     p.add_argument("--metric", default="pesq_wb", help="headline metric")
+    p.add_argument("--json", action="store_true", help="print the report's content as JSON on stdout")
     p.set_defaults(func=_handler("experiments.compare_cmd:cmd_compare"))
 
     p = sub.add_parser("search", parents=[common], help="search an inference noise schedule with Optuna")

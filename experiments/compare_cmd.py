@@ -1,4 +1,4 @@
-"""`wg2 compare GRID.toml|EXPERIMENT [--out DIR] [--metric M]`: the command line of evaluation/compare.py.
+"""`wg2 compare GRID.toml|EXPERIMENT [--out DIR] [--metric M] [--json]`: the command line of evaluation/compare.py.
 
 Given a grid file, the grid is expanded by the grid runner's own reader (experiments/grid_file.py), so the
 expected cells (multi-key axes, `exclude`, seeds) are exactly the ones `wg2 grid` runs; the report lists those
@@ -6,6 +6,9 @@ with no run as missing. Given an experiment name, the cells come from the grid's
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 from pathlib import Path
 
 from evaluation.compare import compare
@@ -28,10 +31,19 @@ def cmd_compare(args) -> int:
         report = compare(name, out, metric=getattr(args, "metric", None) or "pesq_wb", expected=expected)
     except CompareError as err:
         raise InputError(str(err)) from err
-    print(f"wrote {report.report_md} ({len(report.rows)} cells, {len(report.missing)} missing, "
-          f"{len(report.failed)} failed, {len(report.running)} running)")
+    log = logging.getLogger(__name__)
+    log.info("wrote %s (%d cells, %d missing, %d failed, %d running)", report.report_md, len(report.rows),
+             len(report.missing), len(report.failed), len(report.running))
     if report.target is not None:
-        print(report.target.statement.replace("**", ""))
+        log.info("%s", report.target.statement.replace("**", ""))
     if report.parent_run_id and report.logged_on_parent:
-        print(f"logged on parent run {report.parent_run_id} under report/")
+        log.info("logged on parent run %s under report/", report.parent_run_id)
+    if getattr(args, "json", False):
+        print(json.dumps(report_dict(report), indent=1, default=str))
     return 0
+
+
+def report_dict(report) -> dict:
+    """`wg2 compare --json`: the report's content (cells with their statistics, missing, failed and running
+    cells, axis effects, the target statement) and the files written, for scripts."""
+    return json.loads(json.dumps(dataclasses.asdict(report), default=str))

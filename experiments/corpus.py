@@ -36,7 +36,7 @@ import json
 import math
 import os
 import shutil
-import sys
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +151,7 @@ def split_of(utterance_id: str, val_fraction: float, test_fraction: float) -> st
 
 
 def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    logging.getLogger(__name__).warning("warning: %s", message)
 
 
 # ----------------------------------------------------------------------------- finding the files

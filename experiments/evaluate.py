@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import logging
 import os
 import platform
 import time
@@ -38,10 +37,10 @@ from evaluation.metrics import METRICS, ON_FREE_RUNNING, Missing, value_range
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
-from experiments.precision import precision_name, resolve_precision, set_threads
+from experiments.precision import precision_name, resolve_precision
 from experiments.runtime import peak_memory_mb
 from experiments.schedule_files import resolve_schedule, schedule_label
-from experiments.synth import LoadedModel, conditioning_items, load_checkpoint, synthesize, write_wav
+from experiments.synth import LoadedModel, conditioning_items, synthesize, write_wav
 
 
 # Metrics of the free-running pass (predicted durations): output and reference lengths differ.
@@ -220,10 +219,8 @@ def write_outputs(out_dir: Path, rows, summary, utterances, outputs, config: Eva
     return files + ([curves] if curves else [])
 
 
-def cmd_eval(args) -> int:
-    set_threads()
-    check_eval_args(args)
-    loaded = load_checkpoint(args.checkpoint, args.device)
+def eval_config(loaded: LoadedModel, args) -> EvalConfig:
+    """The checkpoint's eval settings with the command line's changes (schedules checked against training)."""
     changes = {}
     if args.schedules:
         changes["schedules"] = [s.strip() for s in args.schedules.split(",") if s.strip()]
@@ -242,26 +239,21 @@ def cmd_eval(args) -> int:
         changes["metric_workers"] = args.workers
     if getattr(args, "precision", None) is not None:
         changes["precision"] = args.precision
-    config = dataclasses.replace(loaded.config.eval, **changes)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    result = evaluate(loaded, config, out)
-    if getattr(args, "json", False):
-        print(json.dumps(result.summary, indent=2, default=str))
-    else:
-        print(format_summary(result.summary))
-    logging.getLogger(__name__).info("wrote %d files to %s", len(result.files), out)
-    return 0
+    return dataclasses.replace(loaded.config.eval, **changes)
 
 
-def check_eval_args(args) -> None:
+def check_eval_numbers(args) -> None:
     """The command line's numbers, refused before the checkpoint is read (as config keys are at load)."""
     if args.limit is not None and args.limit < 0:
         raise InputError(f"--limit {args.limit}: expected 0 (the whole split) or a positive number of utterances")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected at least 1 metric worker process")
+
+
+def check_eval_out(out: Path) -> None:
     from experiments.runtime import check_writable
 
-    check_writable(Path(args.out) if args.out else Path(args.checkpoint).parent / "eval", "--out folder")
+    check_writable(out, "--out folder")
 
 
 def format_summary(summary: dict) -> str:

@@ -12,16 +12,19 @@ or KILLED) or FAILED cell is taken over in the same run and trains on from its r
 Claiming (experiments/tracking.py, claim_run) uses only tags, so several `wg2 grid` commands, on one
 machine or on several pointed at one tracking server (MLFLOW_TRACKING_URI), can share a grid: each takes
 the cells nobody live holds; a holder on another machine counts as dead when its heartbeat tag is older
-than $WG2_STALE_SECONDS (600). Trainings restart from scratch on a machine without the run folder.
+than $WG2_STALE_SECONDS (600). Each cell uploads its checkpoint at every train.checkpoint_every steps, so
+a cell taken over on a machine without its run folder resumes from the store's copy (tag
+wg2.checkpoint_step), not from step 0. Every cell run carries the corpus as a dataset input (digest = the
+content hash) and MLflow's system metrics (system/*).
 """
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import queue
 import shutil
-import sys
 import tempfile
 import time
 import traceback
@@ -31,13 +34,16 @@ from typing import Any
 
 from evaluation import runs
 from experiments import tracking
-from experiments.config import ConfigError, InputError, RunConfig, flatten
+from experiments.config import ConfigError, InputError, RunConfig
 from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
 from experiments.workers import start_workers, watch_parent
 
 __all__ = [
     "RunContext", "CellOutcome", "GridOutcome", "check_windows", "runs_dir", "run_cell", "run_grid", "summary",
     "cmd_grid"]
+
+
+log = logging.getLogger(__name__)
 
 
 def runs_dir() -> Path:
@@ -167,35 +173,18 @@ def _autoencoder_run(result) -> str | None:
 
 def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
     from components.spaces import SPACES  # torch: only when a cell runs
-    from experiments.config import to_toml
     from experiments.evaluate import evaluate
     from experiments.synth import load_checkpoint
-    from experiments.runtime import resolve_device
-    from experiments.train import train
-
-    device = str(resolve_device(ctx.device))
-    run = mlf.get_run(run_id)
-    tracking.retry(lambda: tracking.log_tags(mlf, run_id, tracking.run_tags(device)))
-    if not run.data.params:  # params once per run, even when the run is resumed
-        tracking.retry(lambda: tracking.log_params(mlf, run_id, flatten(cell.config)))
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "config.toml").write_text(to_toml(cell.config))
-            mlf.log_artifact(run_id, str(Path(tmp) / "config.toml"))
+    from experiments.tracked_runs import run_training
 
     folder = Path(ctx.runs_dir) / cell.train_hash
-    curves = tracking.CurveLogger(mlf, run_id, tracking.logged_steps(mlf, run_id))
     dataset = _dataset(cell.config, ctx.progress)
-    with _FolderLock(folder):
-        result = train(cell.training_config(), folder, device=ctx.device, resume=True, progress=ctx.progress,
-                       on_log=curves.on_log, dataset=dataset)
-    curves.flush(result.history)
+    with _FolderLock(folder):  # the store's checkpoint is fetched when it is ahead of this folder's (a takeover)
+        result = run_training(mlf, run_id, cell.training_config(), folder, ctx.device, dataset, resume=True,
+                              progress=ctx.progress, logged_config=cell.config)
     autoencoder_run = _autoencoder_run(result) if SPACES.get(cell.config.model.space).uses_autoencoder else None
     if autoencoder_run:  # latent space: `wg2 compare` shows the autoencoder's reconstruction ceiling
         tracking.retry(lambda: mlf.set_tag(run_id, runs.TAG_AUTOENCODER_RUN, autoencoder_run))
-    figures = {f"train/{k}": v for k, v in result.throughput.items()}
-    if result.wall_seconds:
-        figures["train/wall_seconds"] = result.wall_seconds
-    tracking.retry(lambda: tracking.log_metrics(mlf, run_id, figures, step=result.steps))
 
     loaded = load_checkpoint(result.checkpoint, ctx.device)
     eval_dir = folder / "eval" / cell.cell_hash
@@ -203,7 +192,6 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
     evaluated = evaluate(loaded, cell.config.eval, eval_dir, dataset=dataset, progress=ctx.progress)
     tracking.retry(lambda: tracking.log_metrics(mlf, run_id, evaluated.metrics))
     mlf.log_artifacts(run_id, str(eval_dir))
-    mlf.log_artifact(run_id, str(result.checkpoint))
 
 
 def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
@@ -216,7 +204,7 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
     if state in ("finished", "busy"):
         return CellOutcome(cell.label, cell.cell_hash, "skipped" if state == "finished" else "busy", run_id)
     try:
-        with tracking.Heartbeat(ctx.uri, run_id):
+        with tracking.Heartbeat(ctx.uri, run_id), tracking.system_metrics(ctx.uri, run_id):
             _execute(cell, ctx, mlf, run_id)
     except KeyboardInterrupt:
         _end_quietly(mlf, run_id, "KILLED", "interrupted (KeyboardInterrupt)")
@@ -235,8 +223,8 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
                 (Path(tmp) / "error.log").write_text(text)
                 mlf.log_artifact(run_id, str(Path(tmp) / "error.log"))
         except Exception as upload:  # noqa: BLE001 - the traceback still reaches the terminal
-            print(f"cell [{cell.label}]: error.log not uploaded ({type(upload).__name__}: {upload}):\n{text}",
-                  file=sys.stderr)
+            log.error("cell [%s]: error.log not uploaded (%s: %s):\n%s", cell.label, type(upload).__name__, upload,
+                      text)
         return CellOutcome(cell.label, cell.cell_hash, "failed", run_id, message, time.perf_counter() - started)
     if runs.TAG_ERROR in mlf.get_run(run_id).data.tags:  # an earlier attempt failed; this one did not
         tracking.retry(lambda: mlf.delete_tag(run_id, runs.TAG_ERROR))
@@ -382,7 +370,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
         tracking.end_run(mlf, parent_id, "FAILED", f"{len(failed)} of {len(grid.cells)} cell(s) failed: {labels}")
     elif not outcome.with_status("busy"):  # cells still running elsewhere: the parent stays RUNNING
         tracking.end_run(mlf, parent_id, "FINISHED")
-    print(summary(outcome))
+    log.log(logging.WARNING if failed else logging.INFO, "%s", summary(outcome))
     return outcome
 
 
@@ -402,7 +390,7 @@ def _run_cells(grid: Grid, mlf, uri: str, experiment_id: str, parent_id: str, de
     workers = min(workers, max(1, len(jobs)))
     ctx = RunContext(uri, experiment_id, parent_id, grid.name, device, str(runs_dir()), grid.overrides,
                      progress and workers == 1)  # several workers' training bars would overwrite each other
-    print(f"grid {grid.name!r}: {len(grid.cells)} cells, {len(done)} already finished, "
+    log.info(f"grid {grid.name!r}: {len(grid.cells)} cells, {len(done)} already finished, "
           f"{sum(map(len, jobs))} to run in {len(jobs)} trainings on {workers} worker(s); MLflow {uri}")
     bar = tqdm(total=len(grid.cells), initial=len(outcome.outcomes), desc=f"grid {grid.name}", unit="cell",
                disable=not progress_enabled(progress), dynamic_ncols=True)
@@ -412,7 +400,7 @@ def _run_cells(grid: Grid, mlf, uri: str, experiment_id: str, parent_id: str, de
         bar.update(1)
         bar.set_postfix(failed=len(outcome.with_status("failed")))
         if result.status in ("finished", "failed", "busy"):
-            bar.write(f"{result.status}: [{result.label}] {result.error or ''}".rstrip())
+            log.info("%s", f"{result.status}: [{result.label}] {result.error or ''}".rstrip())
 
     try:
         if workers == 1:

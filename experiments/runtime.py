@@ -3,6 +3,7 @@ Shared by training, the autoencoder stage, synthesis, evaluation and the benchma
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import resource
@@ -160,4 +161,5 @@ def preflight_run_folder(folder: Path) -> None:
     check_writable(folder, "run folder")
     if Path(folder).is_dir():
         for path in remove_orphaned_temporaries(folder):
-            print(f"removed {path}: the temporary of an interrupted checkpoint save (its process is gone)")
+            logging.getLogger(__name__).info("removed %s: the temporary of an interrupted checkpoint save (its "
+                                             "process is gone)", path)

@@ -1,7 +1,8 @@
-"""Synthesis: `wg2 synth CKPT "text" -o out.wav [--schedule NAME|FILE] [--pace 1.0] [--utterance ID]`,
+"""Synthesis: `wg2 synth CKPT|RUN_ID "text" -o out.wav [--schedule NAME|FILE] [--pace 1.0] [--utterance ID]`,
 and the batched `synthesize` that evaluation and schedule search call."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from experiments.config import InputError, RunConfig, config_from_dict
 from experiments.precision import autocast, compile_decoder, resolve_precision, set_threads
 from experiments.runtime import read_checkpoint, require_keys, resolve_device, weights_error
 from experiments.schedule_files import resolve_schedule
+from experiments.tracking import resolve_checkpoint
 from experiments.train import CHECKPOINT_FORMAT
 
 
@@ -169,7 +171,8 @@ def check_synth_args(args) -> None:
 def cmd_synth(args) -> int:
     set_threads()
     check_synth_args(args)
-    loaded = load_checkpoint(args.checkpoint, args.device)
+    checkpoint, _ = resolve_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(checkpoint, args.device)
     try:
         betas = resolve_schedule(args.schedule)
     except ValueError as err:
@@ -198,6 +201,8 @@ def cmd_synth(args) -> int:
     result = synthesize(loaded, [ids], betas, durations, pace=args.pace, seed=args.seed,
                         precision=getattr(args, "precision", None))[0]
     write_wav(args.out, result.audio, loaded.sample_rate)
-    print(f"wrote {args.out}: {len(result.audio) / loaded.sample_rate:.2f} s at {loaded.sample_rate} Hz, "
-          f"{int(result.durations.sum())} frames, schedule {args.schedule} ({len(betas)} steps)")
+    logging.getLogger(__name__).info(
+        "wrote %s: %.2f s at %d Hz, %d frames, schedule %s (%d steps)", args.out,
+        len(result.audio) / loaded.sample_rate, loaded.sample_rate, int(result.durations.sum()), args.schedule,
+        len(betas))
     return 0

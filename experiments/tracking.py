@@ -1,4 +1,4 @@
-"""MLflow helpers shared by the grid runner, the schedule search and the autoencoder stage.
+"""MLflow helpers shared by the grid runner, `wg2 train`/`wg2 eval`, the schedule search and the autoencoder stage.
 
 Layout (evaluation/runs.py, shared with the readers): tracking URI from MLFLOW_TRACKING_URI, else a SQLite
 store `mlflow.db` in the working directory. For a local SQLite store, new experiments keep their artifacts in
@@ -7,21 +7,26 @@ tracking server decides its own artifact location.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from evaluation.runs import (TAG_DEVICE, TAG_END_REASON, TAG_GIT_COMMIT, TAG_HEARTBEAT, TAG_MACHINE, TAG_OWNER,
-                             TAG_PYTHON, TAG_TORCH_VERSION, TAG_VERSION_PREFIX, search_all_runs, sqlite_path,
-                             tag_is, tracking_uri)
+from evaluation.runs import (TAG_CHECKPOINT_STEP, TAG_CORPUS_HASH, TAG_DEVICE, TAG_END_REASON, TAG_GIT_COMMIT,
+                             TAG_HEARTBEAT, TAG_MACHINE, TAG_OWNER, TAG_PYTHON, TAG_TORCH_VERSION,
+                             TAG_VERSION_PREFIX, search_all_runs, sqlite_path, tag_is, tracking_uri)
 
 T = TypeVar("T")
 
@@ -31,7 +36,10 @@ PACKAGES = ("torch", "numpy", "scipy", "mlflow", "optuna", "pesq", "pystoi", "so
 
 
 def quiet_mlflow_logs() -> None:
-    """The SQLite store runs its schema migrations through alembic, which logs every step at INFO."""
+    """The SQLite store runs its schema migrations through alembic, which logs every step at INFO. And
+    MLflow writes "View run ... at: URL" to stdout when a run on a tracking server ends: stdout holds only
+    a command's results (--json), so that is off unless MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT says otherwise."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -403,3 +411,186 @@ def claim_run(mlf, experiment_id: str, key_tag: str, key_value: str, create: Cal
             return run_id, "new"
         retry(lambda: mlf.delete_run(run_id))  # lost the race: the earlier run is the cell's run
     raise RuntimeError(f"could not claim a run for {key_tag} = {key_value}")
+
+
+# ----------------------------------------------------------------------------- checkpoints in the store
+#
+# A training run (a grid cell, a `wg2 train` run) uploads its checkpoint as the artifact `checkpoint.pt` at
+# every train.checkpoint_every steps, and records the step in tag wg2.checkpoint_step. A worker that takes
+# the run over in another runs/ folder (another machine) downloads it when it is ahead of the local one.
+
+CHECKPOINT_ARTIFACT = "checkpoint.pt"
+RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+CHECKPOINT_CACHE = Path(".cache/wg2/checkpoints")  # downloads of run IDs' checkpoints, under the working directory
+
+
+def local_step(path: Path) -> int:
+    """The step of a local checkpoint file, 0 when there is none or it cannot be read."""
+    import torch
+
+    if not Path(path).is_file():
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step") or 0)
+    except Exception:  # noqa: BLE001 - a truncated file counts as no checkpoint
+        return 0
+
+
+def stored_step(mlf, run_id: str) -> int:
+    """The step of the run's uploaded checkpoint (tag wg2.checkpoint_step), 0 when none was uploaded."""
+    text = retry(lambda: mlf.get_run(run_id)).data.tags.get(TAG_CHECKPOINT_STEP, "")
+    return int(text) if text.isdigit() else 0
+
+
+def upload_checkpoint(mlf, run_id: str, path: Path, step: int) -> bool:
+    """Upload `path` as the run's checkpoint.pt, then tag its step (in that order: the tag never names a step
+    the store does not hold). A failure is a warning, never stops training; returns whether it worked."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # a snapshot: training may replace the file meanwhile
+            copy = Path(tmp) / CHECKPOINT_ARTIFACT
+            shutil.copyfile(path, copy)
+            retry(lambda: mlf.log_artifact(run_id, str(copy)))
+        retry(lambda: mlf.set_tag(run_id, TAG_CHECKPOINT_STEP, str(int(step))))
+        return True
+    except Exception as err:  # noqa: BLE001 - the next checkpoint tries again
+        logging.getLogger(__name__).warning("run %s: checkpoint at step %d not uploaded: %s", run_id, step, err)
+        return False
+
+
+def fetch_checkpoint(mlf, run_id: str, path: Path) -> int:
+    """Replace the local checkpoint `path` by the run's uploaded one when that is at a later step (a run
+    taken over in a fresh runs/ folder resumes where the other worker's last upload left it). Returns the
+    downloaded step, or 0 when the local file was kept."""
+    import mlflow.artifacts
+
+    path = Path(path)
+    remote = stored_step(mlf, run_id)
+    here = local_step(path)
+    if remote <= here:
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".download-") as tmp:
+        got = retry(lambda: mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp, tracking_uri=mlf.tracking_uri))
+        os.replace(got, path)
+    logging.getLogger(__name__).info("run %s: resuming from the tracking server's checkpoint at step %d "
+                                     "(the local one was at step %d)", run_id, remote, here)
+    return remote
+
+
+class CheckpointUploader:
+    """train(on_checkpoint=...): uploads each checkpoint the training saves, skipping a step already stored."""
+
+    def __init__(self, mlf, run_id: str):
+        self.mlf, self.run_id = mlf, run_id
+        self.step = stored_step(mlf, run_id)
+
+    def __call__(self, path: Path, step: int) -> None:
+        if step != self.step and upload_checkpoint(self.mlf, self.run_id, path, step):
+            self.step = step
+
+
+def resolve_checkpoint(model: str | Path, uri: str | None = None) -> tuple[Path, str | None]:
+    """What `wg2 synth`, `wg2 eval` and `wg2 search` accept as a model: a checkpoint file, or an MLflow run
+    ID whose checkpoint.pt artifact is downloaded to .cache/wg2/checkpoints/<run id>/ (downloaded again when
+    the run has uploaded a later step since). Returns (absolute path, run ID or None); InputError otherwise."""
+    import mlflow.artifacts
+
+    from experiments.config import InputError
+
+    path = Path(model)
+    if path.is_file():
+        return path.resolve(), None
+    text = str(model)
+    if not RUN_ID_PATTERN.fullmatch(text):
+        raise InputError(f"model {text!r}: no such checkpoint file, and not an MLflow run ID (32 hex characters)")
+    uri = uri or tracking_uri()
+    dest = CHECKPOINT_CACHE / text
+    local = dest / CHECKPOINT_ARTIFACT
+    try:
+        remote = stored_step(client(uri), text) if local.is_file() else 0
+        if not local.is_file() or (remote and remote != local_step(local)):
+            dest.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+                got = mlflow.artifacts.download_artifacts(run_id=text, artifact_path=CHECKPOINT_ARTIFACT,
+                                                          dst_path=tmp, tracking_uri=uri)
+                os.replace(got, local)
+    except InputError:
+        raise
+    except Exception as err:  # unknown run, no such artifact, unreachable store
+        raise InputError(f"model {text!r}: could not download the run's {CHECKPOINT_ARTIFACT} artifact from MLflow "
+                         f"{uri}: {type(err).__name__}: {err}") from err
+    return local.resolve(), text
+
+
+# ----------------------------------------------------------------------------- a training run's set-up
+
+def log_run_config(mlf, run_id: str, config, device: str) -> None:
+    """Where and with what (run_tags) on every start; the config as params (flatten) and as config.toml
+    once per run, so a resumed run keeps what it began with."""
+    from experiments.config import flatten, to_toml
+
+    retry(lambda: log_tags(mlf, run_id, run_tags(device)))
+    if not retry(lambda: mlf.get_run(run_id)).data.params:
+        retry(lambda: log_params(mlf, run_id, flatten(config)))
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "config.toml").write_text(to_toml(config))
+            retry(lambda: mlf.log_artifact(run_id, str(Path(tmp) / "config.toml")))
+
+
+# ----------------------------------------------------------------------------- inputs and system metrics
+
+def log_corpus_input(mlf, run_id: str, root: str, corpus_hash: str, context: str = "training",
+                     profile: dict | None = None) -> None:
+    """Once per run (a resumed run already has it). The corpus as the run's MLflow dataset input (what
+    `mlflow.log_input` records): named after its folder, source = the folder, digest = its content hash
+    (cut to MLflow's 36 characters; the whole hash is tag wg2.corpus_hash and in the profile)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset as DatasetEntity
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    if retry(lambda: mlf.get_run(run_id)).inputs.dataset_inputs:
+        return
+    folder = Path(root).resolve()
+    with warnings.catch_warnings():  # a local folder resolves to MLflow's "local" source, with a notice
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(folder))
+    dataset = MetaDataset(source, name=folder.name or str(folder), digest=corpus_hash[:36])
+    described = dataset.to_dict()
+    entity = DatasetEntity(described["name"], described["digest"], described["source_type"], described["source"],
+                           schema=described.get("schema"),
+                           profile=json.dumps({"corpus_hash": corpus_hash, **(profile or {})}))
+    retry(lambda: mlf.log_inputs(run_id, datasets=[DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]))
+    retry(lambda: mlf.set_tag(run_id, TAG_CORPUS_HASH, corpus_hash))
+
+
+SYSTEM_METRICS_SECONDS = 10.0  # MLflow's default; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
+
+
+@contextlib.contextmanager
+def system_metrics(uri: str, run_id: str):
+    """MLflow's own system-metrics sampler (CPU, memory, disk, network; GPU with pynvml) on `run_id` while
+    the block runs: metrics system/*, continued (not restarted at step 0) when a run is resumed. Off when
+    WG2_SYSTEM_METRICS=0."""
+    if os.environ.get("WG2_SYSTEM_METRICS", "1") == "0":
+        yield None
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    for name in ("mlflow.system_metrics.system_metrics_monitor", "mlflow.system_metrics"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # its start/stop lines at INFO are noise here
+    monitor = None
+    try:
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS, resume_logging=True,
+                                       tracking_uri=uri)
+        monitor.start()
+    except Exception as err:  # noqa: BLE001 - system metrics are a nicety
+        logging.getLogger(__name__).warning("system metrics not recorded: %s", err)
+        monitor = None
+    try:
+        yield monitor
+    finally:
+        if monitor is not None:
+            monitor.finish()

@@ -1,10 +1,11 @@
-"""Training one WaveGrad 2 model: `wg2 train CONFIG.toml [--set ...] [--device] [--out DIR] [--resume]`.
+"""Training one WaveGrad 2 model (`wg2 train`: experiments/tracked_runs.py runs it as an MLflow run).
 
 Loss = noise loss (L1 on the predicted noise, on a random window) + weight x duration loss (L2 on
 log(1 + frames)). The range predictor learns only through the noise loss (see components/durations.py).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,17 +15,16 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm import tqdm
-from evaluation.progress import progress_enabled
 
 from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
 from components.spaces import SPACES
 from evaluation.conditioning import ConditioningItem, conditioning_gain
+from evaluation.progress import progress_enabled
 from experiments.autoencoder_stage import ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
-from experiments.config import (ConfigError, InputError, RunConfig, config_from_dict, config_hash, load_config,
-                                to_dict, train_hash)
+from experiments.config import ConfigError, InputError, RunConfig, config_from_dict, config_hash, to_dict, train_hash
 from experiments.mel_targets import N_MELS, normalized_targets
 from experiments.runtime import (atomic_save, peak_memory_mb, preflight_run_folder, read_checkpoint, resolve_device,
                                  weights_error)
@@ -34,6 +34,12 @@ from experiments.schedule_files import resolve_schedule
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
 RESUME_KEYS = ("config_hash", "step", "history", "model", "optimizer")  # what `train --resume` reads
+# Without a progress bar (stderr not a terminal), a status line at a log step once this many seconds have
+# passed since the last one, or every HEARTBEAT_LOGS log steps, whichever comes first (and at the last step).
+HEARTBEAT_SECONDS = 30.0
+HEARTBEAT_LOGS = 10
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,25 +118,34 @@ def _trained_hash(existing: dict, path: Path) -> str:
         return existing["config_hash"]
 
 
+def existing_checkpoint(config: RunConfig, ckpt_path: Path, resume: bool) -> dict | None:
+    """The run folder's checkpoint, read (an unreadable one is an InputError naming it), or None. Refused: a
+    checkpoint of another training config (eval settings aside), and an unfinished one without `resume`."""
+    existing = read_checkpoint(ckpt_path, RESUME_KEYS) if ckpt_path.exists() else None
+    if existing is not None and _trained_hash(existing, ckpt_path) != train_hash(config):
+        raise InputError(f"{ckpt_path}: holds a run with another training config (train hash "
+                         f"{_trained_hash(existing, ckpt_path)}, this config {train_hash(config)}); use another --out")
+    if existing is not None and existing["step"] < config.train.steps and not resume:
+        raise InputError(f"{ckpt_path}: a checkpoint exists at step {existing['step']}; pass --resume or another --out")
+    return existing
+
+
 def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool = False, progress: bool = True,
           on_log: Callable[[int, dict[str, float]], None] | None = None, dataset=None,
-          autoencoder_experiment: str | None = None) -> TrainResult:
+          autoencoder_experiment: str | None = None,
+          on_checkpoint: Callable[[Path, int], None] | None = None) -> TrainResult:
     """Train one model (see the module docstring); `autoencoder_experiment` is the MLflow experiment that
-    records the stage-one autoencoder run of a latent-space model (default: 'wg2 autoencoders')."""
+    records the stage-one autoencoder run of a latent-space model (default: 'wg2 autoencoders').
+    `on_checkpoint(path, step)` is called after each checkpoint is saved (tracked runs upload it)."""
     from experiments.corpus import load_dataset
 
     out_dir = Path(out_dir)
     device = resolve_device(device)
     ckpt_path = out_dir / CHECKPOINT
     preflight_run_folder(out_dir)  # writable, and dead processes' temporaries gone, before any data is read
-    existing = read_checkpoint(ckpt_path, RESUME_KEYS) if ckpt_path.exists() else None
-    if existing is not None and _trained_hash(existing, ckpt_path) != train_hash(config):
-        raise InputError(f"{ckpt_path}: holds a run with another training config (train hash "
-                         f"{_trained_hash(existing, ckpt_path)}, this config {train_hash(config)}); use another --out")
+    existing = existing_checkpoint(config, ckpt_path, resume)
     if existing is not None and existing["step"] >= config.train.steps:
         return TrainResult(ckpt_path, existing["step"], existing["history"], existing.get("throughput", {}))
-    if existing is not None and not resume:
-        raise InputError(f"{ckpt_path}: a checkpoint exists at step {existing['step']}; pass --resume or another --out")
 
     dataset = dataset or load_dataset(config.data, progress=progress)
     longest = max(int(u.durations.sum()) for u in dataset.train)
@@ -200,8 +215,10 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         }, ckpt_path)
 
     model.train()
-    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress_enabled(progress), dynamic_ncols=True)
+    show_bar = progress_enabled(progress)
+    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True)
     started, steps_done, throughput = time.perf_counter(), 0, {}
+    last_line, logs_since_line = time.monotonic(), 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     while step < t.steps:
@@ -235,7 +252,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
             with eager(model.decoder):  # a compiled decoder would recompile for every probe length
                 gain = measure_gain(model, ema, probe_items, t.noise_loss)
             gain_metrics = gain.metrics()
-            bar.write(f"step {step}: conditioning gain {gain.mean:.3f} on {len(probe_items)} val utterances")
+            log.info("step %d: conditioning gain %.3f on %d val utterances", step, gain.mean, len(probe_items))
         if device.type == "cuda" and (is_log or is_checkpoint):
             torch.cuda.synchronize(device)
         if is_log:
@@ -246,6 +263,11 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
                      "bf16": float(dtype is not None), **gain_metrics}  # bf16: the resolved precision
             history.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", steps_per_s=f"{rate:.2f}")
+            logs_since_line += 1
+            if not show_bar and (step == t.steps or logs_since_line >= HEARTBEAT_LOGS
+                                 or time.monotonic() - last_line >= HEARTBEAT_SECONDS):
+                log.info("step %d/%d: loss %.4f, %.2f steps/s", step, t.steps, entry["loss"], rate)
+                last_line, logs_since_line = time.monotonic(), 0
             if on_log:
                 on_log(step, {k: v for k, v in entry.items() if k != "step"})
         elif gain_metrics and on_log:
@@ -255,6 +277,8 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
             throughput = {"steps_per_sec": rate, "audio_seconds_per_sec": rate * audio_per_step,
                           "peak_memory_mb": peak_memory_mb(device)}
             checkpoint(step, throughput)
+            if on_checkpoint is not None:
+                on_checkpoint(ckpt_path, step)
     bar.close()
     return TrainResult(ckpt_path, step, history, throughput, time.perf_counter() - started, ae_info)
 
@@ -277,13 +301,3 @@ def measure_gain(model: WaveGrad2, ema: EMA | None, items: list[ConditioningItem
         return conditioning_gain(model, items, loss_kind)
     finally:
         model.load_state_dict(raw)
-
-
-def cmd_train(args) -> int:
-    config = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / train_hash(config)
-    result = train(config, out, device=args.device, resume=args.resume)
-    first, last = result.history[0]["loss"] if result.history else float("nan"), result.history[-1]["loss"] if result.history else float("nan")
-    print(f"trained {result.steps} steps: loss {first:.4f} -> {last:.4f}; "
-          f"{result.throughput.get('steps_per_sec', float('nan')):.2f} steps/s; checkpoint {result.checkpoint}")
-    return 0

@@ -19,6 +19,16 @@ torch.set_num_threads(1)
 CORPUS_SENTENCES = 24
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_mlflow_store(tmp_path_factory: pytest.TempPathFactory):
+    """`wg2 train` and `wg2 eval` track by default: tests that do not choose a store get a private SQLite one
+    (never ./mlflow.db in the repository). Tests that need a store of their own set MLFLOW_TRACKING_URI."""
+    with pytest.MonkeyPatch.context() as patch:
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+        yield
+
+
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default corpus (`wg2 corpus build --limit 24`): metadata.csv, wavs/, alignments/."""

@@ -60,3 +60,22 @@ def test_corpus_check_json_parses(corpus_dir: Path, capsys, quiet: bool):
     report = json.loads(capsys.readouterr().out)
     assert report["usable"] is True and report["usable_utterances"] == report["listed"] > 0
     assert report["problems"] == [] and len(report["utterance_ids"]) == report["usable_utterances"]
+
+
+def test_bench_json_is_the_only_stdout(monkeypatch, capsys):
+    """--json prints the measured rows as one JSON document instead of the table (measuring itself stubbed)."""
+    import torch
+
+    import experiments.bench
+
+    row = {"preset": "tiny", "params_M": 1.5, "train_steps_per_s": 3.0}
+
+    def measured(*args, **kwargs):
+        return torch.device("cpu"), [row]
+
+    monkeypatch.setattr(experiments.bench, "run_bench", measured)
+    assert main(["bench", "--presets", "tiny", "--device", "cpu", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rows"] == [row]
+    assert main(["bench", "--presets", "tiny", "--device", "cpu"]) == 0
+    assert "| preset |" in capsys.readouterr().out

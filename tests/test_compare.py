@@ -353,9 +353,14 @@ def test_cli_grid_file_with_a_multi_key_axis(store, tmp_path, monkeypatch, capsy
     spec.write_text(grid_file.read_text().replace('name = "latent"', f'name = "{grid.name}-multi-key"')
                     .replace('base_file = "../configs/base.toml"', f'base_file = "{base}"'))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert main(["compare", str(spec), "--out", str(tmp_path / "out")]) == 0
+    assert main(["compare", str(spec), "--out", str(tmp_path / "out"), "--json"]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
     assert "from the grid file" in md
-    assert len(grid.cells) > 1 and f"{len(grid.cells) - 1} missing" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert len(grid.cells) > 1 and f"{len(grid.cells) - 1} missing" in captured.err
+    report = json.loads(captured.out)  # --json: stdout is the report's content and nothing else
+    assert len(report["rows"]) == 1 and first.label.startswith(report["rows"][0]["label"])
+    assert len(report["missing"]) == len(grid.cells) - 1
+    assert report["report_md"] == str(tmp_path / "out" / "report.md")
     for cell in grid.cells[1:]:
         assert cell.label in md

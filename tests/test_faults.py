@@ -142,12 +142,12 @@ def test_train_refuses_an_unwritable_run_folder_before_reading_data(trained, tmp
 
 
 def test_eval_refuses_an_unwritable_out_folder_before_loading(trained, tmp_path: Path, monkeypatch, capsys):
-    import experiments.evaluate
+    import experiments.synth
 
     _, checkpoint = trained
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me")
-    monkeypatch.setattr(experiments.evaluate, "load_checkpoint", lambda *a, **k: pytest.fail("loaded first"))
+    monkeypatch.setattr(experiments.synth, "load_checkpoint", lambda *a, **k: pytest.fail("loaded first"))
     assert main(["eval", str(checkpoint), "--device", "cpu", "--out", str(blocker / "eval")]) == 2
     line = _one_line_naming(capsys.readouterr().err, blocker / "eval")
     assert "--out folder is not writable" in line and blocker.read_text() == "keep me"
@@ -209,7 +209,7 @@ def test_orphaned_checkpoint_temporaries_of_dead_processes_are_removed_on_start(
     with pytest.raises(AssertionError, match="corpus was read"):
         main(["train", str(config), "--device", "cpu", "--out", str(run)])
     assert not dead.exists() and live.exists() and other.exists()
-    assert f"removed {dead}" in capsys.readouterr().out
+    assert f"removed {dead}" in capsys.readouterr().err
 
 
 def test_full_disk_while_saving_a_checkpoint_names_the_path_and_removes_the_temporary(trained, tmp_path: Path,
@@ -229,7 +229,8 @@ def test_full_disk_while_saving_a_checkpoint_names_the_path_and_removes_the_temp
     assert main(["train", str(config), "--device", "cpu", "--out", str(run)]) == 2
     line = _one_line_naming(capsys.readouterr().err, run / "checkpoint.pt")
     assert f"no space left on device at {run / 'checkpoint.pt'}" in line
-    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == []  # no temporary, no checkpoint
+    left = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+    assert left in ([], ["mlflow_run.json"]), left  # no temporary, no checkpoint (the tracked run's note may stay)
 
 
 # ----------------------------------------------------------------------------- checkpoints that do not fit

@@ -202,7 +202,7 @@ def test_failing_cell_is_recorded_and_the_grid_goes_on_in_parallel(workdir: Path
     # A learning rate of 1e30 sends the weights to inf after one step: training raises NonFiniteError.
     path = write(workdir / "g.toml", grid_text("fails", tiny_base(data_table), {"train.learning_rate": [1e-3, 1e30]}))
     assert main(["grid", str(path), "--workers", "2"]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "1 failed" in out and "train.learning_rate=1e+30" in out
     runs = {r.data.tags["wg2.label"]: r for r in child_runs("fails")}
     good, bad = runs["train.learning_rate=0.001 seed=0"], runs["train.learning_rate=1e+30 seed=0"]

@@ -22,7 +22,8 @@ from evaluation.metrics import value_range
 from evaluation.stats import paired_difference
 from experiments.search.evaluator import load_evaluator, per_utterance
 from experiments.search.queue import top_up
-from experiments.search.spec import SearchSpec, default_study_name, resolve_model, spec_from_args
+from experiments.search.spec import SearchSpec, default_study_name, spec_from_args
+from experiments.tracking import resolve_checkpoint
 from experiments.search.tracking import EXPERIMENT
 from experiments.search.trial import BASELINE, OWNER, TICKET
 from experiments.cli import build_parser, main
@@ -192,7 +193,7 @@ def test_the_exported_schedule_round_trips_into_eval_and_synth(searched, checkpo
     wav = tmp_path / "synth.wav"
     assert main(["synth", str(checkpoint), "--utterance", utterance, "--schedule", str(searched.file), "-o", str(wav),
                  "--device", "cpu"]) == 0
-    assert sf.info(wav).frames > 0 and "6 steps" in capsys.readouterr().out
+    assert sf.info(wav).frames > 0 and "6 steps" in capsys.readouterr().err
 
 
 def test_found_schedule_is_at_least_as_good_as_the_worst_baseline_evaluated_separately(searched):
@@ -342,8 +343,8 @@ def test_model_can_be_an_mlflow_run_id(checkpoint, workdir):
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.create_run(client.create_experiment("models"))
     client.log_artifact(run.info.run_id, str(checkpoint))
-    path, run_id = resolve_model(run.info.run_id, os.environ["MLFLOW_TRACKING_URI"])
+    path, run_id = resolve_checkpoint(run.info.run_id, os.environ["MLFLOW_TRACKING_URI"])
     assert run_id == run.info.run_id and path.read_bytes() == checkpoint.read_bytes()
     assert default_study_name(path, run_id, 6, "pesq_wb", False, 3, 12, "tpe") == f"{run_id[:8]}-6steps-pesq_wb"
     with pytest.raises(InputError, match="could not download"):
-        resolve_model("0" * 32, os.environ["MLFLOW_TRACKING_URI"])
+        resolve_checkpoint("0" * 32, os.environ["MLFLOW_TRACKING_URI"])

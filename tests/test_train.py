@@ -105,7 +105,7 @@ checkpoint_every = 30
                  "--schedule", "linear-50", "--device", "cpu"]) == 0
     audio, _ = sf.read(wav)
     assert len(audio) > 0 and len(audio) % dataset.hop_length == 0
-    assert "wrote" in capsys.readouterr().out
+    assert "wrote" in capsys.readouterr().err
 
     # an unknown phoneme is a clear error naming it; exit code 2
     assert main(["synth", str(out / "checkpoint.pt"), "--phonemes", "ZZ9", "-o", str(tmp_path / "x.wav")]) == 2

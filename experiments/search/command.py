@@ -2,6 +2,7 @@
 left to MLflow and write the schedule files and pictures (see the package docstring)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from experiments.search.spec import SPLIT, SearchSpec, redact, slug, spec_from_a
 from experiments.search.tracking import EXPERIMENT, TrialLogger, log_missing_trials, open_parent_run
 from experiments.search.trial import describe_trial
 from experiments.search.workers import run_workers, work
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +54,7 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
     ctx = open_parent_run(spec, model, ids)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     workers = max(1, min(spec.workers, waiting))
-    print(f"study {spec.study!r} in {redact(spec.storage)} ({'new' if new else 'resumed'}): "
+    log.info(f"study {spec.study!r} in {redact(spec.storage)} ({'new' if new else 'resumed'}): "
           f"{len(study.get_trials(deepcopy=False))} trials of --trials {spec.trials}, {waiting} to run on {workers} "
           f"worker(s) ({added} added, {interrupted} interrupted marked failed); {len(ids)} {SPLIT} utterances; "
           f"MLflow {redact(ctx.uri)}, experiment {EXPERIMENT!r}, parent run {ctx.parent_run_id}")
@@ -60,7 +64,7 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
 
     def report(t: FrozenTrial) -> None:
         bar.update(1)
-        bar.write(describe_trial(t, spec))
+        log.info("%s", describe_trial(t, spec))
 
     errors: list[str] = []
     try:
@@ -88,7 +92,7 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
         tracking.retry(lambda: mlf.set_tag(ctx.parent_run_id, TAG_ERROR, "; ".join(errors)[:5000]))
     tracking.retry(lambda: mlf.set_terminated(ctx.parent_run_id, "FAILED" if errors else "FINISHED"))
     if backfilled:
-        print(f"logged {backfilled} trial(s) to MLflow that had no run yet")
+        log.info("logged %d trial(s) to MLflow that had no run yet", backfilled)
     return SearchOutcome(spec.study, redact(spec.storage), counts, waiting - counts.get("WAITING", 0),
                          [*files, *pictures], ctx.experiment_id, ctx.parent_run_id, errors)
 
@@ -96,12 +100,12 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
 def cmd_search(args) -> int:
     spec = spec_from_args(args)
     outcome = run_search(spec)
-    print(f"study {outcome.study!r}: {outcome.ran} trial(s) run now; states {outcome.counts}; "
+    log.info(f"study {outcome.study!r}: {outcome.ran} trial(s) run now; states {outcome.counts}; "
           f"MLflow parent run {outcome.parent_run_id}")
     for path in outcome.files:
-        print(f"wrote {path}")
+        log.info("wrote %s", path)
     if not outcome.counts.get("COMPLETE"):
-        print("no trial completed: no schedule file written (see the failure reasons above and in MLflow)")
+        log.warning("no trial completed: no schedule file written (see the failure reasons above and in MLflow)")
     for line in outcome.worker_errors:
-        print(f"error: {line}")
+        log.error("error: %s", line)
     return outcome.exit_code

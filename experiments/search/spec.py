@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow.artifacts
 from sqlalchemy.engine import make_url
 
 from evaluation.metrics import METRICS, metric_names
 from evaluation.runs import sqlite_path, tracking_uri
 from experiments.config import InputError
+from experiments.tracking import resolve_checkpoint
 from experiments.search import space
 
 PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search/space.py)
@@ -90,27 +90,6 @@ def redact(url: str) -> str:
         return url.split("://", 1)[0] + "://..."
 
 
-def resolve_model(model: str, uri: str) -> tuple[Path, str | None]:
-    """A checkpoint file, or an MLflow run ID whose `checkpoint.pt` artifact is downloaded (once) to
-    .cache/wg2/checkpoints/<run id>/. Returns (path, run id or None)."""
-    path = Path(model)
-    if path.is_file():
-        return path.resolve(), None
-    if not re.fullmatch(r"[0-9a-f]{32}", model):
-        raise InputError(f"model {model!r}: no such checkpoint file, and not an MLflow run ID (32 hex characters)")
-    dest = Path(".cache/wg2/checkpoints") / model
-    local = dest / "checkpoint.pt"
-    if not local.is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=model, artifact_path="checkpoint.pt",
-                                                             dst_path=str(dest), tracking_uri=uri))
-        except Exception as err:  # unknown run, no such artifact, unreachable store
-            raise InputError(f"model {model!r}: could not download the run's checkpoint.pt artifact from MLflow "
-                             f"{uri}: {type(err).__name__}: {err}") from err
-    return local.resolve(), model
-
-
 def default_study_name(checkpoint: Path, run_id: str | None, steps: int, objective: str, multi: bool,
                        min_steps: int, max_steps: int, sampler: str) -> str:
     """E.g. `qs-6steps-pesq_wb` for runs/qs/checkpoint.pt (the folder names the model; every
@@ -139,7 +118,7 @@ def spec_from_args(args) -> SearchSpec:
              "(PESQ-wb and STOI against steps)")
         need(args.sampler == "tpe", "--sampler grid is the single-objective baseline; use --sampler tpe with --multi")
     uri = tracking_uri()
-    checkpoint, run_id = resolve_model(args.model, uri)
+    checkpoint, run_id = resolve_checkpoint(args.model, uri)
     study = args.study or default_study_name(checkpoint, run_id, args.steps, args.objective, args.multi,
                                              args.min_steps, args.max_steps, args.sampler)
     return SearchSpec(str(checkpoint), run_id, args.steps, args.trials, args.objective, args.multi, args.min_steps,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -84,8 +85,8 @@ class TrialLogger:
         try:
             return self.log(t)
         except Exception as err:  # noqa: BLE001 - the trial is already stored in the study
-            print(f"warning: trial {t.number} not logged to MLflow yet ({type(err).__name__}: {err}); "
-                  "the parent logs it at the end")
+            logging.getLogger(__name__).warning("warning: trial %d not logged to MLflow yet (%s: %s); the parent "
+                                                "logs it at the end", t.number, type(err).__name__, err)
             return None
 
     def log(self, t: FrozenTrial) -> str:
