@@ -105,4 +105,4 @@ class WaveGrad2Encoder(Encoder):
         return self.lstm(x.transpose(1, 2) * token_mask[..., None], token_mask.float())  # (B, N, C)
 
 
-ENCODERS = Registry("encoder", Encoder, {"wavegrad2": WaveGrad2Encoder})
+ENCODERS: Registry[Encoder] = Registry("encoder", Encoder, {"wavegrad2": WaveGrad2Encoder})

@@ -29,7 +29,11 @@ class WaveGrad2(nn.Module):
         super().__init__()
         self.config = config
         latent = config.space == "latent"
-        self.signal_channels = autoencoder.latent_channels if latent else 1
+        self.signal_channels = 1
+        if latent:
+            if autoencoder is None:
+                raise ValueError("model.space = 'latent' needs the autoencoder config")
+            self.signal_channels = autoencoder.latent_channels
         self.encoder = ENCODERS.get(config.encoder)(config, vocab_size)
         channels = self.encoder.out_channels
         self.duration_predictor = DurationPredictor(channels, config.duration_channels)

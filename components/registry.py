@@ -10,7 +10,7 @@ class Registry(Generic[T]):
     """A registry is built from explicit imports: `Registry("upsampler", Upsampler, {"gaussian": ...})`.
     Every entry must subclass the family's interface; unknown names fail naming the allowed ones."""
 
-    def __init__(self, family: str, interface: type, entries: dict[str, type]):
+    def __init__(self, family: str, interface: type, entries: dict[str, type[T]]):
         for name, cls in entries.items():
             if not (isinstance(cls, type) and issubclass(cls, interface)):
                 raise TypeError(f"{family} registry: {name!r} -> {cls!r} does not implement {interface.__name__}")
@@ -19,7 +19,7 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._entries)
 
-    def get(self, name: str) -> type:
+    def get(self, name: str) -> type[T]:
         if name not in self._entries:
             raise ValueError(f"unknown {self.family} {name!r}; allowed: {', '.join(self._entries)}")
         return self._entries[name]

@@ -54,4 +54,5 @@ class RepeatUpsampler(Upsampler):
         return weights @ encoded, weights
 
 
-UPSAMPLERS = Registry("upsampler", Upsampler, {"gaussian": GaussianUpsampler, "repeat": RepeatUpsampler})
+UPSAMPLERS: Registry[Upsampler] = Registry("upsampler", Upsampler,
+                                           {"gaussian": GaussianUpsampler, "repeat": RepeatUpsampler})

@@ -75,8 +75,8 @@ def _plots(client, out_dir: Path, grid: Grid) -> list[Path]:
 
     curves = []
     trained: dict[str, list[RunRecord]] = {}  # cells differing only in eval.* share one model: one curve
-    for r in sorted(runs, key=lambda r: r.name):
-        trained.setdefault(r.tags.get(TAG_TRAIN_HASH) or r.run_id, []).append(r)
+    for run in sorted(runs, key=lambda r: r.name):
+        trained.setdefault(run.tags.get(TAG_TRAIN_HASH) or run.run_id, []).append(run)
     for sharing in tqdm(list(trained.values()), desc="loss curves", leave=False,
                         disable=not progress_enabled(len(trained) >= 20)):
         r = sharing[0]
@@ -97,7 +97,8 @@ def _listen(client, out_dir: Path, grid: Grid) -> Path | None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        cells, references = [], {}
+        cells: list[ListenCell] = []
+        references: dict[str, Path] = {}
         for i, row in enumerate(tqdm(grid.rows, desc="listen: audio", leave=False,
                                         disable=not progress_enabled(len(grid.rows) >= 20))):
             try:

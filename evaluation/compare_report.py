@@ -63,7 +63,7 @@ def _entry(stat: Stat | None, best: bool) -> str:
 def _bests(rows: list[CellRow], key: str) -> set[str]:
     """Groups holding the best mean of a column; none when the direction is unknown or every cell ties."""
     sign = direction(key)
-    means = [(r.group, sign * r.mean(key)) for r in rows if r.mean(key) is not None]
+    means = [(group, sign * m) for group, m in ((r.group, r.mean(key)) for r in rows) if m is not None]
     if sign == 0 or len(means) < 2:
         return set()
     top, low = max(m for _, m in means), min(m for _, m in means)
@@ -126,7 +126,7 @@ def _in_brief(effects: list[Effect], metric: str) -> list[str]:
             lines.append(f"- `{e.axis}`: {e.a} − {e.b} = {e.diff:+.3g} {metric} {where} ({ci}).")
             continue
         better, worse = (e.a, e.b) if sign * e.diff > 0 else (e.b, e.a)
-        if e.ci_low is not None and e.ci_low <= 0 <= e.ci_high:
+        if e.ci_low is not None and e.ci_high is not None and e.ci_low <= 0 <= e.ci_high:
             lines.append(f"- `{e.axis}`: no clear difference between {e.a} and {e.b} on {metric} {where} "
                          f"({e.a} − {e.b} = {e.diff:+.3g}, {ci} includes 0).")
         else:

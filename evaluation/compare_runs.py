@@ -289,7 +289,7 @@ def _expected_from_parent(client, parent) -> list | None:
 
 def _normalize_expected(items: list) -> list[dict]:
     """Accept the shapes a cell list may take: hashes, labels, or dicts with assignment/seed/cell_hash/label."""
-    out = []
+    out: list[dict[str, Any]] = []
     for item in items:
         if isinstance(item, str):
             out.append({"cell_hash": item, "label": item})
@@ -383,7 +383,8 @@ def _interval(center: float, se: float, df: int) -> tuple[float, float]:
     return center - half, center + half
 
 
-def _marginal_mean(cells: dict[str, list[float]], pooled: tuple[float, int] | None) -> tuple[float, tuple | None]:
+def _marginal_mean(cells: dict[str, list[float]],
+                   pooled: tuple[float, int] | None) -> tuple[float, tuple[float, float] | None]:
     """Mean over the other axes' settings of the cell means (each setting weighs the same, so a missing seed or
     cell does not tilt it), with a 95% interval from the pooled seed variance (else the spread across settings)."""
     means = [float(np.mean(v)) for v in cells.values()]
@@ -405,8 +406,8 @@ def axis_means(runs: list[RunRecord], axis: str, metric: str, schedules: list[st
         for value in _axis_values(runs, axis, orders.get(axis, [])):
             cells = _strata(runs, axis, value, metric, s, schedules)
             if cells:
-                center, ci = _marginal_mean(cells, pooled)
-                ci = clip_interval(*ci, value_range(metric)) if ci is not None else None
+                center, interval = _marginal_mean(cells, pooled)
+                ci = clip_interval(*interval, value_range(metric)) if interval is not None else None
                 out.append((show_value(json.loads(value)), s, center, ci))
     return out
 
@@ -498,7 +499,8 @@ def _effects(runs: list[RunRecord], axes: list[str], metric: str, schedules: lis
             candidates = [""] if "/" in metric else schedules
             usable = [s for s in candidates if _strata(runs, axis, a, metric, s, schedules).keys()
                       & _strata(runs, axis, b, metric, s, schedules).keys()]
-            for s in usable or [None]:  # None: each run at its own schedule (an eval.schedules axis)
+            at: list[str | None] = [*usable] or [None]
+            for s in at:  # None: each run at its own schedule (an eval.schedules axis)
                 side_a, side_b = (_strata(runs, axis, v, metric, s, schedules) for v in (a, b))
                 common = sorted(side_a.keys() & side_b.keys())
                 if not common:
@@ -651,11 +653,11 @@ def latent_target(rows: list[CellRow], schedules: list[str]) -> Target:
 
     def rest(row: CellRow) -> str:
         return canonical({k: v for k, v in row.assignment.items() if k not in space_axes})
-    comparisons = []
+    comparisons: list[dict[str, Any]] = []
     for row, s in itertools.product(latent, six):
         peers = [w for w in wave if rest(w) == rest(row)] or wave
-        w_rtf = [w.mean(f"{s}/rtf") for w in peers if w.mean(f"{s}/rtf") is not None]
-        w_q = [w.mean(f"{s}/pesq_wb") for w in peers if w.mean(f"{s}/pesq_wb") is not None]
+        w_rtf = [v for v in (w.mean(f"{s}/rtf") for w in peers) if v is not None]
+        w_q = [v for v in (w.mean(f"{s}/pesq_wb") for w in peers) if v is not None]
         l_rtf, l_q = row.mean(f"{s}/rtf"), row.mean(f"{s}/pesq_wb")
         if not w_rtf or not w_q or not l_rtf or l_q is None:
             continue
@@ -716,7 +718,7 @@ def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: l
         listed, source = expected, "from the grid file"
     if listed is None and axes and runs:
         values = {a: [json.loads(v) for v in _axis_values(runs, a, [])] for a in axes}
-        seeds = sorted({r.seed for r in runs if r.seed is not None}) or [None]
+        seeds: list[int | None] = [*sorted({r.seed for r in runs if r.seed is not None})] or [None]
         listed = [{"assignment": dict(zip(axes, combo)), "seed": s}
                   for combo in itertools.product(*values.values()) for s in seeds]
         source = "inferred from the axis values and seeds seen; a grid's `exclude` list is not known here"

@@ -22,7 +22,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy.fft import dct
@@ -199,7 +199,7 @@ def metrics_markdown() -> str:
     lines = ["| metric | what it measures | range | better | unit |", "|---|---|---|---|---|"]
     rows = [*METRICS.items(), *((k, f) for k, f in RUN_FIGURES.items() if f.per_utterance)]
     for name, info in rows:
-        extra = f" (extra `[{info.extra}]`)" if getattr(info, "extra", None) else ""
+        extra = f" (extra `[{info.extra}]`)" if isinstance(info, MetricInfo) and info.extra else ""
         lines.append(f"| `{name}` | {info.description}{extra} | {info.range_text} | {info.better} | "
                      f"{info.unit or '-'} |")
     return "\n".join(lines)
@@ -437,9 +437,9 @@ def _unusable(x: np.ndarray, rate: int, role: str) -> str | None:
 
 def describe_error(err: BaseException) -> str:
     """"Type: message"; pesq's C errors carry bytes messages, shown as text."""
-    message = err.args[0] if len(err.args) == 1 and isinstance(err.args[0], bytes) else err
-    if isinstance(message, bytes):
-        message = message.decode("utf-8", "replace")
+    message: object = err
+    if len(err.args) == 1 and isinstance(err.args[0], bytes):
+        message = err.args[0].decode("utf-8", "replace")
     return f"{type(err).__name__}: {message}"
 
 
@@ -448,22 +448,28 @@ class Pair:
     the work several metrics share (log-mel features, cepstra, pitch tracks, DNSMOS), each done at most once. A
     failure of shared work is kept and raised again to every metric that needs it, so each records its reason."""
 
+    reference: np.ndarray  # whole signals
+    degraded: np.ndarray
+    ref: np.ndarray  # trimmed to the shorter
+    deg: np.ndarray
+    rate: int
+
     def __init__(self, reference: np.ndarray, degraded: np.ndarray, rate: int):
         self.reference, self.degraded, self.rate = reference, degraded, rate
         n = min(len(reference), len(degraded))
         self.ref, self.deg = reference[:n], degraded[:n]
-        self._done: dict[str, tuple[bool, object]] = {}
+        self._done: dict[str, Any] = {}
+        self._failed: dict[str, Exception] = {}
 
-    def _shared(self, name: str, make: Callable[[], object]):
-        if name not in self._done:
+    def _shared(self, name: str, make: Callable[[], Any]) -> Any:
+        if name not in self._done and name not in self._failed:
             try:
-                self._done[name] = (True, make())
+                self._done[name] = make()
             except Exception as err:  # noqa: BLE001 - raised again below, to every metric that needs this work
-                self._done[name] = (False, err)
-        ok, value = self._done[name]
-        if not ok:
-            raise value
-        return value
+                self._failed[name] = err
+        if name in self._failed:
+            raise self._failed[name]
+        return self._done[name]
 
     def log_mel(self) -> tuple[np.ndarray, np.ndarray]:
         """(T_ref, N_MELS), (T_deg, N_MELS) log-mel in dB of the whole signals."""
