@@ -69,6 +69,16 @@ def test_shipped_configs_pass_the_numeric_checks():
         load_config(path)
 
 
+def test_a_retired_key_is_read_and_dropped(tmp_path: Path):
+    from experiments.config import config_hash, load_config
+
+    old = tmp_path / "old.toml"  # a config (or checkpoint) from when train.num_workers existed
+    old.write_text("[train]\nsteps = 7\nnum_workers = 2\n")
+    config = load_config(old)
+    assert config.train.steps == 7 and not hasattr(config.train, "num_workers")
+    assert config_hash(config) == config_hash(load_config(None, ["train.steps=7", "train.num_workers=0"]))
+
+
 # ----------------------------------------------------------------------------- command-line numbers
 
 @pytest.mark.parametrize("argv,names", [

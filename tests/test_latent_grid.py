@@ -16,7 +16,7 @@ TINY_OVERRIDES = [
     "autoencoder.hidden_channels=8", "autoencoder.latent_channels=4", "autoencoder.steps=8",
     "autoencoder.batch_size=2", "autoencoder.segment_samples=2048",
     "train.steps=4", "train.batch_size=2", "train.window_frames=8", "train.warmup_steps=1",
-    "train.checkpoint_every=4", "train.log_every=2", "train.precision=\"fp32\"", "train.num_workers=0",
+    "train.checkpoint_every=4", "train.log_every=2", "train.precision=\"fp32\"",
     'eval.schedules=["manual-6"]', "eval.limit=2", "eval.metric_workers=1", "eval.audio_artifacts=1",
 ]
 
