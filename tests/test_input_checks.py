@@ -65,7 +65,9 @@ def test_empty_schedule_list_is_refused(tmp_path: Path, capsys):
 def test_shipped_configs_pass_the_numeric_checks():
     from experiments.config import load_config
 
-    for path in sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.toml")):
+    paths = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.toml"))
+    assert paths, "no shipped run configs found"
+    for path in paths:
         load_config(path)
 
 
