@@ -1,6 +1,6 @@
 """The text of a `wg2 compare` report: report.md (markdown tables and the wording) and results.csv.
 
-Plain data in (a `Grid` read back by evaluation.compare_runs), strings out; `write_atomic` puts them in place
+Plain data in (a `Grid` read back by evaluation.compare_mlflow), strings out; `write_atomic` puts them in place
 through a temporary name. Tables show each cell's mean with its 95% interval, the best of each column in bold.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from evaluation.runs import TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_V
 from evaluation.conditioning import GAIN_KEY, READS_TEXT_THRESHOLD, reads_text
 from evaluation.metrics import headline_metrics
 from evaluation.stats import PAIRED, WELCH
-from evaluation.compare_runs import (CellRow, Effect, Grid, RunRecord, Stat, direction, fraction_of_ceiling,
-                                     metric_key, show_value)
+from evaluation.compare_data import CellRow, Effect, Grid, RunRecord, Stat, direction, metric_key, show_value
+from evaluation.compare_target import fraction_of_ceiling
 
 QUALITY = headline_metrics()  # columns of each schedule's table, with rtf
 TRAINING = ("train/audio_seconds_per_sec", "train/peak_memory_mb", "train/wall_seconds", "train/loss")

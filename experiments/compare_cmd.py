@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evaluation.compare import compare
-from evaluation.compare_runs import CompareError
+from evaluation.compare_data import CompareError
 from experiments.config import InputError
 from experiments.grid_file import expected_cells, load_grid
 
