@@ -52,7 +52,7 @@ def spectrogram_png(wav: Path, png: Path) -> Path:
     import matplotlib.pyplot as plt
     import soundfile as sf
 
-    from evaluation.metrics import TOP_DB, log_mel_db, mel_power
+    from evaluation.signal_features import TOP_DB, log_mel_db, mel_power
 
     audio, rate = sf.read(str(wav), dtype="float64", always_2d=True)
     x = np.nan_to_num(audio.mean(axis=1))

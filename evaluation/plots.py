@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only, no display: safe in workers and on headless
 import matplotlib.pyplot as plt
 import numpy as np
 
-from evaluation.metrics import HOP_S, TOP_DB, log_mel_db, mel_power
+from evaluation.signal_features import HOP_S, TOP_DB, log_mel_db, mel_power
 
 
 def _save_atomic(fig, path: str | Path) -> Path:

@@ -19,9 +19,10 @@ import numpy as np
 from tqdm import tqdm
 from evaluation.progress import progress_enabled
 
-from evaluation.metrics import Missing, Scores, describe_error, metric_names, score_pair
+from evaluation.metrics import Missing, Scores, metric_names
+from evaluation.scoring import describe_error, score_pair
 
-_PRELOAD = ["evaluation.metrics", "evaluation.pool", "pesq", "pystoi", "parselmouth"]
+_PRELOAD = ["evaluation.scoring", "evaluation.pool", "pesq", "pystoi", "parselmouth"]
 
 
 @dataclass(frozen=True)
