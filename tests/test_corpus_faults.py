@@ -12,7 +12,7 @@ import soundfile
 
 from conftest import tiny_tables
 from experiments.cli import main
-from experiments.corpus import read_corpus
+from experiments.corpus_read import read_corpus
 from experiments.textgrid import read_phone_tier
 from test_corpus import copy_corpus as copy_three  # the same copier, one place
 
