@@ -30,4 +30,5 @@ quickstart: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15

@@ -117,6 +117,8 @@ class WaveformAutoencoder(nn.Module, abc.ABC):
 
     Config = AutoencoderConfig
 
+    latent_scale: torch.Tensor  # buffer ()
+
     def __init__(self, config: AutoencoderConfig):
         super().__init__()
         _check_config(config)
@@ -216,6 +218,11 @@ class VQAutoencoder(WaveformAutoencoder):
 class EMACodebook(nn.Module):
     """K code vectors of size C, learned by EMA of the encoder outputs assigned to them (not by gradient)."""
 
+    embedding: torch.Tensor  # buffers, registered in __init__
+    cluster_size: torch.Tensor
+    embed_sum: torch.Tensor
+    initialized: torch.Tensor
+
     def __init__(self, size: int, dim: int, decay: float, commitment_weight: float):
         super().__init__()
         if size < 2:
@@ -261,13 +268,11 @@ class EMACodebook(nn.Module):
         self.cluster_size.fill_(1.0)
         self.embed_sum.copy_(self.embedding)
         self.initialized.fill_(True)
-        _broadcast(self.embedding, self.cluster_size, self.embed_sum)
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, index: torch.Tensor) -> None:  # flat (N, C), index (N,)
         onehot = F.one_hot(index, self.size).type(flat.dtype)  # (N, K)
         counts, sums = onehot.sum(0), onehot.t() @ flat  # (K,), (K, C)
-        _all_reduce_sum(counts, sums)  # every rank sees the whole global batch
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
@@ -280,7 +285,6 @@ class EMACodebook(nn.Module):
             self.embedding[dead] = fresh
             self.embed_sum[dead] = fresh * DEAD_CODE_THRESHOLD
             self.cluster_size[dead] = DEAD_CODE_THRESHOLD
-            _broadcast(self.embedding, self.cluster_size, self.embed_sum)  # random picks differ per rank
 
 
 def _sample_rows(flat: torch.Tensor, n: int) -> torch.Tensor:  # (N, C) -> (n, C) distinct where N >= n
@@ -291,24 +295,8 @@ def _sample_rows(flat: torch.Tensor, n: int) -> torch.Tensor:  # (N, C) -> (n, C
     return flat[pick]
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_reduce_sum(*tensors: torch.Tensor) -> None:
-    if _distributed():
-        for t in tensors:
-            torch.distributed.all_reduce(t)
-
-
-def _broadcast(*tensors: torch.Tensor) -> None:
-    if _distributed():
-        for t in tensors:
-            torch.distributed.broadcast(t, src=0)
-
-
-AUTOENCODERS: Registry[WaveformAutoencoder] = Registry("autoencoder", WaveformAutoencoder,
-                                                        {"continuous": ContinuousAutoencoder, "vq": VQAutoencoder})
+AUTOENCODERS: Registry[WaveformAutoencoder] = Registry(
+    "autoencoder", WaveformAutoencoder, {"continuous": ContinuousAutoencoder, "vq": VQAutoencoder})
 
 
 def latent_length(samples: int, stride: int) -> int:

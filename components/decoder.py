@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +18,18 @@ from torch import nn
 
 from components.registry import Registry
 
+
+class DecoderPreset(TypedDict):
+    input: int  # channels of the convolution on the conditioning
+    ublocks: list[int]
+    dblocks: list[int]
+
+
 # Channels per level. `ublocks` coarse -> fine, `dblocks` fine -> coarse (the first entry is the
 # convolution on the noisy signal). `base` is WaveGrad 2 fig. 2: 768 in, UBlocks 512, 512, 256, 128,
 # 128; DBlocks 128, 128, 256, 512 after a 32-channel input convolution. With fewer factors than
 # levels (latent space) the coarse UBlock widths and the coarse DBlock widths are kept.
-DECODER_PRESETS: dict[str, dict[str, list[int] | int]] = {
+DECODER_PRESETS: dict[str, DecoderPreset] = {
     "tiny": {"input": 32, "ublocks": [32, 32, 16, 16, 16], "dblocks": [8, 16, 16, 16, 32]},
     "mini": {"input": 128, "ublocks": [128, 128, 64, 32, 16], "dblocks": [8, 16, 32, 64, 128]},
     "small": {"input": 256, "ublocks": [256, 256, 128, 64, 64], "dblocks": [16, 64, 64, 128, 256]},
@@ -140,8 +148,8 @@ class WaveGradDecoder(Decoder):
         self.output_conv = nn.Conv1d(ublocks[-1], signal_channels, 3, padding=1)
         # Zero-initialised output: an untrained decoder predicts zero noise, so sampling with it is
         # stable and training starts from a well-conditioned point (as in DDPM's U-Net).
-        nn.init.zeros_(self.output_conv.weight)
-        nn.init.zeros_(self.output_conv.bias)
+        for parameter in self.output_conv.parameters():  # weight and bias
+            nn.init.zeros_(parameter)
 
     def forward(self, noisy, condition, noise_level):
         if noisy.shape[-1] != condition.shape[-1] * self.hop:

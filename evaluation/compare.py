@@ -6,8 +6,9 @@ and commit; missing, failed and running cells; for latent grids the autoencoder 
 target was reached), results.csv (one row per cell, every metric), PNG plots, and listen.html with the cells' kept
 audio under listen/ (evaluation.listen). The same files are logged on the grid's parent run under `report/`.
 
-This module is the report: evaluation.compare_runs reads and aggregates the runs, evaluation.compare_report
-writes the text, evaluation.report_plots draws the pictures. Works on any tracking URI and on partial grids.
+This module is the report: evaluation.compare_mlflow reads the runs (evaluation.compare_effects aggregates them,
+evaluation.compare_target judges the latent target), evaluation.compare_report writes the text,
+evaluation.report_plots draws the pictures. Works on any tracking URI and on partial grids.
 The command line (reading a grid file for its expected cells) is experiments/compare_cmd.py.
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ from evaluation.progress import progress_enabled
 
 from evaluation import report_plots as plots
 from evaluation.compare_report import GAIN_KEY, QUALITY, listen_section, render_markdown, results_csv, write_atomic
-from evaluation.compare_runs import (CellRow, Effect, Grid, RunRecord, Target, axis_means, label_of, metric_key,
-                                     read_grid, resolve_tracking_uri)
+from evaluation.compare_data import CellRow, Effect, Grid, RunRecord, Target, label_of, metric_key
+from evaluation.compare_effects import axis_means
+from evaluation.compare_mlflow import read_grid, resolve_tracking_uri
 from evaluation.listen import FREE, GT, ListenCell, write_listen_page
 from evaluation.runs import TAG_TRAIN_HASH
 
@@ -75,8 +77,8 @@ def _plots(client, out_dir: Path, grid: Grid) -> list[Path]:
 
     curves = []
     trained: dict[str, list[RunRecord]] = {}  # cells differing only in eval.* share one model: one curve
-    for r in sorted(runs, key=lambda r: r.name):
-        trained.setdefault(r.tags.get(TAG_TRAIN_HASH) or r.run_id, []).append(r)
+    for run in sorted(runs, key=lambda r: r.name):
+        trained.setdefault(run.tags.get(TAG_TRAIN_HASH) or run.run_id, []).append(run)
     for sharing in tqdm(list(trained.values()), desc="loss curves", leave=False,
                         disable=not progress_enabled(len(trained) >= 20)):
         r = sharing[0]
@@ -97,7 +99,8 @@ def _listen(client, out_dir: Path, grid: Grid) -> Path | None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        cells, references = [], {}
+        cells: list[ListenCell] = []
+        references: dict[str, Path] = {}
         for i, row in enumerate(tqdm(grid.rows, desc="listen: audio", leave=False,
                                         disable=not progress_enabled(len(grid.rows) >= 20))):
             try:

@@ -1,6 +1,6 @@
 """The text of a `wg2 compare` report: report.md (markdown tables and the wording) and results.csv.
 
-Plain data in (a `Grid` read back by evaluation.compare_runs), strings out; `write_atomic` puts them in place
+Plain data in (a `Grid` read back by evaluation.compare_mlflow), strings out; `write_atomic` puts them in place
 through a temporary name. Tables show each cell's mean with its 95% interval, the best of each column in bold.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from evaluation.runs import TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_V
 from evaluation.conditioning import GAIN_KEY, READS_TEXT_THRESHOLD, reads_text
 from evaluation.metrics import headline_metrics
 from evaluation.stats import PAIRED, WELCH
-from evaluation.compare_runs import (CellRow, Effect, Grid, RunRecord, Stat, direction, fraction_of_ceiling,
-                                     metric_key, show_value)
+from evaluation.compare_data import CellRow, Effect, Grid, RunRecord, Stat, direction, metric_key, show_value
+from evaluation.compare_target import fraction_of_ceiling
 
 QUALITY = headline_metrics()  # columns of each schedule's table, with rtf
 TRAINING = ("train/audio_seconds_per_sec", "train/peak_memory_mb", "train/wall_seconds", "train/loss")
@@ -63,7 +63,7 @@ def _entry(stat: Stat | None, best: bool) -> str:
 def _bests(rows: list[CellRow], key: str) -> set[str]:
     """Groups holding the best mean of a column; none when the direction is unknown or every cell ties."""
     sign = direction(key)
-    means = [(r.group, sign * r.mean(key)) for r in rows if r.mean(key) is not None]
+    means = [(group, sign * m) for group, m in ((r.group, r.mean(key)) for r in rows) if m is not None]
     if sign == 0 or len(means) < 2:
         return set()
     top, low = max(m for _, m in means), min(m for _, m in means)
@@ -126,7 +126,7 @@ def _in_brief(effects: list[Effect], metric: str) -> list[str]:
             lines.append(f"- `{e.axis}`: {e.a} − {e.b} = {e.diff:+.3g} {metric} {where} ({ci}).")
             continue
         better, worse = (e.a, e.b) if sign * e.diff > 0 else (e.b, e.a)
-        if e.ci_low is not None and e.ci_low <= 0 <= e.ci_high:
+        if e.ci_low is not None and e.ci_high is not None and e.ci_low <= 0 <= e.ci_high:
             lines.append(f"- `{e.axis}`: no clear difference between {e.a} and {e.b} on {metric} {where} "
                          f"({e.a} − {e.b} = {e.diff:+.3g}, {ci} includes 0).")
         else:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from components.diffusion import gaussian
-from evaluation.metrics import GAIN_KEY  # noqa: F401 - the figure's name, declared with its range in RUN_FIGURES
+from evaluation.metrics import GAIN_KEY
 from evaluation.stats import summarize
 
 # sqrt(alpha_bar) levels probed: from nearly clean to mostly noise. 0.1 is inside every shipped

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.compare_data import direction
+
 GT, FREE = "gt", "free"  # the two passes: ground-truth durations, predicted durations (free-running)
 PASS_TITLES = {GT: "ground-truth durations", FREE: "free-running"}
 
@@ -50,7 +52,7 @@ def spectrogram_png(wav: Path, png: Path) -> Path:
     import matplotlib.pyplot as plt
     import soundfile as sf
 
-    from evaluation.metrics import TOP_DB, log_mel_db, mel_power
+    from evaluation.signal_features import TOP_DB, log_mel_db, mel_power
 
     audio, rate = sf.read(str(wav), dtype="float64", always_2d=True)
     x = np.nan_to_num(audio.mean(axis=1))
@@ -64,11 +66,6 @@ def spectrogram_png(wav: Path, png: Path) -> Path:
     plt.imsave(tmp, spec[::-1], cmap="magma", vmin=peak - TOP_DB, vmax=peak, format="png")
     os.replace(tmp, png)
     return png
-
-
-def _direction(key: str) -> int:
-    from evaluation.compare_runs import direction
-    return direction(key)
 
 
 def write_listen_page(out_dir: str | Path, cells: list[ListenCell], references: dict[str, Path],
@@ -255,7 +252,7 @@ def _render(title: str, cells: list[dict], refs: dict, utterances: list[str], sc
     passes = [GT, FREE]
     shown = [s for s in schedules if any(s in c["audio"] for c in cells)]
     options = "".join(f'<option value="{e(k)}"{" selected" if k == default_sort else ""}>{e(k)} '
-                      f'({"higher" if _direction(k) > 0 else "lower" if _direction(k) < 0 else "?"} is better)'
+                      f'({"higher" if direction(k) > 0 else "lower" if direction(k) < 0 else "?"} is better)'
                       f'</option>' for k in keys)
     sections = []
     for u in utterances:
@@ -275,7 +272,7 @@ def _render(title: str, cells: list[dict], refs: dict, utterances: list[str], sc
                         f'{head}</tr></thead><tbody class="sortable">{"".join(rows)}</tbody></table></div></section>')
     data = {"cells": [{"label": c["label"], "metrics": c["metrics"], "audio": c["audio"]} for c in cells],
             "refs": refs, "utterances": utterances, "schedules": shown,
-            "directions": {k: _direction(k) for k in keys}, "passes": {p: PASS_TITLES[p] for p in passes}}
+            "directions": {k: direction(k) for k in keys}, "passes": {p: PASS_TITLES[p] for p in passes}}
     blob = json.dumps(data).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>

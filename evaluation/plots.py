@@ -15,7 +15,8 @@ matplotlib.use("Agg")  # files only, no display: safe in workers and on headless
 import matplotlib.pyplot as plt
 import numpy as np
 
-from evaluation.metrics import GAIN_KEY, HOP_S, TOP_DB, log_mel_db, mel_power
+from evaluation.metrics import GAIN_KEY
+from evaluation.signal_features import HOP_S, TOP_DB, log_mel_db, mel_power
 
 LOSSES = ("loss", "noise_loss", "mel_loss", "duration_loss")  # the training log's loss terms, as train() names them
 

@@ -13,15 +13,16 @@ import math
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, cast
 
 import numpy as np
 from tqdm import tqdm
 from evaluation.progress import progress_enabled
 
-from evaluation.metrics import Missing, Scores, describe_error, metric_names, score_pair
+from evaluation.metrics import Missing, Scores, metric_names
+from evaluation.scoring import describe_error, score_pair
 
-_PRELOAD = ["evaluation.metrics", "evaluation.pool", "pesq", "pystoi", "parselmouth"]
+_PRELOAD = ["evaluation.scoring", "evaluation.pool", "pesq", "pystoi", "parselmouth"]
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,12 @@ def score_many(pairs: Iterable[ScoreJob], workers: int, progress: bool = True,
     jobs = list(pairs)
     bar = tqdm(total=len(jobs), desc="scoring", unit="utt", disable=not progress_enabled(progress) or not jobs)
     if workers <= 1 or len(jobs) <= 1:
-        results = []
+        inline: list[Scores] = []
         for job in jobs:
-            results.append(score_job(job))
+            inline.append(score_job(job))
             bar.update(1)
         bar.close()
-        return results
+        return inline
     size = max(1, chunksize or 1)
     chunks = [(start, jobs[start:start + size]) for start in range(0, len(jobs), size)]
     results: list[Scores | None] = [None] * len(jobs)
@@ -88,4 +89,4 @@ def score_many(pairs: Iterable[ScoreJob], workers: int, progress: bool = True,
                 bar.update(len(chunk_scores))
     finally:
         bar.close()
-    return results  # type: ignore[return-value]
+    return cast(list[Scores], results)  # every slot is filled by now (a failed chunk raised above)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -78,7 +79,7 @@ def _errors(value: float, ci: tuple[float, float] | None) -> list[list[float]] |
 
 
 def plot_quality_vs_rtf(points: list[Point], metric: str, path: Path,
-                        ceilings: list[Ceiling] = ()) -> Path:
+                        ceilings: Sequence[Ceiling] = ()) -> Path:
     """Scatter of quality (y) against real-time factor (x, log scale when it spans a decade), one point per cell and
     schedule: colour = cell, marker = schedule; error bars are the 95% intervals of the table."""
     fig = Figure(figsize=(10.0, 5.5))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Sequence, TypeVar
 
 import numpy as np
 from scipy import stats as sps
@@ -21,7 +21,11 @@ from evaluation.metrics import Missing
 CONFIDENCE = 0.95
 PAIRED, WELCH = "paired t + Wilcoxon", "Welch (unpaired)"  # how a difference's interval was made
 
-def clip_interval(low: float | None, high: float | None, bounds: tuple[float, float] | None):
+K = TypeVar("K", bound=Hashable)
+
+
+def clip_interval(low: float | None, high: float | None,
+                  bounds: tuple[float, float] | None) -> tuple[float | None, float | None]:
     """(low, high) moved inside bounds; None ends and None bounds pass through."""
     if bounds is None:
         return low, high
@@ -59,7 +63,7 @@ def summarize(values: Sequence[float | Missing | None], confidence: float = CONF
     missing_reasons. With no value the mean is None; with one value the std and interval are None."""
     x, reasons = split_missing(values)
     n = len(x)
-    out = {"mean": None, "ci_low": None, "ci_high": None, "std": None, "n": n,
+    out: dict[str, Any] = {"mean": None, "ci_low": None, "ci_high": None, "std": None, "n": n,
            "n_missing": sum(reasons.values()), "missing_reasons": dict(reasons)}
     if n == 0:
         return out
@@ -81,7 +85,8 @@ def mean_difference(a: Sequence[float | Missing | None], b: Sequence[float | Mis
     """
     xa, _ = split_missing(a)
     xb, _ = split_missing(b)
-    out = {"diff": None, "ci_low": None, "ci_high": None, "se": None, "df": None, "n_a": len(xa), "n_b": len(xb)}
+    out: dict[str, Any] = {"diff": None, "ci_low": None, "ci_high": None, "se": None, "df": None, "n_a": len(xa),
+                           "n_b": len(xb)}
     if len(xa) == 0 or len(xb) == 0:
         return out
     diff = float(xa.mean() - xb.mean())
@@ -101,7 +106,7 @@ def mean_difference(a: Sequence[float | Missing | None], b: Sequence[float | Mis
     return out
 
 
-def paired_difference(a: Mapping[Hashable, float | Missing | None], b: Mapping[Hashable, float | Missing | None],
+def paired_difference(a: Mapping[K, float | Missing | None], b: Mapping[K, float | Missing | None],
                       confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None) -> dict:
     """a - b paired on keys: each key is one scored utterance under one noise seed, e.g. (seed, utterance ID), so
     with several seeds the pairs are made within a seed and pooled. Keys where either side is missing are dropped.
@@ -114,16 +119,17 @@ def paired_difference(a: Mapping[Hashable, float | Missing | None], b: Mapping[H
         x, _ = split_missing([v])
         return float(x[0]) if len(x) else None
 
-    diffs = []
+    diffs: list[float] = []
     for key in sorted(a.keys() & b.keys(), key=repr):
         xa, xb = present(a[key]), present(b[key])
         if xa is not None and xb is not None:
             diffs.append(xa - xb)
     d = np.asarray(diffs, dtype=np.float64)
-    out = {"diff": None, "ci_low": None, "ci_high": None, "n": len(d), "p_wilcoxon": None, "test": PAIRED}
+    out: dict[str, Any] = {"diff": None, "ci_low": None, "ci_high": None, "n": len(d), "p_wilcoxon": None,
+                           "test": PAIRED}
     if len(d) == 0:
         return out
-    s = summarize(d, confidence, difference_bounds(bounds))
+    s = summarize(diffs, confidence, difference_bounds(bounds))
     out.update(diff=s["mean"], ci_low=s["ci_low"], ci_high=s["ci_high"])
     if len(d) >= 2:
         if not np.any(d != 0):

@@ -12,8 +12,10 @@ import logging
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import torch
+from mlflow.entities import Metric
 from tqdm import tqdm
 from evaluation.progress import progress_enabled
 
@@ -124,11 +126,6 @@ def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progres
 
 def record_run(config: RunConfig, info: dict, experiment_id: str | None) -> str | None:
     """One MLflow run per (autoencoder key, experiment): found by tag, created once."""
-    try:
-        import mlflow
-        from mlflow.entities import Metric
-    except ImportError:
-        return None
     uri = tracking_uri()
     ensure_store(uri)
     client = mlflow.MlflowClient(uri)

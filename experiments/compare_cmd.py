@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from evaluation.compare import compare
-from evaluation.compare_runs import CompareError
+from evaluation.compare_data import CompareError
 from experiments.config import InputError
 from experiments.grid_file import expected_cells, load_grid
 

@@ -73,7 +73,6 @@ class TrainConfig:
     gain_utterances: int = 4
     checkpoint_every: int = 500
     log_every: int = 25
-    num_workers: int = 0  # DataLoader workers
 
 
 @dataclass(frozen=True)
@@ -150,11 +149,17 @@ def _section_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+# Keys configs (and checkpoints) once had that no longer do anything: read and dropped. train.num_workers set
+# DataLoader workers, but batches are built in-process; it was never part of a run's identity.
+RETIRED_KEYS = {"train": ("num_workers",)}
+
+
 def _legacy_train(section: dict[str, Any], where: str) -> dict[str, Any]:
-    """Configs (and checkpoints) from before train.precision said `train.bf16 = true|false`."""
+    """Configs (and checkpoints) from before train.precision said `train.bf16 = true|false`, or with a retired
+    key."""
+    section = {k: v for k, v in section.items() if k not in RETIRED_KEYS["train"]}
     if "bf16" not in section:
         return section
-    section = dict(section)
     old = section.pop("bf16")
     if not isinstance(old, bool):
         raise ConfigError(f"{where}.bf16: expected bool (the old name of train.precision), got {old!r}")
@@ -167,7 +172,8 @@ def _legacy_train(section: dict[str, Any], where: str) -> dict[str, Any]:
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     """Build a RunConfig from nested dicts (as TOML gives them). Fails on unknown sections and keys.
-    The old key `train.bf16` is read as train.precision ("bf16" for true, "fp32" for false)."""
+    The old key `train.bf16` is read as train.precision ("bf16" for true, "fp32" for false); RETIRED_KEYS are
+    dropped."""
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
@@ -255,7 +261,7 @@ NUMERIC_BOUNDS: dict[str, tuple[float, bool]] = {
     "autoencoder.segment_samples": (1, True), "autoencoder.learning_rate": (0, False), "autoencoder.seed": (0, True),
     "train.learning_rate": (0, False), "train.warmup_steps": (0, True), "train.weight_decay": (0, True),
     "train.grad_clip": (0, False), "train.duration_loss_weight": (0, True), "train.mel_loss_weight": (0, True),
-    "train.seed": (0, True), "train.gain_utterances": (0, True), "train.num_workers": (0, True),
+    "train.seed": (0, True), "train.gain_utterances": (0, True),
     "eval.limit": (0, True), "eval.pace": (0, False), "eval.audio_artifacts": (0, True),
     "eval.metric_workers": (1, True), "eval.seed": (0, True),
 }
@@ -345,7 +351,7 @@ def flatten(config: RunConfig) -> dict[str, Any]:
 
 
 # Keys that say where or how fast, not what is computed: excluded from a run's identity.
-NON_IDENTITY_KEYS = {"data.cache_dir", "train.num_workers", "eval.metric_workers"}
+NON_IDENTITY_KEYS = {"data.cache_dir", "eval.metric_workers"}
 
 
 def _added_key_defaults() -> dict[str, Any]:

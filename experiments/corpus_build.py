@@ -109,7 +109,7 @@ def _make_one(job: tuple[str, str, str, str]) -> tuple[str, int]:
     import soundfile
 
     from experiments import espeak
-    from experiments.corpus import SILENCE
+    from experiments.corpus_types import SILENCE
 
     uid, text, folder, voice = job
     spoken = espeak.synthesize_isolated(text, voice)

@@ -1,11 +1,11 @@
-"""`wg2 corpus check DIR [--json]`: the report as text (experiments.corpus.cmd_check) or as JSON on stdout."""
+"""`wg2 corpus check DIR [--json]`: the report as text (experiments.corpus_read.cmd_check) or as JSON on stdout."""
 from __future__ import annotations
 
 import json
 import logging
 from collections import Counter
 
-from experiments.corpus import CorpusReport, cmd_check as _text_check, read_corpus
+from experiments.corpus_read import CorpusReport, cmd_check as _text_check, read_corpus
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from experiments.corpus import SILENCE
+from experiments.corpus_types import SILENCE
 
 LINK = "‿"  # espeak's voiced linking glide `;`, which has no IPA name of its own
 PHONEME_SET = "espeak-ng-ipa"  # the name recorded with a built corpus

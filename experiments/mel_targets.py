@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluation.metrics import N_MELS, frame_mel_power
+from evaluation.signal_features import N_MELS, frame_mel_power
 
 POWER_FLOOR = 1e-10  # -100 dB: below any real recording's noise floor
 

@@ -1,5 +1,5 @@
 """`wg2 score REF.wav DEG.wav [--json]`: score any pair of files exactly as the suite scores its own output
-(the scoring itself is evaluation/metrics.py)."""
+(the scoring itself is evaluation/scoring.py)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from evaluation.metrics import ALIGN_TOLERANCE_S, METRICS, Missing, score_pair, to_jsonable
+from evaluation.metrics import METRICS, Missing, to_jsonable
+from evaluation.scoring import ALIGN_TOLERANCE_S, score_pair
 from experiments.config import InputError
 
 

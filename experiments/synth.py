@@ -49,7 +49,7 @@ class Synthesis:
 def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema") -> LoadedModel:
     """A trained model for synthesis. weights = "ema" takes the moving average when the run kept one
     (train.ema_decay > 0), else the raw weights; "raw" always takes the raw weights."""
-    from experiments.corpus import PhonemeVocab
+    from experiments.corpus_types import PhonemeVocab
 
     path = Path(path)
     if not path.is_file():

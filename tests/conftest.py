@@ -1,7 +1,10 @@
-"""Shared fixtures: a small default corpus of real espeak-ng speech, built once per test session."""
+"""Shared fixtures: a small default corpus of real espeak-ng speech and a tiny trained checkpoint, each built once
+per test session; the tiny run preset (experiments/configs/tiny.toml) as tests use it."""
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 # One torch thread per test process: pytest runs two processes on two cores, and more threads than
 # cores makes torch's OpenMP kernels spin (a conv measured 8x slower). Subprocesses inherit this.
@@ -12,11 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.config import DataConfig
+from components.configs import ModelConfig
+from experiments.config import DataConfig, EvalConfig, RunConfig, TrainConfig, load_config, read_toml
 
 torch.set_num_threads(1)
 
 CORPUS_SENTENCES = 24
+TINY_PRESET = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "tiny.toml"
+
+
+def tiny_model(**changes: Any) -> ModelConfig:
+    """The tiny preset's model, with `changes` (what a test is about)."""
+    return dataclasses.replace(load_config(TINY_PRESET).model, **changes)
+
+
+def tiny_tables() -> dict[str, dict[str, Any]]:
+    """The tiny preset as TOML tables ({"model": {...}, "train": {...}, "eval": {...}}), for grid and run files."""
+    return read_toml(TINY_PRESET)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,6 +51,21 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("corpus") / "harvard"
     return build_corpus(out, limit=CORPUS_SENTENCES, workers=2, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model trained long enough (60 steps, ~12 s) that sampling beats pure noise on log-mel distance;
+    its eval settings score 3 utterances inline and keep audio. Shared: tests must not write beside it."""
+    from experiments.train import train
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    data = DataConfig(root=str(corpus_dir), cache_dir=str(root / "cache"), val_fraction=0.3, test_fraction=0.1)
+    config = RunConfig(data=data, model=tiny_model(),
+                       train=TrainConfig(steps=60, batch_size=4, window_frames=16, learning_rate=2e-3, warmup_steps=3,
+                                         checkpoint_every=60, log_every=20),
+                       eval=EvalConfig(limit=3, metric_workers=1, audio_artifacts=1))
+    return train(config, root / "run", device="cpu", progress=False).checkpoint
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from components.configs import ModelConfig
+from conftest import tiny_model
 from components.model import WaveGrad2
 from experiments.config import EvalConfig, RunConfig, TrainConfig
 from experiments.evaluate import evaluate, format_summary
 from experiments.synth import load_checkpoint
 from experiments.train import train
 
-TINY = ModelConfig(encoder_channels=32, duration_channels=16, decoder_preset="tiny", encoder_dropout=0.0, zoneout=0.0)
+TINY = tiny_model(encoder_dropout=0.0)
 
 
 def test_padding_changes_only_the_last_frames_of_a_shorter_utterance():

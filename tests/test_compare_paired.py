@@ -11,12 +11,12 @@ import pytest
 import soundfile as sf
 
 pytest.importorskip("mlflow")
-import test_compare  # noqa: E402
-from test_compare import _cell, _experiment, _parent  # noqa: E402
-from test_listen import _Refs  # noqa: E402
+import test_compare
+from test_compare import _cell, _experiment, _parent
+from test_listen import _Refs
 
-from evaluation.compare import compare  # noqa: E402
-from evaluation.stats import PAIRED, WELCH, mean_difference, summarize  # noqa: E402
+from evaluation.compare import compare
+from evaluation.stats import PAIRED, WELCH, mean_difference, summarize
 
 store = test_compare.store  # the same real MLflow store fixture (SQLite in a temp dir)
 

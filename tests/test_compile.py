@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from components.configs import ModelConfig
+from conftest import tiny_model
 from components.schedules import resolve_schedule_name
 from experiments import precision
 from experiments.config import EvalConfig, InputError, RunConfig, TrainConfig, config_hash, flatten, load_config
 from experiments.synth import load_checkpoint, synthesize
 from experiments.train import train
 
-TINY = ModelConfig(encoder_channels=32, duration_channels=16, decoder_preset="tiny", encoder_dropout=0.0, zoneout=0.0)
+TINY = tiny_model(encoder_dropout=0.0)
 
 
 def test_compile_keys_default_off_are_params_and_keep_old_hashes():

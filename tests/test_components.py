@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_model
 from components.configs import AutoencoderConfig, ModelConfig
 from components.decoder import DECODER_PRESETS, DECODERS
 from components.diffusion import Diffusion, NonFiniteError
@@ -21,7 +22,6 @@ from components.upsampler import UPSAMPLERS, GaussianUpsampler, RepeatUpsampler
 from components.validation import validate_model_config
 from experiments.schedule_files import load_schedule_file, resolve_schedule
 
-TINY = dict(encoder_channels=32, duration_channels=16, decoder_preset="tiny")
 
 
 def tiny_batch(vocab=20):
@@ -38,7 +38,7 @@ def tiny_batch(vocab=20):
 @pytest.mark.parametrize("decoder", DECODERS.names())
 @pytest.mark.parametrize("zoneout", [0.0, 0.1])
 def test_every_registry_combination_trains_and_infers(encoder, upsampler, decoder, zoneout):
-    config = ModelConfig(**TINY, encoder=encoder, upsampler=upsampler, decoder=decoder, zoneout=zoneout)
+    config = tiny_model(encoder=encoder, upsampler=upsampler, decoder=decoder, zoneout=zoneout)
     model = WaveGrad2(config, vocab_size=20)
     ids, mask, durations = tiny_batch()
     encoded, log_d = model.encode(ids, mask)
@@ -61,7 +61,7 @@ def test_every_registry_combination_trains_and_infers(encoder, upsampler, decode
 
 
 def test_zoneout_eval_is_deterministic_and_training_is_not():
-    model = WaveGrad2(ModelConfig(**TINY, zoneout=0.5), vocab_size=20)
+    model = WaveGrad2(tiny_model(zoneout=0.5), vocab_size=20)
     ids, mask, _ = tiny_batch()
     model.eval()
     assert torch.equal(model.encode(ids, mask)[0], model.encode(ids, mask)[0])
@@ -127,10 +127,10 @@ def test_decoder_output_length_is_frames_times_hop(factors):
 
 def test_hop_mismatch_fails_validation_naming_both_keys():
     with pytest.raises(ValueError, match=r"upsample_factors.*data.hop_length = 256"):
-        validate_model_config(ModelConfig(**TINY), AutoencoderConfig(), hop_length=256)
-    validate_model_config(ModelConfig(**TINY, upsample_factors=[4, 4, 4, 2, 2]), AutoencoderConfig(), hop_length=256)
+        validate_model_config(tiny_model(), AutoencoderConfig(), hop_length=256)
+    validate_model_config(tiny_model(upsample_factors=[4, 4, 4, 2, 2]), AutoencoderConfig(), hop_length=256)
     with pytest.raises(ValueError, match="latent"):
-        validate_model_config(ModelConfig(**TINY, space="latent", upsample_factors=[4, 4, 4]),
+        validate_model_config(tiny_model(space="latent", upsample_factors=[4, 4, 4]),
                               AutoencoderConfig(stride=16), hop_length=256)
 
 
@@ -150,12 +150,12 @@ def test_signal_spaces_encode_and_decode_at_their_hop():
     with pytest.raises(ValueError, match="autoencoder"):
         latent.decode(signal)
     with pytest.raises(ValueError, match="allowed: waveform, latent"):
-        validate_model_config(ModelConfig(**TINY, space="spectrogram"), AutoencoderConfig(), 300)
+        validate_model_config(tiny_model(space="spectrogram"), AutoencoderConfig(), 300)
 
 
 def test_unknown_registry_name_lists_allowed():
     with pytest.raises(ValueError, match="allowed: gaussian, repeat"):
-        validate_model_config(ModelConfig(**{**TINY, "upsampler": "linear"}), AutoencoderConfig(), 300)
+        validate_model_config(tiny_model(upsampler="linear"), AutoencoderConfig(), 300)
     with pytest.raises(TypeError):
         Registry("thing", torch.nn.Module, {"bad": int})
 

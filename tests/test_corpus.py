@@ -12,10 +12,12 @@ from praatio import textgrid
 from scipy.signal import resample_poly
 
 from experiments.textgrid import read_phone_intervals
-from experiments import corpus
+from experiments import corpus_read
 from experiments.cli import main
 from experiments.config import DataConfig, InputError
-from experiments.corpus import (PAD, SILENCE, Dataset, PhonemeVocab, load_dataset, read_corpus, split_of)
+from experiments.corpus import load_dataset
+from experiments.corpus_read import read_corpus
+from experiments.corpus_types import PAD, SILENCE, Dataset, PhonemeVocab, split_of
 
 SR, HOP = 22050, 300
 
@@ -300,8 +302,8 @@ def test_cache_is_reused_and_invalidated(corpus_dir: Path, tmp_path: Path, monke
     assert isinstance(first, Dataset) and uncached == first  # from cache == from scratch
 
     reads = []
-    real = corpus._read_one
-    monkeypatch.setattr(corpus, "_read_one", lambda *a: reads.append(a) or real(*a))
+    real = corpus_read._read_one
+    monkeypatch.setattr(corpus_read, "_read_one", lambda *a: reads.append(a) or real(*a))
     assert load_dataset(cfg, progress=False) == first and reads == []  # served from the cache
 
     path = root / "wavs" / f"{uid(1)}.wav"

@@ -13,7 +13,8 @@ from praatio import textgrid
 from experiments import corpus_build
 from experiments.cli import main
 from experiments.config import InputError
-from experiments.corpus import SILENCE, read_corpus
+from experiments.corpus_read import read_corpus
+from experiments.corpus_types import SILENCE
 from experiments.corpus_build import MARKER, build_corpus, corpus_content_hash, harvard_sentences
 from experiments.espeak import LINK, synthesize, text_to_phonemes
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from conftest import tiny_tables
 from experiments.cli import main
-from experiments.corpus import read_corpus
+from experiments.corpus_read import read_corpus
 from experiments.textgrid import read_phone_tier
 from test_corpus import copy_corpus as copy_three  # the same copier, one place
 
@@ -161,14 +162,6 @@ def test_silence_only_is_a_warning_and_skipped_with_skip_bad(corpus_dir: Path, t
 
 # ----------------------------------------------------------------------------- MLflow: no run left RUNNING
 
-TINY = {
-    "model": {"encoder_channels": 16, "duration_channels": 8, "decoder_preset": "tiny", "zoneout": 0.0},
-    "train": {"steps": 12, "batch_size": 2, "window_frames": 8, "warmup_steps": 2, "learning_rate": 1e-3,
-              "checkpoint_every": 4, "log_every": 2},
-    "eval": {"schedules": ["manual-6"], "limit": 2, "audio_artifacts": 1, "metric_workers": 1},
-}
-
-
 @pytest.fixture
 def tiny_grid(corpus_dir: Path, tmp_path: Path, monkeypatch) -> Path:
     """A one-cell grid of the tiny model on the session corpus, with its own MLflow SQLite store and runs folder."""
@@ -179,7 +172,7 @@ def tiny_grid(corpus_dir: Path, tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("WG2_RUNS_DIR", str(tmp_path / "runs"))
-    tables = {**TINY, "data": {"root": str(corpus_dir), "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.3,
+    tables = {**tiny_tables(), "data": {"root": str(corpus_dir), "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.3,
                                "test_fraction": 0.1}}
     lines = ['name = "faults"', 'description = "Are failed runs ended?"', "seeds = [0]", "[base]"]
     for section, values in tables.items():

@@ -4,30 +4,14 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
 
-from components.configs import ModelConfig
 from experiments.cli import main
-from experiments.config import EvalConfig, RunConfig, TrainConfig
 from experiments.evaluate import FREE_RUNNING, pick_utterances
-from experiments.train import train
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, corpus_dir):
-    from experiments.config import DataConfig
-
-    root = tmp_path_factory.mktemp("eval")
-    data = DataConfig(root=str(corpus_dir), cache_dir=str(root / "cache"), val_fraction=0.3, test_fraction=0.1)
-    config = RunConfig(data=data, model=ModelConfig(encoder_channels=32, duration_channels=16, decoder_preset="tiny"),
-                       train=TrainConfig(steps=20, batch_size=4, window_frames=16, learning_rate=2e-3, warmup_steps=2),
-                       eval=EvalConfig(limit=3, metric_workers=1, audio_artifacts=1))
-    return train(config, root / "run", device="cpu", progress=False).checkpoint
-
-
-def test_eval_scores_every_utterance_once_per_metric_and_writes_its_files(checkpoint, tmp_path, capsys):
+def test_eval_scores_every_utterance_once_per_metric_and_writes_its_files(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["eval", str(checkpoint), "--schedules", "manual-6,linear-50", "--limit", "3", "--out", str(out),
+    assert main(["eval", str(tiny_checkpoint), "--schedules", "manual-6,linear-50", "--limit", "3", "--out", str(out),
                  "--device", "cpu", "--workers", "2"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["utterances"]) == 3
@@ -55,8 +39,8 @@ def test_eval_scores_every_utterance_once_per_metric_and_writes_its_files(checkp
     assert "RTF" in capsys.readouterr().out
 
 
-def test_eval_rejects_unknown_schedule_before_work(checkpoint, tmp_path, capsys):
-    assert main(["eval", str(checkpoint), "--schedules", "nope-3", "--out", str(tmp_path / "e")]) == 2
+def test_eval_rejects_unknown_schedule_before_work(tiny_checkpoint, tmp_path, capsys):
+    assert main(["eval", str(tiny_checkpoint), "--schedules", "nope-3", "--out", str(tmp_path / "e")]) == 2
     assert "nope-3" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 

@@ -13,21 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_tables
 from experiments.cli import main
 from experiments.config import ConfigError, _toml_value
 from experiments.grid import run_grid
 from experiments.grid_file import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
-
-# A tiny model that trains a step in well under a second on one CPU thread; eval on 2 utterances, one short
-# schedule, metrics scored inline.
-TINY = {
-    "model": {"encoder_channels": 16, "duration_channels": 8, "decoder_preset": "tiny", "zoneout": 0.0},
-    "train": {"steps": 12, "batch_size": 2, "window_frames": 8, "warmup_steps": 2, "learning_rate": 1e-3,
-              "checkpoint_every": 4, "log_every": 2},
-    "eval": {"schedules": ["manual-6"], "limit": 2, "audio_artifacts": 1, "metric_workers": 1},
-}
 
 
 def grid_text(name: str, base: dict, axes: dict, seeds=(0,), extra: str = "") -> str:
@@ -41,7 +33,7 @@ def grid_text(name: str, base: dict, axes: dict, seeds=(0,), extra: str = "") ->
 
 
 def tiny_base(data: dict | None = None, **sections: dict) -> dict:
-    base = {section: dict(values) for section, values in TINY.items()}
+    base = tiny_tables()  # the tiny run preset: a step in well under a second, eval on 2 utterances
     base["data"] = dict(data or {})
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)

@@ -65,8 +65,20 @@ def test_empty_schedule_list_is_refused(tmp_path: Path, capsys):
 def test_shipped_configs_pass_the_numeric_checks():
     from experiments.config import load_config
 
-    for path in sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.toml")):
+    paths = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.toml"))
+    assert paths, "no shipped run configs found"
+    for path in paths:
         load_config(path)
+
+
+def test_a_retired_key_is_read_and_dropped(tmp_path: Path):
+    from experiments.config import config_hash, load_config
+
+    old = tmp_path / "old.toml"  # a config (or checkpoint) from when train.num_workers existed
+    old.write_text("[train]\nsteps = 7\nnum_workers = 2\n")
+    config = load_config(old)
+    assert config.train.steps == 7 and not hasattr(config.train, "num_workers")
+    assert config_hash(config) == config_hash(load_config(None, ["train.steps=7", "train.num_workers=0"]))
 
 
 # ----------------------------------------------------------------------------- command-line numbers

@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from components.configs import AutoencoderConfig, ModelConfig
+from conftest import tiny_model
+from components.configs import AutoencoderConfig
 from experiments.config import ConfigError, EvalConfig, RunConfig, TrainConfig, load_config, validate
 from experiments.evaluate import evaluate
 from experiments.synth import load_checkpoint
@@ -17,8 +18,7 @@ def latent_config(data_config, tmp_path, monkeypatch) -> RunConfig:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     return RunConfig(
         data=dataclasses.replace(data_config, hop_length=256),
-        model=ModelConfig(encoder_channels=32, duration_channels=16, decoder_preset="tiny", space="latent",
-                          upsample_factors=[4, 4]),
+        model=tiny_model(space="latent", upsample_factors=[4, 4]),
         autoencoder=AutoencoderConfig(kind="continuous", stride=16, latent_channels=4, hidden_channels=8, steps=20,
                                       batch_size=4, segment_samples=4096),
         train=TrainConfig(steps=4, batch_size=4, window_frames=16, warmup_steps=1, checkpoint_every=4, log_every=1),

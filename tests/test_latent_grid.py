@@ -6,17 +6,19 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from conftest import tiny_tables
 from evaluation.compare import compare
+from experiments.config import _toml_value
 from experiments.grid import run_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_OVERRIDES = [
-    "model.decoder_preset=tiny", "model.encoder_channels=16", "model.duration_channels=8", "model.zoneout=0.0",
+TINY_OVERRIDES = [  # the tiny preset's model; a latent autoencoder and a run as short
+    *(f"model.{key}={_toml_value(value)}" for key, value in tiny_tables()["model"].items()),
     "autoencoder.hidden_channels=8", "autoencoder.latent_channels=4", "autoencoder.steps=8",
     "autoencoder.batch_size=2", "autoencoder.segment_samples=2048",
     "train.steps=4", "train.batch_size=2", "train.window_frames=8", "train.warmup_steps=1",
-    "train.checkpoint_every=4", "train.log_every=2", "train.precision=\"fp32\"", "train.num_workers=0",
+    "train.checkpoint_every=4", "train.log_every=2", "train.precision=\"fp32\"",
     'eval.schedules=["manual-6"]', "eval.limit=2", "eval.metric_workers=1", "eval.audio_artifacts=1",
 ]
 

@@ -1,5 +1,8 @@
 """Layers point one way: components <- evaluation <- experiments, and our modules import each other without
-cycles. Read with `ast` (nothing is imported), so every import counts, also those inside functions."""
+cycles. Read with `ast` (nothing is imported), so every import counts, also those inside functions: a cycle
+closed by a function-level import is a cycle too. Importing a.b.c runs the __init__ of a and a.b first, so an
+import also reaches the packages above what it names (those that do not hold the importing module), and a
+module that imports names from its own package's __init__ reaches that __init__."""
 from __future__ import annotations
 
 import ast
@@ -12,8 +15,12 @@ FORBIDDEN = {"components": ("evaluation", "experiments", "mlflow", "optuna"),
              "evaluation": ("experiments",)}
 
 
+INIT = ".__init__"  # our_sources' suffix for a package's __init__ when a test names it (see _package_of)
+
+
 def our_sources(root: Path = ROOT) -> dict[str, str]:
-    """Dotted module name -> source, for every module of our packages."""
+    """Dotted module name -> source, for every module of our packages (a package's __init__ under the
+    package's name)."""
     out = {}
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
@@ -23,10 +30,19 @@ def our_sources(root: Path = ROOT) -> dict[str, str]:
     return out
 
 
+def _package_of(module: str, known: set[str]) -> list[str]:
+    """The package a module's relative imports resolve against: the module itself for a package's __init__
+    (a known module with known modules under it), else its parent."""
+    parts = module.split(".")
+    is_package = any(other.startswith(module + ".") for other in known)
+    return parts if is_package else parts[:-1]
+
+
 def _imports(module: str, source: str, known: set[str]) -> list[tuple[str, bool]]:
     """(imported module, at module level?) for every import in the source. `from a import b` names a.b when
     that is one of the known modules, else a. Imports inside functions are not at module level."""
     found: list[tuple[str, bool]] = []
+    package = _package_of(module, known)
 
     def visit(node: ast.AST, top: bool) -> None:
         for child in ast.iter_child_nodes(node):
@@ -35,8 +51,8 @@ def _imports(module: str, source: str, known: set[str]) -> list[tuple[str, bool]
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:  # relative: resolved against this module's package
-                    package = module.split(".")[:-child.level] if child.level else []
-                    base = ".".join(package + ([base] if base else []))
+                    anchor = package[:len(package) - (child.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
                 for alias in child.names:
                     full = f"{base}.{alias.name}"
                     found.append((full if full in known else base, top))
@@ -50,8 +66,23 @@ def _under(name: str, roots: tuple[str, ...]) -> str | None:
     return next((r for r in roots if name == r or name.startswith(r + ".")), None)
 
 
+def _reached(module: str, name: str, known: set[str]) -> set[str]:
+    """Our modules that importing `name` from `module` runs: name itself and the packages above it, except the
+    packages that hold `module` (already being imported when it runs) unless `name` is that package."""
+    parts = name.split(".")
+    out = set()
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        holds_importer = module.startswith(prefix + ".")
+        if prefix in known and (prefix == name or not holds_importer):
+            out.add(prefix)
+    out.discard(module)
+    return out
+
+
 def check(sources: dict[str, str]) -> list[str]:
-    """Problems: forbidden imports (by layer) and cycles in the module-level import graph of these modules."""
+    """Problems: forbidden imports (by layer) and cycles in the import graph of these modules, function-level
+    imports and the package __init__s an import runs included."""
     known = set(sources)
     problems = []
     graph: dict[str, set[str]] = {}
@@ -63,8 +94,7 @@ def check(sources: dict[str, str]) -> list[str]:
             if bad:
                 problems.append(f"{module} imports {name} ({'module level' if top else 'inside a function'}); "
                                 f"{module.split('.')[0]} must not import {bad}")
-            if top and name in known and name != module:
-                graph[module].add(name)
+            graph[module] |= _reached(module, name, known)
     problems.extend(f"import cycle: {' -> '.join(c)}" for c in _cycles(graph))
     return problems
 
@@ -126,20 +156,42 @@ def test_the_checker_finds_bad_imports_and_cycles():
     sources = {
         "components.a": "import mlflow\nfrom evaluation import b\n",
         "components.ok": "import torch\nfrom components import a\n",
-        "evaluation.b": "import numpy\n\ndef f():\n    from experiments.c import x\n",
+        "evaluation.b": "import numpy\n\ndef f():\n    from experiments.g import x\n",
         "experiments.c": "from experiments import d\nfrom evaluation.b import f\n",
         "experiments.d": "import experiments.c\n",
-        "experiments.e": "def f():\n    import experiments.f\n",  # a function-level cycle is allowed
+        "experiments.e": "def f():\n    import experiments.f\n",  # a cycle closed inside a function
         "experiments.f": "import experiments.e\n",
     }
     problems = check(sources)
     assert "components.a imports mlflow (module level); components must not import mlflow" in problems
     assert ("components.a imports evaluation.b (module level); components must not import evaluation"
             in problems)
-    assert ("evaluation.b imports experiments.c (inside a function); evaluation must not import experiments"
+    assert ("evaluation.b imports experiments.g (inside a function); evaluation must not import experiments"
             in problems)
     assert "import cycle: experiments.c -> experiments.d -> experiments.c" in problems
-    assert len(problems) == 4, problems
+    assert "import cycle: experiments.e -> experiments.f -> experiments.e" in problems
+    assert len(problems) == 5, problems
+
+
+def test_the_checker_finds_cycles_through_package_inits():
+    sources = {
+        # a module importing a name from its own package's __init__, which imports the module back
+        "experiments.search": "from experiments.search.run import go\nLIMIT = 3\n",
+        "experiments.search.run": "from experiments.search import LIMIT\n\ndef go():\n    return LIMIT\n",
+        # importing a submodule runs its package's __init__, which imports the importer back
+        "experiments.cli": "def main():\n    from experiments.tools.spec import x\n",
+        "experiments.tools": "from experiments import cli\n",
+        "experiments.tools.spec": "x = 1\n",
+        # relative imports in an __init__ resolve against the package itself; submodules importing their siblings
+        # (the package is already being imported) are no cycle
+        "experiments.fine": "from . import a\n",
+        "experiments.fine.a": "from experiments.fine import b\n",
+        "experiments.fine.b": "X = 1\n",
+    }
+    problems = check(sources)
+    assert "import cycle: experiments.search -> experiments.search.run -> experiments.search" in problems
+    assert "import cycle: experiments.cli -> experiments.tools -> experiments.cli" in problems
+    assert len(problems) == 2, problems
 
 
 def test_layers_point_one_way_and_there_are_no_cycles():

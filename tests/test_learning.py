@@ -18,7 +18,7 @@ import torch
 from components.configs import ModelConfig
 from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
-from evaluation.metrics import score_pair
+from evaluation.scoring import score_pair
 from experiments.config import RunConfig, TrainConfig
 from experiments.corpus import load_dataset
 from experiments.synth import load_checkpoint, synthesize

@@ -14,7 +14,9 @@ from scipy import stats as sps
 from scipy.signal import resample_poly
 
 from evaluation import metrics
-from evaluation.metrics import METRICS, Missing, dtw_path, from_jsonable, score_pair, to_jsonable
+from evaluation.metrics import METRICS, Missing, from_jsonable, to_jsonable
+from evaluation.scoring import score_pair
+from evaluation.signal_features import dtw_path
 from evaluation.plots import alignment_plot, spectrogram_comparison
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import mean_difference, summarize
@@ -147,7 +149,7 @@ def test_json_round_trip_and_availability():
     assert from_jsonable(to_jsonable(scores)) == scores
     available = metrics.available_metrics()
     assert set(available) == set(METRICS)
-    has_speechmos = metrics._dnsmos_module() is not None
+    has_speechmos = metrics.dnsmos_module() is not None
     assert available["dnsmos_ovrl"] == has_speechmos and available["pesq_wb"]
     assert ("dnsmos_ovrl" in metrics.metric_names()) == has_speechmos
 

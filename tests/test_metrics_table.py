@@ -46,7 +46,7 @@ def test_a_changed_table_entry_makes_the_readme_check_fail(monkeypatch):
 
 def test_everything_derived_follows_the_tables():
     from evaluation.compare_report import QUALITY
-    from evaluation.compare_runs import direction
+    from evaluation.compare_data import direction
     from evaluation.conditioning import GAIN_KEY
     from experiments.evaluate import FREE_RUNNING
 
@@ -66,15 +66,15 @@ def test_a_metric_is_one_table_entry(monkeypatch):
     """score_pair loops over METRICS: a new entry is computed, returned for its pass, ranked and clipped."""
     import numpy as np
 
-    from evaluation import metrics
-    from evaluation.compare_runs import direction
+    from evaluation import metrics, scoring
+    from evaluation.compare_data import direction
 
     peak = metrics.MetricInfo(description="peak level", low=0.0, high=1.0, better="lower",
                               eval_pass=metrics.ON_FREE_RUNNING, compute=lambda p: float(np.max(np.abs(p.degraded))))
     monkeypatch.setitem(METRICS, "peak", peak)
     rng = np.random.default_rng(0)
     x = 0.1 * rng.standard_normal(8000)
-    scores = metrics.score_pair(x, 0.5 * x, 8000, aligned=False)
+    scores = scoring.score_pair(x, 0.5 * x, 8000, aligned=False)
     assert scores["peak"] == np.max(np.abs(0.5 * x)) and "peak" in metrics.metric_names(aligned=False)
     assert direction("manual-6/peak") == -1 and value_range("peak") == (0.0, 1.0)
     assert "| `peak` | peak level | 0-1 | lower | - |" in metrics_markdown().splitlines()
@@ -83,14 +83,14 @@ def test_a_metric_is_one_table_entry(monkeypatch):
 def test_shared_work_fails_once_for_every_metric_that_needs_it(monkeypatch):
     import numpy as np
 
-    from evaluation import metrics
+    from evaluation import metrics, scoring
 
     def broken(*args):
         raise RuntimeError("no features")
 
-    monkeypatch.setattr(metrics, "_features", broken)
+    monkeypatch.setattr(scoring, "log_mel_features", broken)
     rng = np.random.default_rng(0)
     x = 0.1 * rng.standard_normal(8000)
-    scores = metrics.score_pair(x, x + 0.01 * rng.standard_normal(8000), 8000, aligned=False)
+    scores = scoring.score_pair(x, x + 0.01 * rng.standard_normal(8000), 8000, aligned=False)
     assert scores["mel_cd_dtw"] == metrics.Missing("RuntimeError: no features")
     assert isinstance(scores["length_ratio"], float)

@@ -14,7 +14,6 @@ import pytest
 import soundfile as sf
 from optuna.trial import TrialState
 
-from components.configs import ModelConfig
 from components.schedules import BETA_MAX, BETA_MIN
 from experiments.search import space
 from experiments.search.command import run_search
@@ -27,22 +26,10 @@ from experiments.tracking import resolve_checkpoint
 from experiments.search.tracking import EXPERIMENT
 from experiments.search.trial import BASELINE, OWNER, TICKET
 from experiments.cli import build_parser, main
-from experiments.config import DataConfig, InputError, RunConfig, TrainConfig
+from experiments.config import InputError
 from experiments.schedule_files import load_schedule_file
-from experiments.train import train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(corpus_dir: Path, tmp_path_factory) -> Path:
-    """A tiny model trained long enough (60 steps, ~12 s) that the baselines beat pure noise on log-mel distance."""
-    root = tmp_path_factory.mktemp("search-model")
-    data = DataConfig(root=str(corpus_dir), cache_dir=str(root / "cache"), val_fraction=0.3, test_fraction=0.1)
-    config = RunConfig(data=data, model=ModelConfig(encoder_channels=32, duration_channels=16, decoder_preset="tiny"),
-                       train=TrainConfig(steps=60, batch_size=4, window_frames=16, learning_rate=2e-3, warmup_steps=3,
-                                         checkpoint_every=60, log_every=20))
-    return train(config, root / "run", device="cpu", progress=False).checkpoint
 
 
 @pytest.fixture
@@ -52,13 +39,13 @@ def workdir(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
-def cli_args(checkpoint: Path, *extra: str) -> list[str]:
-    return ["search", str(checkpoint), "--limit-utterances", "2", "--device", "cpu", *extra]
+def cli_args(tiny_checkpoint: Path, *extra: str) -> list[str]:
+    return ["search", str(tiny_checkpoint), "--limit-utterances", "2", "--device", "cpu", *extra]
 
 
-def make_spec(checkpoint: Path, *extra: str, **changes) -> SearchSpec:
+def make_spec(tiny_checkpoint: Path, *extra: str, **changes) -> SearchSpec:
     """The spec `wg2 search` would build from these flags (defaults resolved the same way)."""
-    spec = spec_from_args(build_parser().parse_args(cli_args(checkpoint, *extra)))
+    spec = spec_from_args(build_parser().parse_args(cli_args(tiny_checkpoint, *extra)))
     return dataclasses.replace(spec, progress=False, **changes)
 
 
@@ -124,18 +111,18 @@ def test_grid_points_are_monotone_and_the_grid_budget_is_capped():
 # ----------------------------------------------------------------------------- two workers, resume, export
 
 @pytest.fixture(scope="module")
-def searched(checkpoint: Path, tmp_path_factory) -> SimpleNamespace:
+def searched(tiny_checkpoint: Path, tmp_path_factory) -> SimpleNamespace:
     """`wg2 search --workers 2 --trials 4`, then the same study resumed with `--trials 6` on one worker."""
     root = tmp_path_factory.mktemp("search-two-workers")
     uri, storage = f"sqlite:///{root / 'mlflow.db'}", f"sqlite:///{root / 'optuna.db'}"
-    args = cli_args(checkpoint, "--steps", "6", "--storage", storage, "--study", "two-workers", "--out", str(root / "out"))
+    args = cli_args(tiny_checkpoint, "--steps", "6", "--storage", storage, "--study", "two-workers", "--out", str(root / "out"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         assert main([*args, "--trials", "4", "--workers", "2"]) == 0
         first = {t.number: (t.state, t.values, t.user_attrs.get(OWNER)) for t in load("two-workers", storage).trials}
         first_runs = trial_runs(uri, "two-workers")
         assert main([*args, "--trials", "6", "--workers", "1"]) == 0
-        spec = make_spec(checkpoint, "--steps", "6", "--storage", storage, "--study", "two-workers")
+        spec = make_spec(tiny_checkpoint, "--steps", "6", "--storage", storage, "--study", "two-workers")
     return SimpleNamespace(root=root, uri=uri, storage=storage, args=args, first=first, first_runs=first_runs,
                            study=load("two-workers", storage), spec=spec, file=root / "out" / "two-workers.json")
 
@@ -170,19 +157,19 @@ def test_resumed_study_continues_numbering_without_enqueuing_the_baselines_again
             assert run.info.status == "FINISHED" and run.data.metrics["objective/pesq_wb"] == pytest.approx(t.value)
 
 
-def test_the_exported_schedule_round_trips_into_eval_and_synth(searched, checkpoint, tmp_path, capsys):
+def test_the_exported_schedule_round_trips_into_eval_and_synth(searched, tiny_checkpoint, tmp_path, capsys):
     doc = json.loads(searched.file.read_text())
     best = searched.study.best_trial
     assert doc["steps"] == 6 and doc["value"] == pytest.approx(best.value)
     np.testing.assert_allclose(load_schedule_file(searched.file), best.user_attrs["wg2.betas"])
-    assert doc["model"]["checkpoint"] == str(checkpoint.resolve()) and len(doc["model"]["sha256"]) == 64
+    assert doc["model"]["checkpoint"] == str(tiny_checkpoint.resolve()) and len(doc["model"]["sha256"]) == 64
     assert set(doc["baselines"]) == {"linear-50@6", "manual-6", "fibonacci-25@6"}
     assert doc["study"]["name"] == "two-workers" and doc["study"]["trials"] and len(doc["evaluation"]["utterances"]) == 2
     gain = doc["conditioning_gain"]  # reported beside the schedule's quality numbers
     assert gain["n"] == 2 and gain["mean"] > 0 and isinstance(gain["reads_text"], bool)
 
     out = tmp_path / "eval"
-    assert main(["eval", str(checkpoint), "--schedules", str(searched.file), "--limit", "2", "--out", str(out),
+    assert main(["eval", str(tiny_checkpoint), "--schedules", str(searched.file), "--limit", "2", "--out", str(out),
                  "--workers", "1", "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["speed"]["two-workers"]["steps"] == 6
@@ -191,7 +178,7 @@ def test_the_exported_schedule_round_trips_into_eval_and_synth(searched, checkpo
 
     utterance = doc["evaluation"]["utterances"][0]
     wav = tmp_path / "synth.wav"
-    assert main(["synth", str(checkpoint), "--utterance", utterance, "--schedule", str(searched.file), "-o", str(wav),
+    assert main(["synth", str(tiny_checkpoint), "--utterance", utterance, "--schedule", str(searched.file), "-o", str(wav),
                  "--device", "cpu"]) == 0
     assert sf.info(wav).frames > 0 and "6 steps" in capsys.readouterr().err
 
@@ -224,7 +211,7 @@ def test_found_schedule_is_at_least_as_good_as_the_worst_baseline_evaluated_sepa
             assert (crossed["ci_low"], crossed["ci_high"]) != pytest.approx((got["ci_low"], got["ci_high"]))
 
 
-def test_resume_with_other_settings_is_refused(searched, checkpoint, capsys, monkeypatch):
+def test_resume_with_other_settings_is_refused(searched, tiny_checkpoint, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", searched.uri)
     args = [a if a != "2" else "1" for a in searched.args]  # --limit-utterances 1
     assert main([*args, "--trials", "7"]) == 2
@@ -234,7 +221,7 @@ def test_resume_with_other_settings_is_refused(searched, checkpoint, capsys, mon
 
 # ----------------------------------------------------------------------------- failures and pruning
 
-def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(checkpoint, workdir, monkeypatch):
+def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tiny_checkpoint, workdir, monkeypatch):
     from experiments import synth
 
     real = synth.synthesize
@@ -251,7 +238,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(che
         return out
 
     monkeypatch.setattr(synth, "synthesize", flaky)
-    spec = make_spec(checkpoint, "--steps", "6", "--trials", "5", "--study", "failing")
+    spec = make_spec(tiny_checkpoint, "--steps", "6", "--trials", "5", "--study", "failing")
     outcome = run_search(spec)
     trials = load(spec).trials
     assert [t.state for t in trials[:3]] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
@@ -269,10 +256,10 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(che
     assert doc["baselines"]["manual-6"]["state"] == "FAIL" and "NaN" in doc["baselines"]["manual-6"]["reason"]
 
 
-def test_median_pruner_stops_trials_in_a_region_of_tiny_betas(checkpoint, workdir):
+def test_median_pruner_stops_trials_in_a_region_of_tiny_betas(tiny_checkpoint, workdir):
     """Three good enqueued baselines complete; then schedules whose betas are all tiny (the output stays the
     initial noise) are worse on log-mel distance after their first utterance and get pruned there."""
-    spec = make_spec(checkpoint, "--steps", "6", "--trials", "3", "--objective", "log_mel_distance",
+    spec = make_spec(tiny_checkpoint, "--steps", "6", "--trials", "3", "--objective", "log_mel_distance",
                      "--study", "pruning", prune_batch=1)
     run_search(spec)
     study = load(spec)
@@ -292,10 +279,10 @@ def test_median_pruner_stops_trials_in_a_region_of_tiny_betas(checkpoint, workdi
 
 # ----------------------------------------------------------------------------- multi-objective, grid, model input
 
-def test_multi_objective_search_writes_one_schedule_per_step_count_on_the_front(checkpoint, workdir):
-    assert main(cli_args(checkpoint, "--multi", "--min-steps", "2", "--max-steps", "3", "--trials", "7",
+def test_multi_objective_search_writes_one_schedule_per_step_count_on_the_front(tiny_checkpoint, workdir):
+    assert main(cli_args(tiny_checkpoint, "--multi", "--min-steps", "2", "--max-steps", "3", "--trials", "7",
                          "--out", "out")) == 0
-    name = default_study_name(checkpoint.resolve(), None, 6, "pesq_wb", True, 2, 3, "tpe")
+    name = default_study_name(tiny_checkpoint.resolve(), None, 6, "pesq_wb", True, 2, 3, "tpe")
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(study.trials) == 7 and sum(BASELINE in t.user_attrs for t in study.trials) == 6
@@ -317,9 +304,9 @@ def test_multi_objective_search_writes_one_schedule_per_step_count_on_the_front(
     assert {e["file"] for e in front["schedules"]} <= logged
 
 
-def test_grid_sampler_baseline_samples_the_log_grid(checkpoint, workdir):
-    assert main(cli_args(checkpoint, "--sampler", "grid", "--steps", "2", "--trials", "5")) == 0
-    name = default_study_name(checkpoint.resolve(), None, 2, "pesq_wb", False, 3, 12, "grid")
+def test_grid_sampler_baseline_samples_the_log_grid(tiny_checkpoint, workdir):
+    assert main(cli_args(tiny_checkpoint, "--sampler", "grid", "--steps", "2", "--trials", "5")) == 0
+    name = default_study_name(tiny_checkpoint.resolve(), None, 2, "pesq_wb", False, 3, 12, "grid")
     assert name.endswith("-grid")
     trials = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'optuna.db'}").trials
     grid = [t for t in trials if BASELINE not in t.user_attrs]
@@ -328,23 +315,23 @@ def test_grid_sampler_baseline_samples_the_log_grid(checkpoint, workdir):
     assert len({tuple(sorted(t.params.items())) for t in grid}) == 2, "distinct grid points"
 
 
-def test_bad_input_fails_before_any_work(checkpoint, workdir, capsys):
-    assert main(cli_args(checkpoint, "--objective", "length_ratio")) == 2
+def test_bad_input_fails_before_any_work(tiny_checkpoint, workdir, capsys):
+    assert main(cli_args(tiny_checkpoint, "--objective", "length_ratio")) == 2
     assert "allowed" in capsys.readouterr().err
-    assert main(cli_args(checkpoint, "--multi", "--objective", "stoi")) == 2
+    assert main(cli_args(tiny_checkpoint, "--multi", "--objective", "stoi")) == 2
     assert main(cli_args(Path("missing.pt"))) == 2
     assert "not an MLflow run ID" in capsys.readouterr().err
     assert not (workdir / "optuna.db").exists()
 
 
-def test_model_can_be_an_mlflow_run_id(checkpoint, workdir):
+def test_model_can_be_an_mlflow_run_id(tiny_checkpoint, workdir):
     from mlflow import MlflowClient
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.create_run(client.create_experiment("models"))
-    client.log_artifact(run.info.run_id, str(checkpoint))
+    client.log_artifact(run.info.run_id, str(tiny_checkpoint))
     path, run_id = resolve_checkpoint(run.info.run_id, os.environ["MLFLOW_TRACKING_URI"])
-    assert run_id == run.info.run_id and path.read_bytes() == checkpoint.read_bytes()
+    assert run_id == run.info.run_id and path.read_bytes() == tiny_checkpoint.read_bytes()
     assert default_study_name(path, run_id, 6, "pesq_wb", False, 3, 12, "tpe") == f"{run_id[:8]}-6steps-pesq_wb"
     with pytest.raises(InputError, match="could not download"):
         resolve_checkpoint("0" * 32, os.environ["MLFLOW_TRACKING_URI"])

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from components.configs import ModelConfig
+from conftest import tiny_model
 from components.schedules import resolve_schedule_name
 from experiments.batches import batch_indices
 from experiments.cli import main
@@ -18,7 +18,7 @@ from experiments.corpus import load_dataset
 from experiments.synth import load_checkpoint, synthesize
 from experiments.train import train
 
-TINY_MODEL = ModelConfig(encoder_channels=32, duration_channels=16, decoder_preset="tiny", zoneout=0.1)
+TINY_MODEL = tiny_model(zoneout=0.1)  # the ZoneOut path trained too
 
 
 def tiny_config(data_config, **train) -> RunConfig:
@@ -141,5 +141,7 @@ def test_config_errors_name_key_and_allowed_values(tmp_path):
 
 def test_shipped_run_configs_load():
     root = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-    for path in sorted(root.glob("*.toml")):
+    paths = sorted(root.glob("*.toml"))
+    assert {"base.toml", "quickstart.toml", "tiny.toml"} <= {p.name for p in paths}, f"no run configs in {root}"
+    for path in paths:
         load_config(path)

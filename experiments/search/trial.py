@@ -7,7 +7,7 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evaluation.metrics import describe_error
+from evaluation.scoring import describe_error
 from experiments import tracking
 from experiments.search import space
 from experiments.search.evaluator import Evaluator, MetricSummary, per_utterance, summarize_scores
