@@ -3,7 +3,9 @@ resolved (a checkpoint file, or an MLflow run ID whose checkpoint is downloaded)
 the baselines a study starts with."""
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,12 +104,16 @@ def resolve_model(model: str, uri: str) -> tuple[Path, str | None]:
     local = dest / "checkpoint.pt"
     if not local.is_file():
         dest.mkdir(parents=True, exist_ok=True)
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=model, artifact_path="checkpoint.pt",
-                                                             dst_path=str(dest), tracking_uri=uri))
-        except Exception as err:  # unknown run, no such artifact, unreachable store
-            raise InputError(f"model {model!r}: could not download the run's checkpoint.pt artifact from MLflow "
-                             f"{uri}: {type(err).__name__}: {err}") from err
+        # into a temporary folder beside it, then renamed: a killed download never leaves a truncated
+        # checkpoint.pt that later runs would take for the cached file
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".download") as tmp:
+            try:
+                got = mlflow.artifacts.download_artifacts(run_id=model, artifact_path="checkpoint.pt", dst_path=tmp,
+                                                          tracking_uri=uri)
+            except Exception as err:  # unknown run, no such artifact, unreachable store
+                raise InputError(f"model {model!r}: could not download the run's checkpoint.pt artifact from "
+                                 f"MLflow {uri}: {type(err).__name__}: {err}") from err
+            os.replace(got, local)
     return local.resolve(), model
 
 
