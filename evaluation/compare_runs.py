@@ -23,8 +23,9 @@ import numpy as np
 from scipy import stats as sps
 
 from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNMENT, TAG_AUTOENCODER_RUN, TAG_AXES,
-                             TAG_CELL_HASH, TAG_DESCRIPTION, TAG_ERROR, TAG_EXPECTED_CELLS, TAG_GROUP, TAG_HEARTBEAT,
-                             TAG_KIND, TAG_LABEL, TAG_SEED, search_all_runs, sqlite_path, tag_is, tracking_uri)
+                             TAG_CELL_HASH, TAG_DESCRIPTION, TAG_END_REASON, TAG_ERROR, TAG_EXPECTED_CELLS, TAG_GROUP,
+                             TAG_HEARTBEAT, TAG_KIND, TAG_LABEL, TAG_SEED, search_all_runs, sqlite_path, tag_is,
+                             tracking_uri)
 from evaluation.metrics import Missing, figure_info, value_range
 from evaluation.stats import (PAIRED, WELCH, clip_interval, difference_bounds, mean_difference, paired_difference,
                               summarize)
@@ -248,6 +249,18 @@ def _running(run: RunRecord) -> str:
     except (KeyError, ValueError):
         return f"{run.name} ({run.status})"
     return f"{run.name} ({run.status}, last heartbeat {age / 60:.0f} min ago)"
+
+
+def end_reason(tags: dict, status: str) -> str:
+    """Why a run ended FAILED or KILLED, in one line: its wg2.end_reason tag (set by the grid), else its
+    wg2.error tag, else that nothing was recorded."""
+    text = (tags.get(TAG_END_REASON) or tags.get(TAG_ERROR) or "").strip()
+    return text.splitlines()[0][:200] if text else f"{status}, no reason recorded"
+
+
+def _ended(run: RunRecord) -> str:
+    """A cell that did not finish: name, how it ended and why."""
+    return f"{run.name} ({run.status}): {end_reason(run.tags, run.status)}"
 
 
 def _pick(runs: list[RunRecord]) -> RunRecord:
@@ -735,8 +748,7 @@ def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: l
                                                        and (canonical(c["assignment"]), c.get("seed")) in keyed))]
     status = {"expected": expected_cells, "missing": missing,
               "finished": [r for r in runs if r.status == "FINISHED"],
-              "failed": [f"{r.name}: {(r.tags.get(TAG_ERROR) or r.status).strip().splitlines()[0][:200]}"
-                         for r in runs if r.status in ("FAILED", "KILLED")],
+              "failed": [_ended(r) for r in runs if r.status in ("FAILED", "KILLED")],
               "running": [_running(r) for r in runs if r.status in ("RUNNING", "SCHEDULED")]}
 
     rows = _rows(finished, axes, orders)

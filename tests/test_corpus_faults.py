@@ -260,6 +260,22 @@ def test_interrupted_grid_ends_cell_and_parent_killed(tiny_grid: Path, monkeypat
         assert run.data.tags[TAG_END_REASON] == "interrupted (KeyboardInterrupt)"
 
 
+def test_compare_names_how_and_why_unfinished_cells_and_the_parent_ended(tiny_grid: Path, monkeypatch, capsys):
+    from experiments import grid
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grid, "_execute", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        grid.run_grid(tiny_grid, device="cpu", progress=False)
+    assert main(["compare", str(tiny_grid), "--out", "report"]) == 0
+    assert "1 failed" in capsys.readouterr().out
+    md = (Path("report") / "report.md").read_text()
+    assert "- `train.learning_rate=0.001 seed=0 (KILLED): interrupted (KeyboardInterrupt)`" in md, md
+    assert "The grid's parent run ended **KILLED**: interrupted (KeyboardInterrupt)" in md, md
+
+
 # ----------------------------------------------------------------------------- MLflow: a store that cannot be written
 
 def test_unwritable_store_exits_2_before_any_training(tiny_grid: Path, tmp_path: Path, monkeypatch, capsys):
