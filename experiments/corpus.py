@@ -50,7 +50,7 @@ SILENCE = "<sil>"
 PAD = "<pad>"
 SILENCE_LABELS = {"", "sil", "sp", "spn", SILENCE}  # compared lower-cased and stripped
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 2  # bump when the processing below changes what a cache file holds
+CACHE_VERSION = 3  # bump when the processing below changes what a cache file holds
 
 
 @dataclass(eq=False)

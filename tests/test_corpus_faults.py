@@ -128,6 +128,30 @@ def test_overlapping_intervals_are_rejected(corpus_dir: Path, tmp_path: Path, ca
     assert "expected intervals that do not overlap" in err
 
 
+def test_intervals_out_of_time_order_are_rejected_not_sorted_under_the_wrong_labels(corpus_dir: Path, tmp_path: Path,
+                                                                                    capsys):
+    """Two phones' times swapped in the file (labels where they were): no overlap, no reversed interval, but
+    each label now sits on the other's time span. Sorting by time would silently pair labels with wrong audio."""
+    root = copy_corpus(corpus_dir, tmp_path / "c")
+    k = 0
+
+    def change(items):
+        nonlocal k
+        k = _second_phone(items)
+        (s1, e1, l1), (s2, e2, l2) = items[k], items[k + 2]
+        items[k], items[k + 2] = (s2, e2, l1), (s1, e1, l2)
+        return items
+
+    path, items = _damage(root, 2, change)
+    code, _, err = check(root, capsys)
+    assert code == 2, err
+    b = items[k + 1]
+    assert f"{path}: interval {k + 2} [{b[0]:g} s, {b[1]:g} s] {b[2]!r} starts before interval {k + 1} " in err, err
+    assert "expected intervals in time order" in err
+    code, out, _ = check(root, capsys, "--skip-bad")
+    assert code == 0 and "utterances: 2 usable of 3 listed" in out, out
+
+
 def test_label_with_a_space_is_rejected(corpus_dir: Path, tmp_path: Path, capsys):
     root = copy_corpus(corpus_dir, tmp_path / "c")
     k = 0
