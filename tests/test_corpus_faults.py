@@ -330,3 +330,29 @@ def test_sqlite_unable_to_open_becomes_the_store_message(tmp_path: Path, monkeyp
     monkeypatch.undo()
     with pytest.raises(InputError, match="cannot write the MLflow store at"):
         tracking.check_store_writable(f"sqlite:///{db}")
+
+
+def _open_store(uri: str, start: float) -> str:
+    import time
+
+    from experiments import tracking
+
+    time.sleep(max(0.0, start - time.time()))  # all at once
+    try:
+        tracking.ensure_store(uri)
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        return f"{type(err).__name__}: {str(err).splitlines()[0]}"
+    return "ok"
+
+
+def test_commands_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Path):
+    """Separate commands (here: processes) creating one new MLflow SQLite store at the same moment: the
+    migrations run once, under a lock beside the database, instead of racing ('table already exists')."""
+    import multiprocessing
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        start = time.time() + 8  # after the spawned interpreters have imported mlflow
+        results = pool.starmap(_open_store, [(uri, start)] * 3)
+    assert results == ["ok"] * 3, results
