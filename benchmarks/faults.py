@@ -293,7 +293,9 @@ def _grid_state(uri: str, name: str) -> dict:
     from mlflow import MlflowClient
 
     from evaluation.runs import KIND_CELL, KIND_GRID, TAG_CELL_HASH, TAG_KIND
+    from experiments.tracking import ensure_store
 
+    ensure_store(uri)  # under the store's lock: the grid may be creating it right now
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -343,6 +345,8 @@ def part_kill(tmp: Path, kills: int, seed: int, quick: bool, workers: int = 2) -
             time.sleep(0.25)
         if proc.poll() is not None:
             events.append({"kill": None, "exited": proc.returncode, "after_s": round(delay, 1)})
+            if sum(e["kill"] is None and e["exited"] for e in events[-3:]) == 3:
+                raise RuntimeError(f"the grid failed 3 times in a row by itself; see {logs}")
             continue
         target = rng.choice(["command", "command", "parent", "worker"])
         victims = _grid_workers(proc.pid)
