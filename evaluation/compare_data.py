@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evaluation.metrics import Missing, figure_info
+from evaluation.runs import TAG_END_REASON, TAG_ERROR
 from evaluation.stats import WELCH
 
 NOT_SCHEDULES = {"train", "recon"}  # metric-key prefixes that are not inference schedules
@@ -138,6 +139,13 @@ class Grid:
 
 
 # ----------------------------------------------------------------------------- small helpers
+
+def end_reason(tags: dict, status: str) -> str:
+    """Why a run ended FAILED or KILLED, in one line: its wg2.end_reason tag (set by the grid), else its
+    wg2.error tag, else that nothing was recorded."""
+    text = (tags.get(TAG_END_REASON) or tags.get(TAG_ERROR) or "").strip()
+    return text.splitlines()[0][:200] if text else f"{status}, no reason recorded"
+
 
 def direction(key: str) -> int:
     """+1 higher is better, -1 lower is better, 0 neither (e.g. length_ratio) or unknown: from evaluation.metrics'

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.compare_data import (DERIVED, CellRow, CompareError, Grid, RunRecord, canonical, current_metric_name,
-                                     current_names, json_tag, label_of, metric_key)
+                                     current_names, end_reason, json_tag, label_of, metric_key)
 from evaluation.compare_effects import axis_effects, axis_values, cell_rows, schedules_seen
 from evaluation.compare_target import latent_target
 from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNMENT, TAG_AUTOENCODER_RUN, TAG_AXES,
-                             TAG_CELL_HASH, TAG_DESCRIPTION, TAG_ERROR, TAG_EXPECTED_CELLS, TAG_GROUP, TAG_HEARTBEAT,
+                             TAG_CELL_HASH, TAG_DESCRIPTION, TAG_EXPECTED_CELLS, TAG_GROUP, TAG_HEARTBEAT,
                              TAG_KIND, TAG_SEED, search_all_runs, sqlite_path, tag_is, tracking_uri)
 from evaluation.metrics import Missing
 
@@ -244,7 +244,7 @@ def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: l
                                                        and (canonical(c["assignment"]), c.get("seed")) in keyed))]
     status = {"expected": expected_cells, "missing": missing,
               "finished": [r for r in runs if r.status == "FINISHED"],
-              "failed": [f"{r.name}: {(r.tags.get(TAG_ERROR) or r.status).strip().splitlines()[0][:200]}"
+              "failed": [f"{r.name} ({r.status}): {end_reason(r.tags, r.status)}"
                          for r in runs if r.status in ("FAILED", "KILLED")],
               "running": [_running(r) for r in runs if r.status in ("RUNNING", "SCHEDULED")]}
 

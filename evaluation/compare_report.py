@@ -17,7 +17,8 @@ from evaluation.runs import TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_V
 from evaluation.conditioning import GAIN_KEY, READS_TEXT_THRESHOLD, reads_text
 from evaluation.metrics import headline_metrics
 from evaluation.stats import PAIRED, WELCH
-from evaluation.compare_data import CellRow, Effect, Grid, RunRecord, Stat, direction, metric_key, show_value
+from evaluation.compare_data import (CellRow, Effect, Grid, RunRecord, Stat, direction, end_reason, metric_key,
+                                     show_value)
 from evaluation.compare_target import fraction_of_ceiling
 
 QUALITY = headline_metrics()  # columns of each schedule's table, with rtf
@@ -241,6 +242,9 @@ def render_markdown(grid: Grid, plot_files: list[Path]) -> str:
     out.append(f"MLflow experiment `{name}` (id {experiment_id})"
                + (f", parent run `{parent.info.run_id}`." if parent is not None else "; no grid parent run found."))
     out += _provenance(parent, runs) + [""]
+    if parent is not None and parent.info.status in ("FAILED", "KILLED"):
+        out += [f"The grid's parent run ended **{parent.info.status}**: "
+                f"{_md_cell(end_reason(parent.data.tags, parent.info.status))}", ""]
 
     out += ["## Cells", ""]
     n_expected = len(status["expected"]) if status["expected"] else None

@@ -23,9 +23,9 @@ from components.autoencoder import AUTOENCODERS
 from evaluation.pool import ScoreJob, score_many
 from evaluation.runs import KIND_AUTOENCODER, TAG_AUTOENCODER_KEY, TAG_KIND, tag_is, tracking_uri
 from evaluation.stats import summarize
-from experiments.config import RunConfig, load_config
+from experiments.config import InputError, RunConfig, load_config
 from experiments.corpus import load_dataset
-from experiments.runtime import atomic_save, resolve_device
+from experiments.runtime import atomic_save, read_checkpoint, resolve_device, weights_error
 from experiments.tracking import ensure_store, get_or_create_experiment
 
 RECON_UTTERANCES = 8  # val utterances scored for the reconstruction ceiling
@@ -98,6 +98,18 @@ def reconstruction_quality(model, dataset, device: torch.device, workers: int = 
     return result
 
 
+def _read_cached(path: Path) -> dict:
+    """A cached autoencoder file, or an InputError in one line naming it (and saying the cache entry can go)."""
+    try:
+        state = read_checkpoint(path, ("model", "info"))
+    except InputError as err:
+        raise InputError(f"{err} (a cache entry: delete {path.parent} and it is trained again)") from None
+    if not isinstance(state["info"], dict):
+        raise InputError(f"{path}: its info is not a dict (a cache entry: delete {path.parent} and it is trained "
+                         "again)")
+    return state
+
+
 def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progress: bool = True,
                        experiment_id: str | None = None):
     """The trained autoencoder for this config, from the cache or trained now. Returns (model, info);
@@ -107,8 +119,11 @@ def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progres
     path = Path(config.data.cache_dir) / "autoencoders" / key / "autoencoder.pt"
     model = AUTOENCODERS.build(config.autoencoder.kind, config.autoencoder)
     if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
+        state = _read_cached(path)
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, TypeError, AttributeError) as err:
+            raise weights_error(path, err, "cached autoencoder weights") from None
         model.to(device).eval()
         info = {"key": key, "path": str(path), "cache_hit": True, **state["info"]}
     else:

@@ -15,7 +15,7 @@ from experiments.config import DataConfig, InputError
 from experiments.corpus_read import CorpusReport, content_hash, plan_corpus, read_plan, warn
 from experiments.corpus_types import SPLITS, Dataset, PhonemeVocab, Utterance, split_of
 
-CACHE_VERSION = 2  # bump when the processing below changes what a cache file holds
+CACHE_VERSION = 3  # bump when the processing below changes what a cache file holds
 
 
 def _cache_key(content: str, cfg: DataConfig) -> str:

@@ -164,10 +164,9 @@ def _autoencoder_run(result) -> str | None:
     train() found the model already trained (then it does not report it)."""
     info = result.autoencoder_run
     if info is None:
-        import torch
+        from experiments.runtime import read_checkpoint
 
-        state = torch.load(result.checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        info = state.get("autoencoder_info")
+        info = read_checkpoint(result.checkpoint, mmap=True).get("autoencoder_info")
     return (info or {}).get("mlflow_run_id")
 
 

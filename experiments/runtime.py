@@ -74,11 +74,12 @@ def error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
-def read_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict:
+def read_checkpoint(path: Path, required: tuple[str, ...] = (), mmap: bool = False) -> dict:
     """torch.load(weights_only=True) of a file we wrote, or an InputError in one line naming the file and
-    what is wrong (unreadable, truncated, foreign objects, not a dict, a required key missing)."""
+    what is wrong (unreadable, truncated, foreign objects, not a dict, a required key missing). `mmap` maps
+    the tensors instead of reading them (for a look at a few small entries of a large file)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file, whatever torch raises for it
         raise InputError(f"{path}: not a readable checkpoint, truncated or not written by wg2 "
                          f"({error_text(err)})") from None

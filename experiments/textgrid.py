@@ -36,7 +36,7 @@ def _interval(number: int, start: float, end: float, label: str) -> str:
 
 def interval_problems(items: list[tuple[float, float, str]]) -> list[str]:
     """What is wrong with the phones tier's intervals (in file order, numbered from 1), one message each:
-    negative times, a start after its end, intervals overlapping, a label holding a space."""
+    negative times, a start after its end, intervals out of time order or overlapping, a label holding a space."""
     found = []
     for n, (start, end, label) in enumerate(items, start=1):
         where = _interval(n, start, end, label)
@@ -47,6 +47,12 @@ def interval_problems(items: list[tuple[float, float, str]]) -> list[str]:
         if any(c.isspace() for c in label.strip()):
             found.append(f"{where}: label {label.strip()!r} holds a space; rejected, since a phone label is "
                          "one symbol (phones are separated by spaces elsewhere): expected e.g. 'ð' or 'AH0'")
+    for n in range(1, len(items)):  # in file order: each interval starts where an earlier one ended, or later
+        (s1, e1, l1), (s2, e2, l2) = items[n - 1], items[n]
+        if e2 <= s1 + 1e-7 and s2 < s1 and s2 <= e2:  # wholly before the previous one (overlaps are below)
+            found.append(f"{_interval(n + 1, s2, e2, l2)} starts before {_interval(n, s1, e1, l1)}; "
+                         "expected intervals in time order (Praat's order; sorting would pair labels with "
+                         "other times)")
     order = sorted(range(len(items)), key=lambda k: (items[k][0], items[k][1]))
     for a, b in zip(order, order[1:]):
         (s1, e1, l1), (s2, e2, l2) = items[a], items[b]

@@ -84,7 +84,8 @@ def check_store_writable(uri: str | None = None) -> None:
 
 def ensure_store(uri: str | None = None) -> str:
     """Create (and migrate) the store once, in this process, before any worker touches it: several
-    processes creating one SQLite schema at the same time race and fail. Returns the URI.
+    processes creating one SQLite schema at the same time race and fail (separate commands are serialised
+    by a lock file beside the database). Returns the URI.
 
     A local SQLite store that cannot be written (its folder cannot be made, or sqlite says "unable to open
     database file" / "readonly database") is an InputError naming the path, before any work is done."""
@@ -97,13 +98,34 @@ def ensure_store(uri: str | None = None) -> str:
         except OSError as err:
             raise _unwritable(db) from err
     try:
-        client(uri).search_experiments(max_results=1)  # opening the store runs the migrations
+        with _migration_lock(db):  # other commands may be opening the same new store right now
+            client(uri).search_experiments(max_results=1)  # opening the store runs the migrations
     except Exception as err:
         text = str(err).lower()
-        if "unable to open database file" in text or "readonly database" in text:
+        if "unable to open database file" in text or "readonly database" in text or isinstance(err, PermissionError):
             raise _unwritable(db if db is not None else uri) from err
         raise
     return uri
+
+
+@contextlib.contextmanager
+def _migration_lock(db: Path | None):
+    """An exclusive lock (beside a local SQLite store) around its creation and migration: commands started
+    together on one new store would otherwise run the migrations at once and fail (alembic 'expected to
+    match one row', 'table experiments already exists'). No-op for server stores and where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if db is None or fcntl is None:
+        yield
+        return
+    with open(db.with_name(db.name + ".wg2-migrate-lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def end_run(mlf, run_id: str, status: str, reason: str | None = None) -> None:

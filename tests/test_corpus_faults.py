@@ -129,6 +129,30 @@ def test_overlapping_intervals_are_rejected(corpus_dir: Path, tmp_path: Path, ca
     assert "expected intervals that do not overlap" in err
 
 
+def test_intervals_out_of_time_order_are_rejected_not_sorted_under_the_wrong_labels(corpus_dir: Path, tmp_path: Path,
+                                                                                    capsys):
+    """Two phones' times swapped in the file (labels where they were): no overlap, no reversed interval, but
+    each label now sits on the other's time span. Sorting by time would silently pair labels with wrong audio."""
+    root = copy_corpus(corpus_dir, tmp_path / "c")
+    k = 0
+
+    def change(items):
+        nonlocal k
+        k = _second_phone(items)
+        (s1, e1, l1), (s2, e2, l2) = items[k], items[k + 2]
+        items[k], items[k + 2] = (s2, e2, l1), (s1, e1, l2)
+        return items
+
+    path, items = _damage(root, 2, change)
+    code, _, err = check(root, capsys)
+    assert code == 2, err
+    b = items[k + 1]
+    assert f"{path}: interval {k + 2} [{b[0]:g} s, {b[1]:g} s] {b[2]!r} starts before interval {k + 1} " in err, err
+    assert "expected intervals in time order" in err
+    code, out, _ = check(root, capsys, "--skip-bad")
+    assert code == 0 and "utterances: 2 usable of 3 listed" in out, out
+
+
 def test_label_with_a_space_is_rejected(corpus_dir: Path, tmp_path: Path, capsys):
     root = copy_corpus(corpus_dir, tmp_path / "c")
     k = 0
@@ -253,6 +277,22 @@ def test_interrupted_grid_ends_cell_and_parent_killed(tiny_grid: Path, monkeypat
         assert run.data.tags[TAG_END_REASON] == "interrupted (KeyboardInterrupt)"
 
 
+def test_compare_names_how_and_why_unfinished_cells_and_the_parent_ended(tiny_grid: Path, monkeypatch, capsys):
+    from experiments import grid
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grid, "_execute", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        grid.run_grid(tiny_grid, device="cpu", progress=False)
+    assert main(["compare", str(tiny_grid), "--out", "report"]) == 0
+    assert "1 failed" in capsys.readouterr().out
+    md = (Path("report") / "report.md").read_text()
+    assert "- `train.learning_rate=0.001 seed=0 (KILLED): interrupted (KeyboardInterrupt)`" in md, md
+    assert "The grid's parent run ended **KILLED**: interrupted (KeyboardInterrupt)" in md, md
+
+
 # ----------------------------------------------------------------------------- MLflow: a store that cannot be written
 
 def test_unwritable_store_exits_2_before_any_training(tiny_grid: Path, tmp_path: Path, monkeypatch, capsys):
@@ -283,3 +323,29 @@ def test_sqlite_unable_to_open_becomes_the_store_message(tmp_path: Path, monkeyp
     monkeypatch.undo()
     with pytest.raises(InputError, match="cannot write the MLflow store at"):
         tracking.check_store_writable(f"sqlite:///{db}")
+
+
+def _open_store(uri: str, start: float) -> str:
+    import time
+
+    from experiments import tracking
+
+    time.sleep(max(0.0, start - time.time()))  # all at once
+    try:
+        tracking.ensure_store(uri)
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        return f"{type(err).__name__}: {str(err).splitlines()[0]}"
+    return "ok"
+
+
+def test_commands_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Path):
+    """Separate commands (here: processes) creating one new MLflow SQLite store at the same moment: the
+    migrations run once, under a lock beside the database, instead of racing ('table already exists')."""
+    import multiprocessing
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        start = time.time() + 8  # after the spawned interpreters have imported mlflow
+        results = pool.starmap(_open_store, [(uri, start)] * 3)
+    assert results == ["ok"] * 3, results

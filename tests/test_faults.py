@@ -329,3 +329,97 @@ def test_foreign_pickle_message_drops_the_weights_only_advice(tmp_path: Path, ca
 
 class Foreign:
     """Pickled into a checkpoint: not something weights_only loading accepts."""
+
+
+# ----------------------------------------------------------------------------- every checkpoint reader: one line
+
+def _truncated(checkpoint: Path, path: Path) -> Path:
+    data = checkpoint.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+def test_search_refuses_a_truncated_checkpoint_in_one_line(trained, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    bad = _truncated(trained[1], tmp_path / "cut" / "checkpoint.pt").resolve()
+    assert main(["search", str(bad), "--trials", "1", "--device", "cpu"]) == 2
+    assert "truncated" in _one_line_naming(capsys.readouterr().err, bad)
+
+
+def test_search_download_killed_midway_leaves_no_truncated_cached_checkpoint(tmp_path: Path, monkeypatch):
+    """The MLflow download goes to a temporary folder and is renamed: a later run must not find half a file
+    under the cached name and take it for the model."""
+    import mlflow.artifacts
+
+    from experiments.search.spec import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+
+    def half_then_killed(run_id, artifact_path, dst_path, tracking_uri):
+        (Path(dst_path) / artifact_path).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", half_then_killed)
+    run_id = "a" * 32
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model(run_id, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cached = tmp_path / ".cache/wg2/checkpoints" / run_id
+    assert not (cached / "checkpoint.pt").exists() and list(cached.iterdir()) == []
+
+    def whole(run_id, artifact_path, dst_path, tracking_uri):
+        (Path(dst_path) / artifact_path).write_bytes(b"whole")
+        return str(Path(dst_path) / artifact_path)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", whole)
+    path, _ = resolve_model(run_id, "sqlite:///unused.db")
+    assert path.read_bytes() == b"whole" and path == (cached / "checkpoint.pt").resolve()
+
+
+def test_grid_reading_a_truncated_checkpoint_for_its_autoencoder_run_names_the_file(trained, tmp_path: Path):
+    from types import SimpleNamespace
+
+    from experiments.config import InputError
+    from experiments.grid import _autoencoder_run
+
+    bad = _truncated(trained[1], tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(InputError) as caught:
+        _autoencoder_run(SimpleNamespace(autoencoder_run=None, checkpoint=bad))
+    text = str(caught.value)
+    assert str(bad) in text and "truncated" in text and "weights_only" not in text and "\n" not in text, text
+    assert _autoencoder_run(SimpleNamespace(autoencoder_run=None, checkpoint=trained[1])) is None  # a waveform run
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no model", "wrong weights"])
+def test_cached_autoencoder_that_is_damaged_is_refused_in_one_line_naming_it(damage, tmp_path: Path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    import torch
+
+    from components.autoencoder import AUTOENCODERS
+    from components.configs import AutoencoderConfig
+    from experiments.autoencoder_stage import autoencoder_key, ensure_autoencoder
+    from experiments.config import InputError, RunConfig, load_config
+
+    base = load_config(None, [])
+    config = dataclasses.replace(base, data=dataclasses.replace(base.data, cache_dir=str(tmp_path / "cache")),
+                                 autoencoder=AutoencoderConfig(kind="continuous", stride=16, latent_channels=4,
+                                                               hidden_channels=8))
+    assert isinstance(config, RunConfig)
+    dataset = SimpleNamespace(corpus_hash="c0ffee")
+    path = tmp_path / "cache" / "autoencoders" / autoencoder_key(config, "c0ffee") / "autoencoder.pt"
+    path.parent.mkdir(parents=True)
+    weights = AUTOENCODERS.get("continuous")(config.autoencoder).state_dict()
+    if damage == "wrong weights":
+        weights[next(k for k, v in weights.items() if v.ndim >= 2)] = torch.zeros(3, 3)
+    torch.save({"model": weights, "info": {}} if damage != "no model" else {"info": {}}, path)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(InputError) as caught:
+        ensure_autoencoder(config, dataset, torch.device("cpu"), progress=False)
+    text = str(caught.value)
+    assert text.startswith(str(path)) and "\n" not in text and "weights_only" not in text, text
+    assert {"truncated": "truncated", "no model": "no model", "wrong weights": "size mismatch"}[damage] in text, text
+    assert path.is_file()  # the user decides; nothing deleted

@@ -335,3 +335,54 @@ def test_model_can_be_an_mlflow_run_id(tiny_checkpoint, workdir):
     assert default_study_name(path, run_id, 6, "pesq_wb", False, 3, 12, "tpe") == f"{run_id[:8]}-6steps-pesq_wb"
     with pytest.raises(InputError, match="could not download"):
         resolve_checkpoint("0" * 32, os.environ["MLFLOW_TRACKING_URI"])
+
+
+def _search_command(argv: list[str], uri: str) -> int:
+    """One `wg2 search` command in a process of its own (spawned), as a user starting several at once."""
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return main(argv)
+
+
+def test_commands_started_together_on_one_new_study_run_the_budget_once_and_log_each_trial_once(tiny_checkpoint,
+                                                                                                  tmp_path):
+    """Separate `wg2 search` commands on one new study and one new MLflow store: the store is created once,
+    the study topped up to the budget once (not once per command), each trial logged to MLflow once."""
+    import multiprocessing
+
+    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    argv = cli_args(tiny_checkpoint, "--steps", "3", "--objective", "mel_cd", "--storage", storage, "--study", "together",
+                    "--trials", "4", "--out", str(tmp_path / "out"))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        codes = pool.starmap(_search_command, [(argv, uri)] * 2)
+    trials = load("together", storage).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3], [t.number for t in trials]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    numbers = sorted(int(r.data.tags["wg2.trial_number"]) for r in trial_runs(uri, "together"))
+    assert numbers == [0, 1, 2, 3], numbers
+    assert codes.count(0) >= 1 and set(codes) <= {0, 1}, codes  # 1: a command that found no trial left to run
+
+
+def test_backfill_leaves_a_trial_of_a_live_worker_to_it(tmp_path, monkeypatch):
+    """At its end a command logs finished trials that have no MLflow run; one whose worker (another command)
+    is alive is being logged by it right now, and logging it here too would duplicate it."""
+    import socket
+
+    import psutil
+
+    from experiments.search import tracking as search_tracking
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="s")
+    parent = psutil.Process(os.getppid())
+    owners = {"live": f"{socket.gethostname()}:{parent.pid}:{int(parent.create_time())}",
+              "dead": f"{socket.gethostname()}:{parent.pid}:{int(parent.create_time()) - 1000}",  # pid reused
+              "none": ""}
+    for owner in owners.values():
+        study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0, user_attrs={OWNER: owner}))
+    logged: list[int] = []
+    monkeypatch.setattr(search_tracking.TrialLogger, "log", lambda self, t: logged.append(t.number))
+    monkeypatch.setattr(search_tracking, "search_all_runs", lambda *args, **kwargs: [])
+    monkeypatch.setattr(search_tracking.tracking, "client", lambda uri: None)
+    ctx = search_tracking.TrackingContext("sqlite:///unused.db", "0", "parent", "key")
+    assert search_tracking.log_missing_trials(study, ctx, None) == 2
+    assert logged == [1, 2]

@@ -16,7 +16,7 @@ from experiments import tracking
 from experiments.search.evaluator import load_evaluator, model_info
 from experiments.search.export import export
 from experiments.search.plots import plot_front, plot_history
-from experiments.search.queue import fail_orphans, open_study, top_up
+from experiments.search.queue import fail_orphans, file_lock, lock_path, open_study, top_up
 from experiments.search.spec import SPLIT, SearchSpec, redact, slug, spec_from_args
 from experiments.search.tracking import EXPERIMENT, TrialLogger, log_missing_trials, open_parent_run
 from experiments.search.trial import describe_trial
@@ -48,9 +48,12 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
     ev = load_evaluator(spec, progress=spec.progress)
     model = model_info(spec, ev.loaded)
     ids = [u.id for u in ev.utterances]
-    study, new = open_study(spec, model, ids, ev.loaded.device.type)
-    interrupted = fail_orphans(study)
-    added = top_up(study, spec, new)
+    # one command at a time (on this machine): commands started together would each create the study or
+    # top it up to the budget, and run twice the trials asked for
+    with file_lock(lock_path(spec)):
+        study, new = open_study(spec, model, ids, ev.loaded.device.type)
+        interrupted = fail_orphans(study)
+        added = top_up(study, spec, new)
     ctx = open_parent_run(spec, model, ids)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     workers = max(1, min(spec.workers, waiting))
@@ -78,7 +81,8 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
     finally:
         bar.close()
     trials = study.get_trials(deepcopy=False)
-    backfilled = log_missing_trials(study, ctx, spec)
+    with file_lock(lock_path(spec)):  # two commands ending together would both log a trial they did not run
+        backfilled = log_missing_trials(study, ctx, spec)
     files = export(study, spec, ev, model, ctx)
     stem = Path(spec.out_dir) / slug(spec.study)
     pictures = plot_history(study, spec, stem)

@@ -28,7 +28,7 @@ TPE_STARTUP = 5
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     """An exclusive lock between processes of this machine (no-op where fcntl does not exist)."""
     try:
         import fcntl
@@ -53,7 +53,7 @@ def lock_path(spec: SearchSpec) -> Path:
 
 def claim(study, lock: Path):
     """The next waiting trial of the study as a running Trial, or None when none waits. Never creates one."""
-    with _file_lock(lock):
+    with file_lock(lock):
         if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return None
         trial = study.ask()  # pops a waiting trial: the lock makes check-and-pop atomic for this machine

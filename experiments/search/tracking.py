@@ -128,14 +128,15 @@ class TrialLogger:
 
 
 def log_missing_trials(study: optuna.Study, ctx: TrackingContext, spec: SearchSpec) -> int:
-    """Log every finished trial that has no child run yet (a worker died, or its logging failed)."""
+    """Log every finished trial that has no child run yet (a worker died, or its logging failed). A trial
+    whose worker is still alive is left to it: another command on the study may be logging it right now."""
     mlf = tracking.client(ctx.uri)
     query = f"{tag_is(TAG_STUDY_KEY, ctx.study_key)} and {tag_is(TAG_KIND, KIND_TRIAL)}"
     logged = {r.data.tags.get(TAG_TRIAL_NUMBER) for r in tracking.retry(
         lambda: search_all_runs(mlf, [ctx.experiment_id], query))}
     logger, n = TrialLogger(ctx, spec), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        if str(t.number) not in logged:
+        if str(t.number) not in logged and not tracking.owner_alive({TAG_OWNER: t.user_attrs.get(OWNER, "")}):
             logger.log(t)
             n += 1
     return n
