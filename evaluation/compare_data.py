@@ -83,6 +83,9 @@ class CellRow:
     stats: dict[str, Stat]
     ceiling: dict[str, float] = field(default_factory=dict)  # latent cells: the autoencoder's recon/* metrics
     ceiling_label: str = ""
+    # each run's own conditioning gain over its held-out utterances, in seed order: {"mean", "ci_low"} (None: a
+    # run from before the gain was measured). Whether each seed's model reads its text is judged on these.
+    run_gains: list[dict[str, float | None]] = field(default_factory=list)
 
     def mean(self, key: str) -> float | None:
         s = self.stats.get(key)

@@ -16,7 +16,7 @@ from scipy import stats as sps
 from evaluation.compare_data import (DERIVED, NOT_SCHEDULES, CellRow, Effect, RunRecord, Stat, canonical, label_of,
                                      metric_key, show_value, sort_key)
 from evaluation.runs import TAG_LABEL
-from evaluation.metrics import Missing, value_range
+from evaluation.metrics import GAIN_KEY, Missing, value_range
 from evaluation.stats import (PAIRED, clip_interval, difference_bounds, mean_difference, paired_difference,
                               summarize)
 
@@ -239,7 +239,9 @@ def cell_rows(finished: list[RunRecord], axes: list[str], orders: dict[str, list
         named = re.sub(r"\s*seed=-?\d+$", "", first.tags.get(TAG_LABEL) or first.name).strip()
         rows.append(CellRow(group=group, label=named or label_of(first.assignment), assignment=first.assignment,
                             seeds=[r.seed for r in runs if r.seed is not None], run_ids=[r.run_id for r in runs],
-                            params=first.params, stats={k: _stat(runs, k) for k in keys}))
+                            params=first.params, stats={k: _stat(runs, k) for k in keys},
+                            run_gains=[{"mean": r.metrics.get(GAIN_KEY), "ci_low": r.metrics.get(f"{GAIN_KEY}_ci_low")}
+                                       for r in runs]))
 
     def order(row: CellRow) -> tuple:
         out = []
