@@ -13,6 +13,8 @@ from typing import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from evaluation.metrics import value_range
+
 
 @dataclass
 class Point:
@@ -112,32 +114,48 @@ def plot_quality_vs_rtf(points: list[Point], metric: str, path: Path,
     return _save(fig, path)
 
 
+def _fitted_floor(bars: list[Bar], metric: str) -> float:
+    """Where the bars start: just under the lowest interval end, never below the metric's own floor (PESQ-wb 1.0),
+    so differences of a few hundredths are visible; 0 when the data reach down to it."""
+    ends = [b.ci[0] if b.ci else b.mean for b in bars] + [b.ci[1] if b.ci else b.mean for b in bars]
+    lo, hi = min(ends), max(ends)
+    pad = 0.15 * (hi - lo) or 0.05 * max(abs(hi), 1e-9)
+    bounds = value_range(metric)
+    floor = lo - pad if bounds is None else max(bounds[0], lo - pad)
+    return 0.0 if lo >= 0 and floor < 0.25 * hi else floor
+
+
 def plot_axis_bars(axes: list[AxisBars], metric: str, path: Path) -> Path:
     """One panel per axis: the headline metric for each of its values (averaged over the other axes'
-    settings), one bar per schedule, with 95% intervals."""
+    settings), one bar per schedule, with 95% intervals; the value axis fitted to the data."""
     n = max(len(axes), 1)
-    fig = Figure(figsize=(max(4.5 * n, 5.0), 4.4))
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.14, top=0.85, wspace=0.3)
+    fig = Figure(figsize=(max(4.5 * n, 7.0), 4.6))
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.82, wspace=0.3)
     for k, axis in enumerate(axes):
         ax = fig.add_subplot(1, n, k + 1)
         values = list(dict.fromkeys(b.value for b in axis.bars))
         schedules = list(dict.fromkeys(b.schedule for b in axis.bars))
         width = 0.8 / max(len(schedules), 1)
+        floor = _fitted_floor(axis.bars, metric) if axis.bars else 0.0
+        top = floor
         for j, schedule in enumerate(schedules):
             bars = [b for b in axis.bars if b.schedule == schedule]
             xs = [values.index(b.value) + (j - (len(schedules) - 1) / 2) * width for b in bars]
             means = [b.mean for b in bars]
             below = [max(b.mean - b.ci[0], 0.0) if b.ci else 0.0 for b in bars]
             above = [max(b.ci[1] - b.mean, 0.0) if b.ci else 0.0 for b in bars]
-            ax.bar(xs, means, width=width, yerr=[below, above], capsize=3, label=schedule, color=f"C{j % 10}")
+            top = max([top] + [m + a for m, a in zip(means, above)])
+            ax.bar(xs, [m - floor for m in means], bottom=floor, width=width, yerr=[below, above], capsize=3,
+                   label=schedule, color=f"C{j % 10}")
+        ax.set_ylim(floor, top + 0.1 * (top - floor or 1.0))
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels(values, fontsize=8, rotation=15 if max(map(len, values), default=0) > 10 else 0)
         ax.set_title(axis.axis, fontsize=9)
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric + (f" (axis from {floor:.3g})" if floor else ""))
         ax.grid(True, axis="y", alpha=0.3)
         if len(schedules) > 1 or (schedules and schedules[0]):
             ax.legend(fontsize=7)
-    fig.suptitle(f"{metric} by axis value (mean over the other axes' settings; 95% intervals)", fontsize=10)
+    fig.suptitle(f"{metric} by axis value\n(mean over the other axes' settings; 95% intervals)", fontsize=10)
     return _save(fig, path)
 
 
