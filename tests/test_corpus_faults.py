@@ -287,7 +287,7 @@ def test_compare_names_how_and_why_unfinished_cells_and_the_parent_ended(tiny_gr
     with pytest.raises(KeyboardInterrupt):
         grid.run_grid(tiny_grid, device="cpu", progress=False)
     assert main(["compare", str(tiny_grid), "--out", "report"]) == 0
-    assert "1 failed" in capsys.readouterr().out
+    assert "1 failed" in capsys.readouterr().err  # status lines go through logging to stderr
     md = (Path("report") / "report.md").read_text()
     assert "- `train.learning_rate=0.001 seed=0 (KILLED): interrupted (KeyboardInterrupt)`" in md, md
     assert "The grid's parent run ended **KILLED**: interrupted (KeyboardInterrupt)" in md, md
