@@ -39,6 +39,7 @@ from experiments.schedule_files import resolve_schedule
 SAMPLE_RATE, VOCAB = 22050, 64
 PRESET_MODELS = {  # encoder sizes that go with each decoder preset (tiny = the quickstart model)
     "tiny": dict(encoder_channels=32, duration_channels=16),
+    "mini": dict(encoder_channels=64, duration_channels=32),  # the CPU recipe's model (experiments/configs/cpu.toml)
     "small": dict(encoder_channels=256, duration_channels=128),
     "base": dict(),
     "large": dict(),
