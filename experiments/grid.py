@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import runs
-from experiments import tracking
+from experiments import claims, tracking
 from experiments.config import ConfigError, InputError, RunConfig
 from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
 from experiments.workers import start_workers, watch_parent
@@ -198,12 +198,12 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
     failing cell: the run is marked FAILED with the error as tag wg2.error and the traceback as error.log."""
     mlf = mlf or tracking.client(ctx.uri)
     started = time.perf_counter()
-    run_id, state = tracking.claim_run(mlf, ctx.experiment_id, runs.TAG_CELL_HASH, cell.cell_hash,
+    run_id, state = claims.claim_run(mlf, ctx.experiment_id, runs.TAG_CELL_HASH, cell.cell_hash,
                                        lambda tags: _new_cell_run(mlf, ctx, cell, tags))
     if state in ("finished", "busy"):
         return CellOutcome(cell.label, cell.cell_hash, "skipped" if state == "finished" else "busy", run_id)
     try:
-        with tracking.Heartbeat(ctx.uri, run_id), tracking.system_metrics(ctx.uri, run_id):
+        with claims.Heartbeat(ctx.uri, run_id), tracking.system_metrics(ctx.uri, run_id):
             _execute(cell, ctx, mlf, run_id)
     except KeyboardInterrupt:
         _end_quietly(mlf, run_id, "KILLED", "interrupted (KeyboardInterrupt)")
@@ -252,11 +252,11 @@ def _parent_run(mlf, experiment_id: str, grid: Grid, device: str) -> str:
     if not found:
         mine = tracking.retry(lambda: mlf.create_run(experiment_id, run_name=f"grid: {grid.name}", tags=tags))
         found = tracking.retry(lambda: runs.search_all_runs(mlf, [experiment_id], query))
-        winner = tracking.earliest(found)
+        winner = claims.earliest(found)
         if winner.info.run_id != mine.info.run_id:  # another process created it at the same moment
             tracking.retry(lambda: mlf.delete_run(mine.info.run_id))
         found = [winner]
-    run_id = tracking.earliest(found).info.run_id
+    run_id = claims.earliest(found).info.run_id
     cells = expected_cells(grid)
     listed = json.dumps(cells)
     if len(listed) <= 5000:  # MLflow caps tag values; cells.json (below) always holds the list

@@ -19,7 +19,7 @@ from experiments.config import InputError, RunConfig, config_from_dict
 from experiments.precision import autocast, compile_decoder, resolve_precision, set_threads
 from experiments.runtime import read_checkpoint, require_keys, resolve_device, weights_error
 from experiments.schedule_files import resolve_schedule
-from experiments.tracking import resolve_checkpoint
+from experiments.store_checkpoints import resolve_checkpoint
 from experiments.train import CHECKPOINT_FORMAT
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from evaluation import runs
 from experiments import corpus, synth
 from experiments import evaluate as evaluation
-from experiments import tracking
+from experiments import claims, store_checkpoints, tracking
 from experiments import train as training
 from experiments.config import InputError, RunConfig, flatten, load_config, train_hash
 from experiments.precision import set_threads
@@ -52,9 +52,9 @@ def run_training(mlf, run_id: str, config: RunConfig, out: Path, device: str, da
     tracking.log_run_config(mlf, run_id, logged_config or config, str(resolve_device(device)))
     tracking.log_corpus_input(mlf, run_id, config.data.root, dataset.corpus_hash, "training",
                               {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)})
-    tracking.fetch_checkpoint(mlf, run_id, Path(out) / training.CHECKPOINT)
+    store_checkpoints.fetch_checkpoint(mlf, run_id, Path(out) / training.CHECKPOINT)
     curves = tracking.CurveLogger(mlf, run_id, tracking.logged_steps(mlf, run_id))
-    upload = tracking.CheckpointUploader(mlf, run_id)
+    upload = store_checkpoints.CheckpointUploader(mlf, run_id)
     result = training.train(config, out, device=device, resume=resume, progress=progress, on_log=curves.on_log,
                             dataset=dataset, on_checkpoint=upload)
     curves.flush(result.history)
@@ -120,7 +120,7 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
         name = f"train: {Path(config_file).stem if config_file else config_key}"
         return tracking.retry(lambda: mlf.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
 
-    run_id, state = tracking.claim_run(mlf, experiment_id, runs.TAG_TRAIN_KEY, key, create)
+    run_id, state = claims.claim_run(mlf, experiment_id, runs.TAG_TRAIN_KEY, key, create)
     if state == "busy":
         owner = mlf.get_run(run_id).data.tags.get(runs.TAG_OWNER, "?")
         raise InputError(f"MLflow run {run_id} of this config is being trained by a live process ({owner}); "
@@ -133,7 +133,7 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
     atomic_write_bytes(out / MARKER, json.dumps({"run_id": run_id, "key": key, "tracking_uri": uri}).encode())
     try:
         dataset = corpus.load_dataset(config.data, progress=progress)
-        with tracking.Heartbeat(uri, run_id), tracking.system_metrics(uri, run_id):
+        with claims.Heartbeat(uri, run_id), tracking.system_metrics(uri, run_id):
             result = run_training(mlf, run_id, config, out, device, dataset, resume=resume, progress=progress)
     except KeyboardInterrupt:
         _end(mlf, run_id, "KILLED", "interrupted (KeyboardInterrupt)")
@@ -200,7 +200,7 @@ def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment
 def cmd_eval(args) -> int:
     set_threads()
     evaluation.check_eval_numbers(args)
-    checkpoint, model_run_id = tracking.resolve_checkpoint(args.checkpoint)
+    checkpoint, model_run_id = store_checkpoints.resolve_checkpoint(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.parent / "eval"
     evaluation.check_eval_out(out)
     loaded = synth.load_checkpoint(checkpoint, args.device)

@@ -353,7 +353,7 @@ def test_search_download_killed_midway_leaves_no_truncated_cached_checkpoint(tmp
     under the cached name and take it for the model."""
     import mlflow.artifacts
 
-    from experiments.tracking import resolve_checkpoint as resolve_model
+    from experiments.store_checkpoints import resolve_checkpoint as resolve_model
 
     monkeypatch.chdir(tmp_path)
 

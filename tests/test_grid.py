@@ -247,7 +247,7 @@ def test_claims_skip_live_holders_take_over_dead_ones_and_settle_races(workdir: 
     import socket
 
     from evaluation.runs import TAG_HEARTBEAT, TAG_OWNER
-    from experiments import tracking
+    from experiments import claims, tracking
 
     uri = tracking.ensure_store()
     exp = tracking.get_or_create_experiment("claims", uri=uri)
@@ -262,13 +262,13 @@ def test_claims_skip_live_holders_take_over_dead_ones_and_settle_races(workdir: 
         mlf.set_tag(run_id, TAG_HEARTBEAT, f"{beat:.0f}")
 
     def claim(key: str = "abc", make=create):
-        return tracking.claim_run(mlf, exp, "wg2.cell_hash", key, make)
+        return claims.claim_run(mlf, exp, "wg2.cell_hash", key, make)
 
     run_id, state = claim()
     assert state == "new"
     holder("other-host:123:0", time.time())  # another machine, heartbeat fresh: leave it alone
     assert claim() == (run_id, "busy")
-    holder("other-host:123:0", time.time() - 2 * tracking.STALE_SECONDS)  # heartbeat stale: take it over
+    holder("other-host:123:0", time.time() - 2 * claims.STALE_SECONDS)  # heartbeat stale: take it over
     assert claim() == (run_id, "resumed")
     holder(f"{socket.gethostname()}:{os.getppid()}:0", time.time())  # this host, pid alive but another process
     assert claim() == (run_id, "resumed")

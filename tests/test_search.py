@@ -22,7 +22,7 @@ from evaluation.stats import paired_difference
 from experiments.search.evaluator import load_evaluator, per_utterance
 from experiments.search.queue import top_up
 from experiments.search.spec import SearchSpec, default_study_name, spec_from_args
-from experiments.tracking import resolve_checkpoint
+from experiments.store_checkpoints import resolve_checkpoint
 from experiments.search.tracking import EXPERIMENT
 from experiments.search.trial import BASELINE, OWNER, TICKET
 from experiments.cli import build_parser, main

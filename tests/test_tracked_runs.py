@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 import experiments.search.spec
 import experiments.synth
 import experiments.train
-from experiments import tracking
+from experiments import store_checkpoints, tracking
 from experiments.cli import main
 from experiments.config import DataConfig
 from experiments.corpus import load_dataset
@@ -114,7 +114,7 @@ def test_resuming_a_finished_run_trains_nothing_and_keeps_the_folder(tracked, mo
 
 def _no_training_past_the_end(real):
     def train(config, out, *args, **kwargs):
-        assert tracking.local_step(Path(out) / "checkpoint.pt") == config.train.steps, "would train again"
+        assert store_checkpoints.local_step(Path(out) / "checkpoint.pt") == config.train.steps, "would train again"
         return real(config, out, *args, **kwargs)
     return train
 
@@ -141,8 +141,8 @@ def test_eval_and_synth_take_a_run_id_and_eval_is_a_run(tracked, monkeypatch, ca
     audio, rate = sf.read(wav)
     assert rate == 22050 and len(audio) > 0
     # one resolver, not copies
-    assert experiments.search.spec.resolve_checkpoint is tracking.resolve_checkpoint
-    assert experiments.synth.resolve_checkpoint is tracking.resolve_checkpoint
+    assert experiments.search.spec.resolve_checkpoint is store_checkpoints.resolve_checkpoint
+    assert experiments.synth.resolve_checkpoint is store_checkpoints.resolve_checkpoint
 
 
 def test_no_track_writes_nothing_and_batch_logs_show_progress(tracked, monkeypatch, caplog):
@@ -162,7 +162,7 @@ def test_no_track_writes_nothing_and_batch_logs_show_progress(tracked, monkeypat
 
 def _crash_after_upload_of(step_at: int):
     """upload_checkpoint that dies (as a killed process would) right after the upload at `step_at`."""
-    real = tracking.upload_checkpoint
+    real = store_checkpoints.upload_checkpoint
 
     def upload(mlf, run_id, path, step):
         done = real(mlf, run_id, path, step)
@@ -185,7 +185,7 @@ def _starting_steps(monkeypatch) -> list[int]:
     real = experiments.train.train
 
     def spy(config, out, *args, **kwargs):
-        starts.append(tracking.local_step(Path(out) / experiments.train.CHECKPOINT))
+        starts.append(store_checkpoints.local_step(Path(out) / experiments.train.CHECKPOINT))
         return real(config, out, *args, **kwargs)
     monkeypatch.setattr(experiments.train, "train", spy)
     return starts
@@ -199,7 +199,7 @@ def test_train_taken_over_in_another_runs_folder_resumes_from_the_uploaded_step(
     mlf = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
 
     with monkeypatch.context() as crash:
-        crash.setattr(tracking, "upload_checkpoint", _crash_after_upload_of(4))
+        crash.setattr(store_checkpoints, "upload_checkpoint", _crash_after_upload_of(4))
         with pytest.raises(KeyboardInterrupt):
             main(["train", str(config), "--device", "cpu", "--out", str(tmp_path / "runsA" / "run")])
     run = only_run(mlf, "wg2 train")
@@ -234,7 +234,7 @@ def test_grid_cell_taken_over_in_another_runs_folder_resumes_from_the_uploaded_s
 
     monkeypatch.setenv("WG2_RUNS_DIR", str(tmp_path / "runsA"))
     with monkeypatch.context() as crash:
-        crash.setattr(tracking, "upload_checkpoint", _crash_after_upload_of(8))
+        crash.setattr(store_checkpoints, "upload_checkpoint", _crash_after_upload_of(8))
         with pytest.raises(KeyboardInterrupt):
             run_grid(grid, progress=False)
     mlf = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])

@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from evaluation.runs import TAG_OWNER, sqlite_path
-from experiments import tracking
+from experiments import claims
 from experiments.config import InputError
 from experiments.search import space
 from experiments.search.evaluator import ModelInfo
@@ -141,7 +141,7 @@ def fail_orphans(study: optuna.Study) -> int:
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get(OWNER, "")
-        if owner.split(":")[0] == host and not tracking.owner_alive({TAG_OWNER: owner}):
+        if owner.split(":")[0] == host and not claims.owner_alive({TAG_OWNER: owner}):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             n += 1
     return n

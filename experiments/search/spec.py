@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from evaluation.metrics import METRICS, metric_names
 from evaluation.runs import sqlite_path, tracking_uri
 from experiments.config import InputError
-from experiments.tracking import resolve_checkpoint
+from experiments.store_checkpoints import resolve_checkpoint
 from experiments.search import space
 
 PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search/space.py)

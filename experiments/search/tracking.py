@@ -20,7 +20,7 @@ from evaluation.runs import (KIND_SEARCH, KIND_TRIAL, TAG_BASELINE, TAG_ERROR, T
                              TAG_MODEL, TAG_MODEL_CONFIG_HASH, TAG_MODEL_RUN_ID, TAG_MODEL_SHA256, TAG_OBJECTIVES,
                              TAG_OWNER, TAG_PRUNE_REASON, TAG_SAMPLER, TAG_STATE, TAG_STORAGE, TAG_STUDY,
                              TAG_STUDY_KEY, TAG_TRIAL_NUMBER, TAG_TRIALS_REQUESTED, search_all_runs, tag_is)
-from experiments import tracking
+from experiments import claims, tracking
 from experiments.search.evaluator import ModelInfo
 from experiments.search.spec import SearchSpec, redact
 from experiments.search.trial import BASELINE, OWNER, fail_reason
@@ -56,9 +56,9 @@ def open_parent_run(spec: SearchSpec, model: ModelInfo, utterance_ids: list[str]
     if not runs:
         mine = tracking.retry(lambda: mlf.create_run(experiment_id, run_name=f"search: {spec.study}", tags=tags))
         runs = tracking.retry(lambda: search_all_runs(mlf, [experiment_id], query))
-        if tracking.earliest(runs).info.run_id != mine.info.run_id:  # another command created it meanwhile
+        if claims.earliest(runs).info.run_id != mine.info.run_id:  # another command created it meanwhile
             tracking.retry(lambda: mlf.delete_run(mine.info.run_id))
-    run_id = tracking.earliest(runs).info.run_id
+    run_id = claims.earliest(runs).info.run_id
     tracking.retry(lambda: tracking.log_tags(mlf, run_id, tags))
     params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in spec.identity().items()}
     params.update({"model_sha256": model.sha256, "utterances": json.dumps(utterance_ids)})
@@ -136,7 +136,7 @@ def log_missing_trials(study: optuna.Study, ctx: TrackingContext, spec: SearchSp
         lambda: search_all_runs(mlf, [ctx.experiment_id], query))}
     logger, n = TrialLogger(ctx, spec), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        if str(t.number) not in logged and not tracking.owner_alive({TAG_OWNER: t.user_attrs.get(OWNER, "")}):
+        if str(t.number) not in logged and not claims.owner_alive({TAG_OWNER: t.user_attrs.get(OWNER, "")}):
             logger.log(t)
             n += 1
     return n

@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.scoring import describe_error
-from experiments import tracking
+from experiments import claims
 from experiments.search import space
 from experiments.search.evaluator import Evaluator, MetricSummary, per_utterance, summarize_scores
 from experiments.search.spec import SearchSpec
@@ -62,7 +62,7 @@ def objective(trial, spec: SearchSpec, ev: Evaluator) -> float | tuple[float, ..
 def run_trial(study, trial, spec: SearchSpec, ev: Evaluator):
     """Run one claimed trial and tell the study how it ended; returns the FrozenTrial."""
     started = time.perf_counter()
-    trial.set_user_attr(OWNER, tracking.owner_id())
+    trial.set_user_attr(OWNER, claims.owner_id())
     try:
         values = objective(trial, spec, ev)
     except optuna.TrialPruned as err:
