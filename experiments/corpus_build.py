@@ -202,7 +202,7 @@ def build_corpus(out: str | Path, voice: str = "en-us", limit: int = 0, workers:
         if partial.exists() and not _matches(partial / IN_PROGRESS, settings):
             shutil.rmtree(partial)  # ours (checked above), for other settings
         if not partial.exists():
-            partial.mkdir()
+            partial.mkdir(parents=True)  # a fresh clone has no corpora/ yet
             _write_atomic(partial / IN_PROGRESS, json.dumps(settings, indent=1).encode())  # first: marks it ours
         for sub in ("wavs", "alignments"):
             (partial / sub).mkdir(parents=True, exist_ok=True)

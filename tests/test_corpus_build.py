@@ -145,3 +145,11 @@ def test_unknown_voice_is_an_input_error(tmp_path: Path, capsys):
     assert main(["corpus", "build", "--out", str(tmp_path / "x"), "--voice", "no-such-voice", "--limit", "1"]) == 2
     assert "no-such-voice" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_builds_into_a_folder_whose_parent_does_not_exist_yet(tmp_path: Path):
+    """`make quickstart` on a fresh clone: `wg2 corpus build --out corpora/harvard` with no corpora/ folder."""
+    out = tmp_path / "corpora" / "harvard"
+    assert not out.parent.exists()
+    assert main(["corpus", "build", "--out", str(out), "--limit", "1", "-q"]) == 0
+    assert (out / MARKER).is_file() and len(list((out / "wavs").glob("*.wav"))) == 1
