@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from experiments.workers import Terminated, interrupt_reason, raise_on_sigterm
+
 DISTRIBUTION = "wavegrad2-ablation"
 
 
@@ -217,11 +219,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", logging.INFO))
+    raise_on_sigterm()  # `kill PID` ends runs and trials KILLED, as Ctrl-C does, instead of leaving them RUNNING
     try:
         code = args.func(args)
     except InputError as err:
         print(f"wg2: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # what was running is marked KILLED; a rerun resumes it
+        print(f"wg2: {interrupt_reason(err)}; rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130  # the shell's codes for death by SIGTERM / SIGINT
     return int(code or 0)
 
 

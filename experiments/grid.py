@@ -36,7 +36,7 @@ from evaluation import runs
 from experiments import claims, tracking
 from experiments.config import ConfigError, InputError, RunConfig
 from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
-from experiments.workers import start_workers, watch_parent
+from experiments.workers import interrupt_reason, raise_on_sigterm, start_workers, stop_workers, watch_parent
 
 __all__ = [
     "RunContext", "CellOutcome", "GridOutcome", "check_windows", "runs_dir", "run_cell", "run_grid", "summary",
@@ -205,8 +205,8 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
     try:
         with claims.Heartbeat(ctx.uri, run_id), tracking.system_metrics(ctx.uri, run_id):
             _execute(cell, ctx, mlf, run_id)
-    except KeyboardInterrupt:
-        _end_quietly(mlf, run_id, "KILLED", "interrupted (KeyboardInterrupt)")
+    except KeyboardInterrupt as err:
+        _end_quietly(mlf, run_id, "KILLED", interrupt_reason(err))
         raise
     except Exception as err:  # noqa: BLE001 - any failure of one cell is recorded and the grid goes on
         message = f"{type(err).__name__}: {err}"
@@ -287,6 +287,7 @@ def _finished_cells(mlf, experiment_id: str) -> set[str]:
 def _worker_main(ctx: RunContext, jobs, results) -> None:
     """One worker process: takes whole trainings (cells sharing a train hash, in order) from the queue."""
     watch_parent()
+    raise_on_sigterm()
     mlf = tracking.client(ctx.uri)
     while True:
         job = jobs.get()
@@ -316,9 +317,8 @@ def _run_parallel(jobs: list[list[Cell]], ctx: RunContext, workers: int, record)
                 continue
             remaining.pop(outcome.cell_hash, None)
             record(outcome)
-    except KeyboardInterrupt:
-        for proc in procs:  # the workers got the interrupt too: let them mark their runs KILLED
-            proc.join(timeout=15)
+    except KeyboardInterrupt as err:
+        stop_workers(procs, err)
         raise
     for proc in procs:
         proc.join(timeout=30)
@@ -357,8 +357,8 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
     parent_id = _parent_run(mlf, experiment_id, grid, resolved)
     try:
         outcome = _run_cells(grid, mlf, uri, experiment_id, parent_id, device, workers, progress)
-    except KeyboardInterrupt:
-        _end_quietly(mlf, parent_id, "KILLED", "interrupted (KeyboardInterrupt)")
+    except KeyboardInterrupt as err:
+        _end_quietly(mlf, parent_id, "KILLED", interrupt_reason(err))
         raise
     except BaseException as err:
         _end_quietly(mlf, parent_id, "FAILED", f"{type(err).__name__}: {err}")

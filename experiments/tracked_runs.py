@@ -33,6 +33,7 @@ from experiments import claims, store_checkpoints, tracking
 from experiments import train as training
 from experiments.config import InputError, RunConfig, flatten, load_config, train_hash
 from experiments.precision import set_threads
+from experiments.workers import interrupt_reason
 from experiments.runtime import atomic_write_bytes, preflight_run_folder, resolve_device
 
 TRAIN_EXPERIMENT = "wg2 train"
@@ -135,8 +136,8 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
         dataset = corpus.load_dataset(config.data, progress=progress)
         with claims.Heartbeat(uri, run_id), tracking.system_metrics(uri, run_id):
             result = run_training(mlf, run_id, config, out, device, dataset, resume=resume, progress=progress)
-    except KeyboardInterrupt:
-        _end(mlf, run_id, "KILLED", "interrupted (KeyboardInterrupt)")
+    except KeyboardInterrupt as err:
+        _end(mlf, run_id, "KILLED", interrupt_reason(err))
         raise
     except BaseException as err:
         _end(mlf, run_id, "FAILED", f"{type(err).__name__}: {err}")
@@ -187,8 +188,8 @@ def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment
             result = evaluation.evaluate(loaded, config, out, dataset=dataset, progress=progress)
             tracking.retry(lambda: tracking.log_metrics(mlf, run_id, result.metrics, step=loaded.step))
             tracking.retry(lambda: mlf.log_artifacts(run_id, str(out)))
-    except KeyboardInterrupt:
-        _end(mlf, run_id, "KILLED", "interrupted (KeyboardInterrupt)")
+    except KeyboardInterrupt as err:
+        _end(mlf, run_id, "KILLED", interrupt_reason(err))
         raise
     except BaseException as err:
         _end(mlf, run_id, "FAILED", f"{type(err).__name__}: {err}")

@@ -1,10 +1,46 @@
-"""What grid and search worker processes share: dying with their parent, and spreading over GPUs."""
+"""What grid and search worker processes share: dying with their parent, ending on SIGTERM the way they end
+on Ctrl-C, and spreading over GPUs."""
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, a batch scheduler's time limit), raised like Ctrl-C so that every `except
+    KeyboardInterrupt` ends its MLflow runs and Optuna trials KILLED instead of leaving them RUNNING."""
+
+
+def interrupt_reason(err: KeyboardInterrupt) -> str:
+    """The wg2.end_reason / fail reason of an interrupt: which signal ended the work."""
+    return "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted (KeyboardInterrupt)"
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises Terminated in this process's main thread. The handler ignores further
+    SIGTERMs (`kill` of the whole process group reaches a worker twice), so the clean-up it starts is not
+    itself interrupted."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated("terminated (SIGTERM)")
+
+    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
+        signal.signal(signal.SIGTERM, handler)
+
+
+def stop_workers(procs: list, err: KeyboardInterrupt, timeout: float = 15.0) -> None:
+    """After an interrupt of the parent: pass a SIGTERM on to the workers (Ctrl-C reached them already
+    through the terminal's process group; `kill PID` did not), then let them mark their work KILLED."""
+    if isinstance(err, Terminated):
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+    for proc in procs:
+        proc.join(timeout=timeout)
 
 
 def watch_parent() -> None:

@@ -61,12 +61,12 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def child_runs(experiment: str) -> list:
+def child_runs(experiment: str, kind: str = "cell") -> list:
     from mlflow import MlflowClient
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], "tags.`wg2.kind` = 'cell'")
+    return [] if exp is None else client.search_runs([exp.experiment_id], f"tags.`wg2.kind` = '{kind}'")
 
 
 # ----------------------------------------------------------------------------- expanding and validating (no data)
@@ -239,6 +239,49 @@ def test_kill_9_mid_cell_resumes_and_ends_with_one_finished_run_per_cell(workdir
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(2, 41, 2))  # the whole curve, no step twice
+
+
+def _terminate_mid_cells(workdir: Path, path: Path, prefix: list[str]) -> int:
+    """Start `wg2 grid --workers 2` through `prefix`, SIGTERM the parent alone (as `kill PID` or a batch
+    scheduler does) once a worker has written a checkpoint; its exit code."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, *prefix, "grid", str(path), "--workers", "2", "-q"], cwd=workdir,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, before = time.monotonic() + 240, set((workdir / "runs").glob("*/checkpoint.pt"))
+    try:
+        while not set((workdir / "runs").glob("*/checkpoint.pt")) - before:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    time.sleep(3)  # orphaned workers notice their parent is gone within a second
+    return proc.returncode
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_parent_and_its_cells_killed_with_the_signal_as_reason(workdir: Path, data_table: dict):
+    from evaluation.runs import TAG_END_REASON
+
+    base = tiny_base(data_table, train={"steps": 400})
+    path = write(workdir / "g.toml", grid_text("termed", base, {"model.upsampler": ["gaussian", "repeat"]}))
+    assert _terminate_mid_cells(workdir, path, ["-m", "experiments.cli"]) == 143
+    (parent,) = child_runs("termed", "grid")
+    cells = child_runs("termed", "cell")
+    assert cells and all(r.info.status == "KILLED" for r in [parent, *cells]), [r.info.status for r in cells]
+    assert {r.data.tags[TAG_END_REASON] for r in [parent, *cells]} == {"terminated (SIGTERM)"}
+
+    # the check fails without the handler: SIGTERM kills the parent outright, its workers follow it, and
+    # the parent and the cells stay RUNNING until a rerun
+    broken = ("import sys, experiments.workers as w; w.raise_on_sigterm = lambda: None; "
+              "from experiments.cli import main; sys.exit(main(sys.argv[1:]))")
+    base = tiny_base(data_table, train={"steps": 400, "learning_rate": 2e-3})  # other cells, other run folders
+    path = write(workdir / "h.toml", grid_text("unhandled", base, {"model.upsampler": ["gaussian", "repeat"]}))
+    assert _terminate_mid_cells(workdir, path, ["-c", broken]) == -signal.SIGTERM
+    statuses = [r.info.status for r in child_runs("unhandled", "grid") + child_runs("unhandled", "cell")]
+    assert "RUNNING" in statuses, statuses
 
 
 # ----------------------------------------------------------------------------- claiming a cell's run

@@ -12,6 +12,7 @@ from experiments import claims
 from experiments.search import space
 from experiments.search.evaluator import Evaluator, MetricSummary, per_utterance, summarize_scores
 from experiments.search.spec import SearchSpec
+from experiments.workers import interrupt_reason
 
 TICKET, BASELINE, OWNER = "wg2.ticket", "wg2.baseline", "wg2.owner"
 PER_UTTERANCE = "wg2.per_utterance"
@@ -71,8 +72,7 @@ def run_trial(study, trial, spec: SearchSpec, ev: Evaluator):
         return study.tell(trial, state=TrialState.PRUNED)
     except (Exception, KeyboardInterrupt) as err:
         reason = str(err) if isinstance(err, TrialFailed) else describe_error(err)
-        trial.set_user_attr("wg2.fail_reason", "interrupted (KeyboardInterrupt)" if isinstance(err, KeyboardInterrupt)
-                            else reason)
+        trial.set_user_attr("wg2.fail_reason", interrupt_reason(err) if isinstance(err, KeyboardInterrupt) else reason)
         trial.set_user_attr("wg2.seconds", time.perf_counter() - started)
         frozen = study.tell(trial, state=TrialState.FAIL)
         if isinstance(err, KeyboardInterrupt):

@@ -15,7 +15,7 @@ from experiments.search.queue import claim, load_study, lock_path
 from experiments.search.spec import SearchSpec
 from experiments.search.tracking import TrackingContext, TrialLogger
 from experiments.search.trial import run_trial
-from experiments.workers import start_workers, watch_parent
+from experiments.workers import raise_on_sigterm, start_workers, stop_workers, watch_parent
 
 
 def work(study: optuna.Study, spec: SearchSpec, ev: Evaluator, logger: TrialLogger, on_trial=None) -> int:
@@ -32,6 +32,7 @@ def work(study: optuna.Study, spec: SearchSpec, ev: Evaluator, logger: TrialLogg
 
 def _worker_main(spec: SearchSpec, ctx: TrackingContext, index: int) -> None:
     watch_parent()
+    raise_on_sigterm()
     # more torch threads than cores makes the convolutions spin (measured 8x slower on 2 cores)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -56,9 +57,8 @@ def run_workers(spec: SearchSpec, ctx: TrackingContext, study: optuna.Study, wor
         while any(p.is_alive() for p in procs):
             time.sleep(1.0)
             poll()
-    except KeyboardInterrupt:
-        for proc in procs:  # they got the interrupt too: let them mark their trials failed
-            proc.join(timeout=15)
+    except KeyboardInterrupt as err:
+        stop_workers(procs, err)
         raise
     for proc in procs:
         proc.join()
