@@ -17,16 +17,18 @@ import numpy as np
 import torch
 from mlflow.entities import Metric
 from tqdm import tqdm
-from evaluation.progress import progress_enabled
 
 from components.autoencoder import AUTOENCODERS
 from evaluation.pool import ScoreJob, score_many
+from evaluation.progress import LogLines, progress_enabled
 from evaluation.runs import KIND_AUTOENCODER, TAG_AUTOENCODER_KEY, TAG_KIND, tag_is, tracking_uri
 from evaluation.stats import summarize
 from experiments.config import InputError, RunConfig, load_config
 from experiments.corpus import load_dataset
 from experiments.runtime import atomic_save, read_checkpoint, resolve_device, weights_error
 from experiments.tracking import ensure_store, get_or_create_experiment
+
+log = logging.getLogger(__name__)
 
 RECON_UTTERANCES = 8  # val utterances scored for the reconstruction ceiling
 RECON_METRICS = ("pesq_wb", "stoi", "estoi", "mel_cd")
@@ -57,7 +59,7 @@ def train_autoencoder(config: RunConfig, dataset, device: torch.device, progress
     model = AUTOENCODERS.build(ae_cfg.kind, ae_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=ae_cfg.learning_rate)
     segment = ae_cfg.segment_samples - ae_cfg.segment_samples % ae_cfg.stride
-    history = []
+    history, lines, started = [], LogLines(progress), time.perf_counter()
     model.train()
     for step in tqdm(range(ae_cfg.steps), desc="autoencoder", unit="step",
                      disable=not progress_enabled(progress), dynamic_ncols=True):
@@ -71,6 +73,9 @@ def train_autoencoder(config: RunConfig, dataset, device: torch.device, progress
         optimizer.step()
         if step % 25 == 0 or step == ae_cfg.steps - 1:
             history.append({"step": step, **{k: float(v) for k, v in parts.items()}})
+            if lines.due(last=step == ae_cfg.steps - 1):
+                log.info("autoencoder step %d/%d: loss %.4f, %.2f steps/s", step + 1, ae_cfg.steps, float(loss),
+                         (step + 1) / (time.perf_counter() - started))
     model.eval()
     with torch.no_grad():  # unit-variance latents, so diffusion noise levels mean what they mean on waveforms
         sample = torch.cat([model.encode(_segments(dataset.train, segment, ae_cfg.batch_size, rng).to(device))

@@ -21,7 +21,7 @@ from components.durations import DurationPredictor
 from components.model import WaveGrad2
 from components.spaces import SPACES
 from evaluation.conditioning import ConditioningItem, conditioning_gain
-from evaluation.progress import progress_enabled
+from evaluation.progress import LogLines, progress_enabled
 from experiments.autoencoder_stage import ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
 from experiments.config import ConfigError, InputError, RunConfig, config_from_dict, config_hash, to_dict, train_hash
@@ -34,10 +34,6 @@ from experiments.schedule_files import resolve_schedule
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
 RESUME_KEYS = ("config_hash", "step", "history", "model", "optimizer")  # what `train --resume` reads
-# Without a progress bar (stderr not a terminal), a status line at a log step once this many seconds have
-# passed since the last one, or every HEARTBEAT_LOGS log steps, whichever comes first (and at the last step).
-HEARTBEAT_SECONDS = 30.0
-HEARTBEAT_LOGS = 10
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +211,10 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         }, ckpt_path)
 
     model.train()
-    show_bar = progress_enabled(progress)
-    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True)
+    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress_enabled(progress),
+               dynamic_ncols=True)
     started, steps_done, throughput = time.perf_counter(), 0, {}
-    last_line, logs_since_line = time.monotonic(), 0
+    lines = LogLines(progress)  # without a bar: a status line every 30 s or 10 log steps, and at the last
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     while step < t.steps:
@@ -263,11 +259,8 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
                      "bf16": float(dtype is not None), **gain_metrics}  # bf16: the resolved precision
             history.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", steps_per_s=f"{rate:.2f}")
-            logs_since_line += 1
-            if not show_bar and (step == t.steps or logs_since_line >= HEARTBEAT_LOGS
-                                 or time.monotonic() - last_line >= HEARTBEAT_SECONDS):
+            if lines.due(last=step == t.steps):
                 log.info("step %d/%d: loss %.4f, %.2f steps/s", step, t.steps, entry["loss"], rate)
-                last_line, logs_since_line = time.monotonic(), 0
             if on_log:
                 on_log(step, {k: v for k, v in entry.items() if k != "step"})
         elif gain_metrics and on_log:

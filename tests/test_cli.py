@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.progress import progress_enabled
+from evaluation.progress import LogLines, progress_enabled
 from experiments.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +41,18 @@ def test_progress_rule(monkeypatch):
     assert not progress_enabled(True)
     monkeypatch.setenv("WG2_PROGRESS", "1")
     assert progress_enabled(True) and not progress_enabled(False)
+
+
+def test_log_lines_without_a_bar_every_n_calls_and_at_the_last(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.delenv("WG2_PROGRESS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)  # a log file: no bar
+    lines = LogLines(seconds=3600, calls=3)
+    assert [lines.due() for _ in range(7)] == [False, False, True, False, False, True, False]
+    assert lines.due(last=True)  # the last step always gets its line
+    assert LogLines(seconds=0.0, calls=100).due()  # or once the seconds have passed
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a bar is drawn: no lines
+    assert not LogLines(seconds=0.0, calls=1).due(last=True)
 
 
 def test_corpus_check_to_a_file_has_no_progress_bar(corpus_dir: Path, tmp_path: Path):
