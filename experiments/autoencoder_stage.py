@@ -116,10 +116,10 @@ def _read_cached(path: Path) -> dict:
 
 
 def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progress: bool = True,
-                       experiment_id: str | None = None):
+                       record: bool = True):
     """The trained autoencoder for this config, from the cache or trained now. Returns (model, info);
     info holds the cache key, the file, whether the cache was hit, the reconstruction metrics and the
-    MLflow run that records them (when an experiment is given, or in experiment 'wg2 autoencoders')."""
+    MLflow run in experiment 'wg2 autoencoders' that records them (None when not `record`)."""
     key = autoencoder_key(config, dataset.corpus_hash)
     path = Path(config.data.cache_dir) / "autoencoders" / key / "autoencoder.pt"
     model = AUTOENCODERS.build(config.autoencoder.kind, config.autoencoder)
@@ -140,16 +140,16 @@ def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progres
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = {k: v for k, v in info.items() if k not in ("path", "cache_hit")}
         atomic_save({"model": model.state_dict(), "info": kept}, path)
-    info["mlflow_run_id"] = record_run(config, info, experiment_id)
+    info["mlflow_run_id"] = record_run(config, info) if record else None
     return model, info
 
 
-def record_run(config: RunConfig, info: dict, experiment_id: str | None) -> str | None:
+def record_run(config: RunConfig, info: dict) -> str:
     """One MLflow run per (autoencoder key, experiment): found by tag, created once."""
     uri = tracking_uri()
     ensure_store(uri)
     client = mlflow.MlflowClient(uri)
-    exp = experiment_id or get_or_create_experiment("wg2 autoencoders")
+    exp = get_or_create_experiment("wg2 autoencoders")
     query = f"{tag_is(TAG_AUTOENCODER_KEY, info['key'])} and {tag_is(TAG_KIND, KIND_AUTOENCODER)}"
     found = client.search_runs([exp], query)
     if found:

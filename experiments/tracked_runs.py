@@ -151,7 +151,7 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / train_hash(config)
     run_id = None
     if getattr(args, "no_track", False):
-        result = training.train(config, out, device=args.device, resume=args.resume)
+        result = training.train(config, out, device=args.device, resume=args.resume, record_autoencoder=False)
     else:
         result, run_id = tracked_train(config, out, args.device, args.resume, args.config,
                                        args.experiment or TRAIN_EXPERIMENT)

@@ -36,6 +36,10 @@ CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside 
 RESUME_KEYS = ("config_hash", "step", "history", "model", "optimizer")  # what `train --resume` reads
 
 log = logging.getLogger(__name__)
+# Without a progress bar (stderr not a terminal), a status line at a log step once this many seconds have
+# passed since the last one, or every HEARTBEAT_LOGS log steps, whichever comes first (and at the last step).
+HEARTBEAT_SECONDS = 30.0
+HEARTBEAT_LOGS = 10
 
 
 @dataclass
@@ -128,10 +132,10 @@ def existing_checkpoint(config: RunConfig, ckpt_path: Path, resume: bool) -> dic
 
 def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool = False, progress: bool = True,
           on_log: Callable[[int, dict[str, float]], None] | None = None, dataset=None,
-          autoencoder_experiment: str | None = None,
+          record_autoencoder: bool = True,
           on_checkpoint: Callable[[Path, int], None] | None = None) -> TrainResult:
-    """Train one model (see the module docstring); `autoencoder_experiment` is the MLflow experiment that
-    records the stage-one autoencoder run of a latent-space model (default: 'wg2 autoencoders').
+    """Train one model (see the module docstring). A latent-space model's stage-one autoencoder is recorded as
+    an MLflow run in experiment 'wg2 autoencoders' unless `record_autoencoder` is false (`--no-track`).
     `on_checkpoint(path, step)` is called after each checkpoint is saved (tracked runs upload it)."""
     from experiments.corpus import load_dataset
 
@@ -154,7 +158,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     space = SPACES.build(config.model.space, config.autoencoder)
     if space.uses_autoencoder:
         autoencoder, ae_info = ensure_autoencoder(config, dataset, device, progress=progress,
-                                                  experiment_id=autoencoder_experiment)
+                                                  record=record_autoencoder)
     signals = space.encode_each([u.audio for u in dataset.train], autoencoder)
     probe_signals = space.encode_each([u.audio for u in probe], autoencoder)
     hop_signal = hop // space.hop_divisor
@@ -214,7 +218,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress_enabled(progress),
                dynamic_ncols=True)
     started, steps_done, throughput = time.perf_counter(), 0, {}
-    lines = LogLines(progress)  # without a bar: a status line every 30 s or 10 log steps, and at the last
+    lines = LogLines(progress, HEARTBEAT_SECONDS, HEARTBEAT_LOGS)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     while step < t.steps:

@@ -25,7 +25,8 @@ def latent_config(data_config, tmp_path, monkeypatch) -> RunConfig:
         eval=EvalConfig(schedules=["manual-6"], limit=2, audio_artifacts=1, metric_workers=1))
 
 
-def test_latent_cell_trains_synthesizes_and_is_scored_and_the_autoencoder_cache_is_hit(latent_config, tmp_path):
+def test_latent_cell_trains_synthesizes_and_is_scored_and_the_autoencoder_cache_is_hit(latent_config, tmp_path,
+                                                                                          monkeypatch):
     first = train(latent_config, tmp_path / "a", device="cpu", progress=False)
     assert first.autoencoder_run["cache_hit"] is False
     recon = first.autoencoder_run["recon"]
@@ -37,6 +38,10 @@ def test_latent_cell_trains_synthesizes_and_is_scored_and_the_autoencoder_cache_
     assert second.autoencoder_run["cache_hit"] is True, "the second cell finds stage one by hash"
     assert second.autoencoder_run["key"] == first.autoencoder_run["key"]
     assert second.autoencoder_run["mlflow_run_id"] == first.autoencoder_run["mlflow_run_id"]
+    # `wg2 train --no-track` writes nothing to MLflow, stage one included
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/untracked.db")
+    third = train(second_config, tmp_path / "c", device="cpu", progress=False, record_autoencoder=False)
+    assert third.autoencoder_run["mlflow_run_id"] is None and not (tmp_path / "untracked.db").exists()
 
     loaded = load_checkpoint(first.checkpoint, "cpu")
     assert loaded.autoencoder is not None and loaded.model.signal_channels == 4
