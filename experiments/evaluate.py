@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import platform
 import time
@@ -41,6 +42,8 @@ from experiments.precision import precision_name, resolve_precision
 from experiments.runtime import peak_memory_mb
 from experiments.schedule_files import resolve_schedule, schedule_label
 from experiments.synth import LoadedModel, conditioning_items, synthesize, write_wav
+
+log = logging.getLogger(__name__)
 
 
 # Metrics of the free-running pass (predicted durations): output and reference lengths differ.
@@ -103,6 +106,8 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
     jobs, speed, outputs = [], {}, {}
     for name in config.schedules:
         betas, label = resolve_schedule(name), schedule_label(name)
+        started = time.perf_counter()
+        log.info("eval %s: synthesizing %d utterance(s), ground-truth durations then free-running", label, len(ids))
         # scored and headline-timed at batch 1; eval.batch_size > 1 is timed beside it (see the module docstring)
         aligned, seconds, memory = timed_synthesis(loaded, ids, betas, true_durations, config.seed, 1,
                                                    config.precision, config.compile)
@@ -120,6 +125,8 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
                         "peak_memory_mb_by_batch": memory_by_batch, "compiled": config.compile, "steps": len(betas),
                         "start_snr_db": start_snr_db(betas, loaded.signal.get("std"))}
         outputs[label] = (aligned, free)
+        log.info("eval %s: synthesized in %.0f s (RTF %.2f at batch 1)", label, time.perf_counter() - started,
+                 seconds / audio_seconds)
         for u, a, f in zip(utterances, aligned, free):
             jobs.append(ScoreJob(u.id, u.audio, a.audio, sr, aligned=True, tag=label))
             jobs.append(ScoreJob(u.id, u.audio, f.audio, sr, aligned=False, tag=label))
