@@ -16,7 +16,7 @@ wg2.kind=eval; wg2.model_run_id when the model was given as a run ID, wg2.checkp
 model's config with the eval settings used), the corpus as a dataset input (context "evaluation"), every
 metric, the output folder as artifacts, system metrics.
 
-The same run machinery serves grid cells: `run_training` (experiments/grid.py calls it for each cell).
+The same run machinery serves grid cells: `run_training` (experiments/grid_cell.py calls it for each cell).
 """
 from __future__ import annotations
 

@@ -262,12 +262,12 @@ def test_parent_whose_artifact_upload_fails_ends_failed_with_the_reason(tiny_gri
 
 def test_interrupted_grid_ends_cell_and_parent_killed(tiny_grid: Path, monkeypatch):
     from evaluation.runs import TAG_END_REASON
-    from experiments import grid
+    from experiments import grid, grid_cell
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(grid, "_execute", interrupt)
+    monkeypatch.setattr(grid_cell, "_execute", interrupt)
     with pytest.raises(KeyboardInterrupt):
         grid.run_grid(tiny_grid, device="cpu", progress=False)
     (cell,) = _runs_by_kind("cell")
@@ -278,12 +278,12 @@ def test_interrupted_grid_ends_cell_and_parent_killed(tiny_grid: Path, monkeypat
 
 
 def test_compare_names_how_and_why_unfinished_cells_and_the_parent_ended(tiny_grid: Path, monkeypatch, capsys):
-    from experiments import grid
+    from experiments import grid, grid_cell
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(grid, "_execute", interrupt)
+    monkeypatch.setattr(grid_cell, "_execute", interrupt)
     with pytest.raises(KeyboardInterrupt):
         grid.run_grid(tiny_grid, device="cpu", progress=False)
     assert main(["compare", str(tiny_grid), "--out", "report"]) == 0

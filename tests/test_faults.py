@@ -381,7 +381,7 @@ def test_grid_reading_a_truncated_checkpoint_for_its_autoencoder_run_names_the_f
     from types import SimpleNamespace
 
     from experiments.config import InputError
-    from experiments.grid import _autoencoder_run
+    from experiments.grid_cell import _autoencoder_run
 
     bad = _truncated(trained[1], tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(InputError) as caught:
