@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -96,10 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 8 or len(seeds) < 2:
         parser.error("--steps must be at least 8 and --seeds must list at least 2 seeds (a spread needs two)")
     threads = set_threads()
+    out = Path(args.out)
+    (out / "per_run").mkdir(parents=True, exist_ok=True)  # each finished run is kept: a rerun skips it
     runs: dict[str, dict[int, dict]] = {p: {} for p in PRECISIONS}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for precision in PRECISIONS:  # interleaved, so a change in the machine's load hits both alike
+                kept = out / "per_run" / f"{precision}-{seed}-{args.steps}.json"
+                if kept.exists():
+                    runs[precision][seed] = json.loads(kept.read_text())
+                    continue
                 config = load_config(args.config, [*args.overrides, f"train.steps={args.steps}",
                                                    f"train.seed={seed}", f"train.precision={precision}",
                                                    f"train.checkpoint_every={args.steps}"])
@@ -107,16 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                 result = train(config, Path(tmp) / f"{precision}-{seed}", device="cpu", progress=False)
                 runs[precision][seed] = {"history": result.history, "wall_s": time.perf_counter() - started,
                                          "gain": last_gain(result.history)}
+                kept.write_text(json.dumps(runs[precision][seed]))
                 if not args.quiet:
                     print(f"{precision} seed {seed}: level {level(result.history):.4f}, "
                           f"{runs[precision][seed]['wall_s']:.0f} s, gain {runs[precision][seed]['gain']}",
                           file=sys.stderr, flush=True)
     verdict = compare(runs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = Path(args.config).stem
     doc = {"config": args.config, "overrides": args.overrides, "steps": args.steps, "seeds": seeds,
-           "machine": machine_name("cpu"), "torch_threads": threads, **verdict, "runs": runs}
+           "machine": machine_name(torch.device("cpu")), "torch_threads": threads, **verdict, "runs": runs}
     (out / "precision_curves.json").write_text(json.dumps(doc, indent=2, default=str))
     plot(runs, out / "precision_curves.png", f"{name}: fp32 vs bf16 training loss, {args.steps} steps")
     lines = [f"# bf16 against fp32 training: {name}, {args.steps} steps, seeds {args.seeds} ({doc['machine']}, "
