@@ -11,7 +11,7 @@ from evaluation.metrics import Missing, figure_info
 from evaluation.runs import TAG_END_REASON, TAG_ERROR
 from evaluation.stats import WELCH
 
-NOT_SCHEDULES = {"train", "recon"}  # metric-key prefixes that are not inference schedules
+NOT_SCHEDULES = {"train", "recon", "system"}  # metric-key prefixes that are not inference schedules
 DERIVED = ("_ci_low", "_ci_high", "_n_missing")  # per-run companions of a metric, not metrics of their own
 
 
