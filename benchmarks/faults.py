@@ -313,6 +313,10 @@ def _grid_state(uri: str, name: str) -> dict:
     return {"cells": cells, "parents": parents}
 
 
+def _finished_count(uri: str) -> int:
+    return sum(any(r["status"] == "FINISHED" for r in rs) for rs in _grid_state(uri, "quickstart")["cells"].values())
+
+
 def part_kill(tmp: Path, kills: int, seed: int, quick: bool, workers: int = 2) -> dict:
     rng = random.Random(seed)
     env = wg2_env(tmp)
@@ -339,10 +343,21 @@ def part_kill(tmp: Path, kills: int, seed: int, quick: bool, workers: int = 2) -
             stderr = open(logs / f"run{len(events)}.err", "w")
             proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
                                     start_new_session=True)
-        delay = rng.uniform(low, high)
+        # Every fifth kill waits for the next cell to finish and strikes just after it (0-10 s later: while the
+        # result is being recorded or the next cell starts), so that finished cells exist to be lost; the
+        # others strike at a random time, mostly mid-cell.
+        after_finish = k % 5 == 4
+        before = _finished_count(uri) if after_finish else 0
+        started_wait = time.time()
+        while after_finish and proc.poll() is None and _finished_count(uri) <= before \
+                and time.time() - started_wait < 1800:
+            time.sleep(2.0)
+        delay = rng.uniform(0.0, 10.0) if after_finish else rng.uniform(low, high)
         deadline = time.time() + delay
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.25)
+        if after_finish:
+            delay = time.time() - started_wait  # the whole wait, for the log
         if proc.poll() is not None:
             events.append({"kill": None, "exited": proc.returncode, "after_s": round(delay, 1)})
             if sum(e["kill"] is None and e["exited"] for e in events[-3:]) == 3:
@@ -365,10 +380,11 @@ def part_kill(tmp: Path, kills: int, seed: int, quick: bool, workers: int = 2) -
             for r in rs:
                 if r["status"] == "FINISHED":
                     seen_finished.setdefault(h, r["run_id"])
-        events.append({"kill": target, "after_s": round(delay, 1),
+        events.append({"kill": target, "after_s": round(delay, 1), "after_a_cell_finished": after_finish,
                        "finished_cells": sum(any(r["status"] == "FINISHED" for r in rs)
                                              for rs in state["cells"].values())})
-        log(f"kill {k}/{kills}: SIGKILL {target} after {delay:.0f} s; "
+        when = " (just after a cell finished)" if after_finish else ""
+        log(f"kill {k}/{kills}: SIGKILL {target} after {delay:.0f} s{when}; "
             f"{events[-1]['finished_cells']} cell(s) finished so far")
     if proc is not None and proc.poll() is None:
         _wait_group(proc, 3600 * 4)  # a killed worker: its command goes on; let it end
