@@ -74,7 +74,7 @@ def train_autoencoder(config: RunConfig, dataset, device: torch.device, progress
         if step % 25 == 0 or step == ae_cfg.steps - 1:
             history.append({"step": step, **{k: float(v) for k, v in parts.items()}})
             if lines.due(last=step == ae_cfg.steps - 1):
-                log.info("autoencoder step %d/%d: loss %.4f, %.2f steps/s", step + 1, ae_cfg.steps, float(loss),
+                log.info("autoencoder step %d/%d: loss %.4f, %.2f steps/s", step + 1, ae_cfg.steps, loss.item(),
                          (step + 1) / (time.perf_counter() - started))
     model.eval()
     with torch.no_grad():  # unit-variance latents, so diffusion noise levels mean what they mean on waveforms
