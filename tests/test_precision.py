@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,26 @@ def test_set_threads_respects_omp_num_threads(monkeypatch):
         assert set_threads() >= 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_precision_curves_verdict_compares_bf16_with_the_fp32_seed_spread():
+    """benchmarks/precision_curves.py's verdict, on made-up loss histories: bf16 runs that track their fp32 seed
+    pass; a bf16 that shifts every loss by more than the seeds differ (a broken autocast) fails."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "precision_curves.py"
+    spec = importlib.util.spec_from_file_location("precision_curves", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def runs(shift: float) -> dict:
+        curve = {seed: [1.0 + 0.05 * seed + 1.0 / (1 + step) for step in range(40)] for seed in (0, 1, 2)}
+        return {"fp32": {s: {"history": [{"loss": v} for v in c]} for s, c in curve.items()},
+                "bf16": {s: {"history": [{"loss": v + shift * (1 if s % 2 else -1) + 0.3 * abs(shift)} for v in c]}
+                         for s, c in curve.items()}}
+
+    good = module.compare(runs(0.004))
+    assert good["paired_within_spread"] and good["spread_width"] == pytest.approx(0.1)
+    assert module.level([{"loss": v} for v in (9.0, 9.0, 9.0, 1.0, 2.0, 3.0, 4.0, 5.0)]) == pytest.approx(4.5)
+    broken = module.compare(runs(0.2))
+    assert not broken["paired_within_spread"] and not broken["bf16_inside_spread"]
