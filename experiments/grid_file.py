@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config import (SECTIONS, ConfigError, EvalConfig, RunConfig, config_from_dict,
-                                config_hash, parse_override, read_toml, set_nested, train_hash, validate)
+from experiments.config import (SECTIONS, ConfigError, EvalConfig, RunConfig, config_from_dict, parse_override,
+                                read_toml, set_nested, validate)
+from experiments.config_identity import config_hash, train_hash
 
 GRID_KEYS = ("name", "description", "seeds", "base", "base_file", "axes", "exclude")
 SEED_KEYS = ("train.seed", "eval.seed")

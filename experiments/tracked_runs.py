@@ -31,7 +31,8 @@ from experiments import corpus, synth
 from experiments import evaluate as evaluation
 from experiments import claims, store_checkpoints, tracking
 from experiments import train as training
-from experiments.config import InputError, RunConfig, flatten, load_config, train_hash
+from experiments.config import InputError, RunConfig, flatten, load_config
+from experiments.config_identity import train_hash
 from experiments.precision import set_threads
 from experiments.workers import interrupt_reason
 from experiments.runtime import atomic_write_bytes, preflight_run_folder, resolve_device

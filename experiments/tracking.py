@@ -329,7 +329,8 @@ def retry(call: Callable[[], T], attempts: int = 5, delay: float = 0.5) -> T:
 def log_run_config(mlf, run_id: str, config, device: str) -> None:
     """Where and with what (run_tags) on every start; the config as params (flatten) and as config.toml
     once per run, so a resumed run keeps what it began with."""
-    from experiments.config import flatten, to_toml
+    from experiments.config import flatten
+    from experiments.config_identity import to_toml
 
     retry(lambda: log_tags(mlf, run_id, run_tags(device)))
     if not retry(lambda: mlf.get_run(run_id)).data.params:

@@ -24,7 +24,8 @@ from evaluation.conditioning import ConditioningItem, conditioning_gain
 from evaluation.progress import LogLines, progress_enabled
 from experiments.autoencoder_stage import ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
-from experiments.config import ConfigError, InputError, RunConfig, config_from_dict, config_hash, to_dict, train_hash
+from experiments.config import ConfigError, InputError, RunConfig, config_from_dict, to_dict
+from experiments.config_identity import config_hash, train_hash
 from experiments.mel_targets import N_MELS, normalized_targets
 from experiments.runtime import (atomic_save, peak_memory_mb, preflight_run_folder, read_checkpoint, resolve_device,
                                  weights_error)

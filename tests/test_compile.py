@@ -8,7 +8,8 @@ import torch
 from conftest import tiny_model
 from components.schedules import resolve_schedule_name
 from experiments import precision
-from experiments.config import EvalConfig, InputError, RunConfig, TrainConfig, config_hash, flatten, load_config
+from experiments.config import EvalConfig, InputError, RunConfig, TrainConfig, flatten, load_config
+from experiments.config_identity import config_hash
 from experiments.synth import load_checkpoint, synthesize
 from experiments.train import train
 

@@ -191,7 +191,7 @@ def tiny_grid(corpus_dir: Path, tmp_path: Path, monkeypatch) -> Path:
     """A one-cell grid of the tiny model on the session corpus, with its own MLflow SQLite store and runs folder."""
     import json
 
-    from experiments.config import _toml_value
+    from experiments.config_identity import _toml_value
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -15,7 +15,8 @@ import torch
 
 from conftest import tiny_tables
 from experiments.cli import main
-from experiments.config import ConfigError, _toml_value
+from experiments.config import ConfigError
+from experiments.config_identity import _toml_value
 from experiments.grid import run_grid
 from experiments.grid_file import load_grid
 

@@ -72,7 +72,8 @@ def test_shipped_configs_pass_the_numeric_checks():
 
 
 def test_a_retired_key_is_read_and_dropped(tmp_path: Path):
-    from experiments.config import config_hash, load_config
+    from experiments.config import load_config
+    from experiments.config_identity import config_hash
 
     old = tmp_path / "old.toml"  # a config (or checkpoint) from when train.num_workers existed
     old.write_text("[train]\nsteps = 7\nnum_workers = 2\n")

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from conftest import tiny_tables
 from evaluation.compare import compare
-from experiments.config import _toml_value
+from experiments.config_identity import _toml_value
 from experiments.grid import run_grid
 
 REPO = Path(__file__).resolve().parents[1]

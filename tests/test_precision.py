@@ -12,8 +12,8 @@ import torch
 
 from conftest import tiny_model
 from components.schedules import resolve_schedule_name
-from experiments.config import (ConfigError, EvalConfig, RunConfig, TrainConfig, config_from_dict, config_hash,
-                                flatten, load_config, to_dict, validate)
+from experiments.config import ConfigError, EvalConfig, RunConfig, TrainConfig, config_from_dict, flatten, load_config, to_dict, validate
+from experiments.config_identity import config_hash
 from experiments.precision import (CPU_BF16_FLAGS, cpu_flags, precision_name, resolve_precision, set_threads)
 from experiments.synth import load_checkpoint, synthesize
 from experiments.train import train

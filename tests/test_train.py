@@ -34,7 +34,7 @@ def test_resume_reaches_the_same_loss_as_an_uninterrupted_run(data_config, tmp_p
     first = train(replace(config, train__steps=3), tmp_path / "cut", device="cpu", progress=False)
     state = torch.load(first.checkpoint, weights_only=True)
     state["config"]["train"]["steps"] = config.train.steps  # the same run, cut short
-    from experiments.config import config_hash
+    from experiments.config_identity import config_hash
     state["config_hash"] = config_hash(config)
     torch.save(state, first.checkpoint)
     resumed = train(config, tmp_path / "cut", device="cpu", resume=True, progress=False)
