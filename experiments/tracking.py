@@ -364,7 +364,16 @@ def log_corpus_input(mlf, run_id: str, root: str, corpus_hash: str, context: str
     entity = DatasetEntity(described["name"], described["digest"], described["source_type"], described["source"],
                            schema=described.get("schema"),
                            profile=json.dumps({"corpus_hash": corpus_hash, **(profile or {})}))
-    retry(lambda: mlf.log_inputs(run_id, datasets=[DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]))
+    inputs = [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    try:
+        retry(lambda: mlf.log_inputs(run_id, datasets=inputs))
+    except Exception as err:
+        text = str(err).lower()
+        if "unique constraint" not in text or "dataset" not in text:
+            raise
+        # Two cells of a new experiment started together: both saw no dataset row and both inserted it; the
+        # other's insert won (seen with `wg2 grid --workers 2` on a fresh store). The row exists now: link it.
+        retry(lambda: mlf.log_inputs(run_id, datasets=inputs))
     retry(lambda: mlf.set_tag(run_id, TAG_CORPUS_HASH, corpus_hash))
 
 

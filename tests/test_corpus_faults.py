@@ -349,3 +349,45 @@ def test_commands_opening_one_new_sqlite_store_together_all_succeed(tmp_path: Pa
         start = time.time() + 8  # after the spawned interpreters have imported mlflow
         results = pool.starmap(_open_store, [(uri, start)] * 3)
     assert results == ["ok"] * 3, results
+
+
+
+def test_two_cells_recording_one_corpus_at_once_both_get_it_as_their_input(tmp_path: Path):
+    """Two cells of a new experiment log the corpus at the same moment: both see no dataset row, one insert
+    wins and the other hits MLflow's UNIQUE constraint (seen with `wg2 grid --workers 2` on a fresh store: a
+    cell failed). Here the race is replayed in order: the other cell's insert lands between this one's
+    lookup and insert. The loser links the row that exists; the plain call (the code before) fails."""
+    from mlflow.exceptions import MlflowException
+
+    from experiments import tracking
+
+    uri = tracking.ensure_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracking.get_or_create_experiment("race", uri=uri)
+    mlf = tracking.client(uri)
+    real, corpus = mlf.log_inputs, str(tmp_path / "harvard")
+
+    def race(winner: str, loser: str):
+        state = {"raced": False}
+
+        def log_inputs(run_id, datasets=None, **kwargs):
+            if run_id == loser and not state["raced"]:  # the winner's insert lands first; this one collides
+                state["raced"] = True
+                mlf.log_inputs = real
+                tracking.log_corpus_input(mlf, winner, corpus, "ab" * 32)
+                mlf.log_inputs = log_inputs
+                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                      "datasets.name, datasets.digest")
+            return real(run_id, datasets=datasets, **kwargs)
+        return log_inputs
+
+    winner, loser = (mlf.create_run(exp).info.run_id for _ in range(2))
+    mlf.log_inputs = race(winner, loser)
+    tracking.log_corpus_input(mlf, loser, corpus, "ab" * 32)
+    for run_id in (winner, loser):
+        (given,) = mlf.get_run(run_id).inputs.dataset_inputs
+        assert given.dataset.digest == ("ab" * 32)[:36]
+
+    winner, loser = (mlf.create_run(exp).info.run_id for _ in range(2))
+    mlf.log_inputs = race(winner, loser)
+    with pytest.raises(MlflowException, match="UNIQUE"):  # the plain call, as before: the collision fails the cell
+        mlf.log_inputs(loser, datasets=[])
