@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation import runs
-from experiments import claims, tracking
+from experiments import claims, run_records, tracking
 from experiments.config import InputError
 from experiments.grid_cell import CellOutcome, RunContext, check_windows, end_quietly, run_cell, runs_dir
 from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
@@ -63,7 +63,7 @@ def _parent_run(mlf, experiment_id: str, grid: Grid, device: str) -> str:
     tags = {runs.TAG_KIND: runs.KIND_GRID, runs.TAG_GRID_NAME: grid.name, runs.TAG_DESCRIPTION: grid.description,
             "mlflow.note.content": grid.description, runs.TAG_AXES: json.dumps([a.name for a in grid.axes]),
             runs.TAG_SEEDS: json.dumps(list(grid.seeds)), runs.TAG_GRID_FILE: str(grid.path),
-            runs.TAG_GIT_COMMIT: tracking.git_commit(), runs.TAG_MACHINE: tracking.machine(device)}
+            runs.TAG_GIT_COMMIT: run_records.git_commit(), runs.TAG_MACHINE: run_records.machine(device)}
     query = runs.tag_is(runs.TAG_KIND, runs.KIND_GRID)
     found = tracking.retry(lambda: runs.search_all_runs(mlf, [experiment_id], query))
     if not found:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import runs
-from experiments import claims, tracking
+from experiments import claims, run_records, tracking
 from experiments.config import ConfigError, RunConfig
 from experiments.grid_file import Cell, Grid
 from experiments.workers import interrupt_reason
@@ -163,7 +163,7 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
     if state in ("finished", "busy"):
         return CellOutcome(cell.label, cell.cell_hash, "skipped" if state == "finished" else "busy", run_id)
     try:
-        with claims.Heartbeat(ctx.uri, run_id), tracking.system_metrics(ctx.uri, run_id):
+        with claims.Heartbeat(ctx.uri, run_id), run_records.system_metrics(ctx.uri, run_id):
             _execute(cell, ctx, mlf, run_id)
     except KeyboardInterrupt as err:
         end_quietly(mlf, run_id, "KILLED", interrupt_reason(err))

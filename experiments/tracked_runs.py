@@ -29,7 +29,7 @@ from pathlib import Path
 from evaluation import runs
 from experiments import corpus, synth
 from experiments import evaluate as evaluation
-from experiments import claims, store_checkpoints, tracking
+from experiments import claims, run_records, store_checkpoints, tracking
 from experiments import train as training
 from experiments.config import InputError, RunConfig, flatten, load_config
 from experiments.config_identity import train_hash
@@ -51,8 +51,8 @@ def run_training(mlf, run_id: str, config: RunConfig, out: Path, device: str, da
     """Train `config` in folder `out` as MLflow run `run_id`: set-up logged (tags, params and config.toml of
     `logged_config`, default `config`; the corpus input), the store's checkpoint fetched when it is ahead of
     the local one, curves logged while training, each checkpoint uploaded, throughput at the end."""
-    tracking.log_run_config(mlf, run_id, logged_config or config, str(resolve_device(device)))
-    tracking.log_corpus_input(mlf, run_id, config.data.root, dataset.corpus_hash, "training",
+    run_records.log_run_config(mlf, run_id, logged_config or config, str(resolve_device(device)))
+    run_records.log_corpus_input(mlf, run_id, config.data.root, dataset.corpus_hash, "training",
                               {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)})
     store_checkpoints.fetch_checkpoint(mlf, run_id, Path(out) / training.CHECKPOINT)
     curves = tracking.CurveLogger(mlf, run_id, tracking.logged_steps(mlf, run_id))
@@ -135,7 +135,7 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
     atomic_write_bytes(out / MARKER, json.dumps({"run_id": run_id, "key": key, "tracking_uri": uri}).encode())
     try:
         dataset = corpus.load_dataset(config.data, progress=progress)
-        with claims.Heartbeat(uri, run_id), tracking.system_metrics(uri, run_id):
+        with claims.Heartbeat(uri, run_id), run_records.system_metrics(uri, run_id):
             result = run_training(mlf, run_id, config, out, device, dataset, resume=resume, progress=progress)
     except KeyboardInterrupt as err:
         _end(mlf, run_id, "KILLED", interrupt_reason(err))
@@ -175,17 +175,17 @@ def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment
     device = str(loaded.device)
     tags = {runs.TAG_KIND: runs.KIND_EVAL, runs.TAG_CHECKPOINT: str(loaded.path),
             runs.TAG_MODEL_RUN_ID: model_run_id or "", runs.TAG_TRAIN_HASH: train_hash(loaded.config),
-            **tracking.run_tags(device)}
+            **run_records.run_tags(device)}
     name = f"eval: {model_run_id[:8] if model_run_id else loaded.path.parent.name} step {loaded.step}"
     run_id = tracking.retry(lambda: mlf.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
     log.info("MLflow run %s (experiment %r) in %s", run_id, experiment, uri)
     try:
-        with tracking.system_metrics(uri, run_id):
+        with run_records.system_metrics(uri, run_id):
             dataset = corpus.load_dataset(loaded.config.data, progress=progress)
             params = {**flatten(dataclasses.replace(loaded.config, eval=config)), "checkpoint": str(loaded.path),
                       "checkpoint_step": loaded.step, "model_run_id": model_run_id or ""}
             tracking.retry(lambda: tracking.log_params(mlf, run_id, params))
-            tracking.log_corpus_input(mlf, run_id, loaded.config.data.root, dataset.corpus_hash, "evaluation")
+            run_records.log_corpus_input(mlf, run_id, loaded.config.data.root, dataset.corpus_hash, "evaluation")
             result = evaluation.evaluate(loaded, config, out, dataset=dataset, progress=progress)
             tracking.retry(lambda: tracking.log_metrics(mlf, run_id, result.metrics, step=loaded.step))
             tracking.retry(lambda: mlf.log_artifacts(run_id, str(out)))

@@ -359,7 +359,7 @@ def test_two_cells_recording_one_corpus_at_once_both_get_it_as_their_input(tmp_p
     lookup and insert. The loser links the row that exists; the plain call (the code before) fails."""
     from mlflow.exceptions import MlflowException
 
-    from experiments import tracking
+    from experiments import run_records, tracking
 
     uri = tracking.ensure_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = tracking.get_or_create_experiment("race", uri=uri)
@@ -373,7 +373,7 @@ def test_two_cells_recording_one_corpus_at_once_both_get_it_as_their_input(tmp_p
             if run_id == loser and not state["raced"]:  # the winner's insert lands first; this one collides
                 state["raced"] = True
                 mlf.log_inputs = real
-                tracking.log_corpus_input(mlf, winner, corpus, "ab" * 32)
+                run_records.log_corpus_input(mlf, winner, corpus, "ab" * 32)
                 mlf.log_inputs = log_inputs
                 raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
                                       "datasets.name, datasets.digest")
@@ -382,7 +382,7 @@ def test_two_cells_recording_one_corpus_at_once_both_get_it_as_their_input(tmp_p
 
     winner, loser = (mlf.create_run(exp).info.run_id for _ in range(2))
     mlf.log_inputs = race(winner, loser)
-    tracking.log_corpus_input(mlf, loser, corpus, "ab" * 32)
+    run_records.log_corpus_input(mlf, loser, corpus, "ab" * 32)
     for run_id in (winner, loser):
         (given,) = mlf.get_run(run_id).inputs.dataset_inputs
         assert given.dataset.digest == ("ab" * 32)[:36]

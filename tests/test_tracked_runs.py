@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 import experiments.search.spec
 import experiments.synth
 import experiments.train
-from experiments import store_checkpoints, tracking
+from experiments import run_records, store_checkpoints
 from experiments.cli import main
 from experiments.config import DataConfig
 from experiments.corpus import load_dataset
@@ -76,7 +76,7 @@ def tracked(corpus_dir: Path, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(home)
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setattr(tracking, "SYSTEM_METRICS_SECONDS", 0.2)  # samples even in a run this short
+        patch.setattr(run_records, "SYSTEM_METRICS_SECONDS", 0.2)  # samples even in a run this short
         assert main(["train", str(config), "--device", "cpu", "--out", str(home / "A")]) == 0
         mlf = MlflowClient(uri)
         yield {"home": home, "uri": uri, "config": config, "mlf": mlf, "run": only_run(mlf, "wg2 train")}

@@ -20,7 +20,7 @@ from evaluation.runs import (KIND_SEARCH, KIND_TRIAL, TAG_BASELINE, TAG_ERROR, T
                              TAG_MODEL, TAG_MODEL_CONFIG_HASH, TAG_MODEL_RUN_ID, TAG_MODEL_SHA256, TAG_OBJECTIVES,
                              TAG_OWNER, TAG_PRUNE_REASON, TAG_SAMPLER, TAG_STATE, TAG_STORAGE, TAG_STUDY,
                              TAG_STUDY_KEY, TAG_TRIAL_NUMBER, TAG_TRIALS_REQUESTED, search_all_runs, tag_is)
-from experiments import claims, tracking
+from experiments import claims, run_records, tracking
 from experiments.search.evaluator import ModelInfo
 from experiments.search.spec import SearchSpec, redact
 from experiments.search.trial import BASELINE, OWNER, fail_reason
@@ -50,7 +50,7 @@ def open_parent_run(spec: SearchSpec, model: ModelInfo, utterance_ids: list[str]
             TAG_MODEL: model.checkpoint, TAG_MODEL_SHA256: model.sha256, TAG_MODEL_CONFIG_HASH: model.config_hash,
             TAG_MODEL_RUN_ID: model.mlflow_run_id or "", TAG_OBJECTIVES: json.dumps(list(spec.objectives)),
             TAG_SAMPLER: spec.sampler, TAG_TRIALS_REQUESTED: str(spec.trials),
-            TAG_GIT_COMMIT: tracking.git_commit(), TAG_MACHINE: tracking.machine(spec.device)}
+            TAG_GIT_COMMIT: run_records.git_commit(), TAG_MACHINE: run_records.machine(spec.device)}
     query = f"{tag_is(TAG_STUDY_KEY, key)} and {tag_is(TAG_KIND, KIND_SEARCH)}"
     runs = tracking.retry(lambda: search_all_runs(mlf, [experiment_id], query))
     if not runs:
