@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
 from evaluation.stats import paired_difference
 from experiments.evaluate import evaluate, machine_name
 from experiments.precision import set_threads
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate(loaded, config, Path(tmp) / precision, progress=False)
             runs[precision] = per_utterance(Path(tmp) / precision)
             speed[precision] = {s: v["rtf"] for s, v in result.summary["speed"].items()}
-            gain = result.summary["conditioning_gain"]
+            gain = {k: result.summary[k] for k in (GAIN_KEY, PHONEME_GAIN_KEY, "reads_text")}
     rows = []
     for schedule in args.schedules.split(","):
         for metric in METRICS:
@@ -71,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"checkpoint": str(args.checkpoint), "machine": machine_name(loaded.device), "limit": args.limit,
-           "conditioning_gain": gain, "rows": rows}
+           "gains": gain, "rows": rows}
     (out / "bf16_quality.json").write_text(json.dumps(doc, indent=2, default=str))
     lines = [f"# bf16 sampling against fp32 on one checkpoint ({doc['machine']})", "",
              f"Checkpoint `{args.checkpoint}`; up to {args.limit} val utterances (pairs: what the split holds), "
              "ground-truth durations, same noise seeds. "
-             f"Conditioning gain {gain['mean']:.3f} [{gain['ci_low']:.3f}, {gain['ci_high']:.3f}] "
+             f"Envelope gain {gain[GAIN_KEY]['mean']:.3f}, phoneme gain {gain[PHONEME_GAIN_KEY]['mean']:.3f} "
+             f"[{gain[PHONEME_GAIN_KEY]['ci_low']:.3f}, {gain[PHONEME_GAIN_KEY]['ci_high']:.3f}] "
              f"({'reads its text' if gain['reads_text'] else 'DOES NOT READ ITS TEXT'}).", "",
              "| schedule | metric | bf16 − fp32 | 95% interval | Wilcoxon p | pairs | target | RTF fp32 | RTF bf16 |",
              "|---|---|---|---|---|---|---|---|---|"]

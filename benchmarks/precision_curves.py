@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.metrics import PHONEME_GAIN_KEY
 from experiments.config import load_config
 from experiments.evaluate import machine_name
 from experiments.precision import set_threads
@@ -48,7 +49,7 @@ def smooth(values: list[float], width: int) -> np.ndarray:
 
 
 def last_gain(history: list[dict]) -> float | None:
-    gains = [h["conditioning_gain"] for h in history if "conditioning_gain" in h]
+    gains = [h[PHONEME_GAIN_KEY] for h in history if PHONEME_GAIN_KEY in h]
     return gains[-1] if gains else None
 
 

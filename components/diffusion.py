@@ -11,6 +11,26 @@ from components.schedules import check_betas
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# The noise-prediction losses: WaveGrad's L1 (the paper's) and DDPM's L2. Every list of loss kinds reads this one.
+LOSS_KINDS = ("l1", "l2")
+
+
+def add_noise(signal: torch.Tensor, noise: torch.Tensor, level: torch.Tensor | float) -> torch.Tensor:
+    """WaveGrad's noising at continuous level a = sqrt(alpha_bar): a * signal + sqrt(1 - a^2) * noise.
+    signal, noise: (B, C, T); level: (B,) or a float."""
+    if isinstance(level, torch.Tensor):
+        level = level.reshape(-1, *([1] * (signal.dim() - 1)))  # (B, 1, 1)
+        return level * signal + torch.sqrt(1 - level**2) * noise
+    return level * signal + (1 - level**2) ** 0.5 * noise
+
+
+def noise_error(predicted: torch.Tensor, noise: torch.Tensor, kind: str) -> torch.Tensor:
+    """Elementwise error of a noise estimate: |e| (l1) or e^2 (l2), in float32. (B, C, T)"""
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"noise loss {kind!r}; allowed: {', '.join(LOSS_KINDS)}")
+    err = predicted.float() - noise
+    return err.abs() if kind == "l1" else err**2
+
 
 def gaussian(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
     """N(0, I) drawn on the generator's device (seeded runs repeat exactly), then moved to `device`."""
@@ -28,8 +48,8 @@ class Diffusion:
         betas = check_betas(train_betas, "training schedule")
         # levels[s] = sqrt(alpha_bar) after s steps; levels[0] = 1 (clean signal)
         self.levels = np.concatenate([[1.0], np.sqrt(np.cumprod(1.0 - betas))])
-        if loss not in ("l1", "l2"):
-            raise ValueError(f"noise loss {loss!r}; allowed: l1, l2")
+        if loss not in LOSS_KINDS:
+            raise ValueError(f"noise loss {loss!r}; allowed: {', '.join(LOSS_KINDS)}")
         self.loss_kind = loss
 
     def sample_noise_level(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -47,10 +67,7 @@ class Diffusion:
         """Noise-prediction loss. clean: (B, C, T); mask: (B, 1, T) with 1 where the signal is real."""
         level = self.sample_noise_level(clean.shape[0], generator).to(clean.device)  # (B,)
         noise = gaussian(clean.shape, generator, clean.device)
-        a = level[:, None, None]
-        noisy = a * clean + torch.sqrt(1 - a**2) * noise
-        err = predict(noisy, level).float() - noise
-        err = err.abs() if self.loss_kind == "l1" else err**2
+        err = noise_error(predict(add_noise(clean, noise, level), level), noise, self.loss_kind)
         if mask is None:
             value = err.mean()
         else:
@@ -81,8 +98,7 @@ class Diffusion:
         feeding that back step after step is what diverged latent R=8 at refinement step 38 of 50.
         A non-finite noise estimate or sample raises NonFiniteError naming the refinement step."""
         betas = check_betas(betas, "inference schedule")
-        alphas = 1.0 - betas
-        alpha_bar = np.cumprod(alphas)
+        alpha_bar = np.cumprod(1.0 - betas)
         x = gaussian(shape, generator, device)
         steps = len(betas)
         for n in reversed(range(steps)):
@@ -90,16 +106,24 @@ class Diffusion:
             eps = predict(x, level).float()
             if not torch.isfinite(eps).all():  # clipping would hide it
                 raise NonFiniteError(f"non-finite noise estimate at refinement step {steps - n} of {steps}")
-            x0_hat = (x - np.sqrt(1 - alpha_bar[n]) * eps) / np.sqrt(alpha_bar[n])
-            if clip is not None:
-                x0_hat = x0_hat.clamp(-clip, clip)
-            if n > 0:
-                coef_x0 = np.sqrt(alpha_bar[n - 1]) * betas[n] / (1 - alpha_bar[n])
-                coef_x = np.sqrt(alphas[n]) * (1 - alpha_bar[n - 1]) / (1 - alpha_bar[n])
-                sigma = np.sqrt((1 - alpha_bar[n - 1]) / (1 - alpha_bar[n]) * betas[n])
-                x = coef_x0 * x0_hat + coef_x * x + sigma * gaussian(shape, generator, device)
-            else:  # alpha_bar_{-1} = 1: the coefficients are exactly 1 and 0
-                x = x0_hat
+            x = Diffusion.step(x, eps, n, betas, clip, generator)
             if not torch.isfinite(x).all():
                 raise NonFiniteError(f"non-finite sample at refinement step {steps - n} of {steps}")
         return x
+
+    @staticmethod
+    def step(x: torch.Tensor, eps: torch.Tensor, n: int, betas: np.ndarray, clip: float | None = 1.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """One refinement step of `sample` (see its docstring): x_n and the noise estimate eps -> x_{n-1}.
+        n counts down from len(betas) - 1 to 0; at n = 0 it returns the clipped clean-signal estimate."""
+        alphas = 1.0 - betas
+        alpha_bar = np.cumprod(alphas)
+        x0_hat = (x - np.sqrt(1 - alpha_bar[n]) * eps) / np.sqrt(alpha_bar[n])
+        if clip is not None:
+            x0_hat = x0_hat.clamp(-clip, clip)
+        if n == 0:  # alpha_bar_{-1} = 1: the coefficients are exactly 1 and 0
+            return x0_hat
+        coef_x0 = np.sqrt(alpha_bar[n - 1]) * betas[n] / (1 - alpha_bar[n])
+        coef_x = np.sqrt(alphas[n]) * (1 - alpha_bar[n - 1]) / (1 - alpha_bar[n])
+        sigma = np.sqrt((1 - alpha_bar[n - 1]) / (1 - alpha_bar[n]) * betas[n])
+        return coef_x0 * x0_hat + coef_x * x + sigma * gaussian(tuple(x.shape), generator, x.device)

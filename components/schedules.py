@@ -78,20 +78,47 @@ def noise_levels(betas: np.ndarray) -> np.ndarray:
     return np.sqrt(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)))
 
 
-# How far below the training range an inference schedule may reach: the decoder meets noise levels
-# down to TRAINED_FLOOR_MARGIN x the training schedule's lowest level (a level it was never trained on
-# gets an embedding it has never seen; WaveGrad's linear-1000 stops at 0.081, cosine-50 starts at 0.0099).
-TRAINED_FLOOR_MARGIN = 0.5
+# How far outside the training range an inference schedule may reach, at each end: its noisiest level down to
+# TRAINED_RANGE_MARGIN x the training schedule's lowest level, and its cleanest level's noise (sqrt(1 - a^2)) down to
+# TRAINED_RANGE_MARGIN x the training schedule's smallest noise. A level the decoder was never trained near gets an
+# embedding it has never seen (WaveGrad's linear-1000 stops at level 0.081; cosine-50 starts at 0.0099; linear-50's
+# cleanest noise is 0.0045 against cosine-1000's 0.0064).
+TRAINED_RANGE_MARGIN = 0.5
+# Sampling starts from N(0, I): the schedule's first (noisiest) level must leave the diffusion signal at least this
+# far under the noise, or the start is not the distribution the sampler assumes (manual-6 ends at level 0.61, where a
+# unit-variance signal is only 2.2 dB under the noise).
+START_SNR_LIMIT_DB = -20.0
 
 
-def check_within_training(betas: np.ndarray, train_betas: np.ndarray, source: str) -> None:
-    """Refuse an inference schedule whose noisiest level lies far below the training schedule's range."""
-    lowest, trained = float(noise_levels(betas)[-1]), float(noise_levels(train_betas)[-1])
-    if lowest < TRAINED_FLOOR_MARGIN * trained:
+def start_snr_db(betas: np.ndarray, signal_std: float) -> float:
+    """SNR of the first refinement step's input, a^2 x signal variance / (1 - a^2), in dB (a: the noisiest level)."""
+    level = float(noise_levels(betas)[-1])
+    return float(10 * np.log10(level**2 * signal_std**2 / (1 - level**2)))
+
+
+def check_schedule(betas: np.ndarray, train_betas: np.ndarray, signal_std: float, source: str) -> None:
+    """Refuse an inference schedule that starts too close to the signal (START_SNR_LIMIT_DB for a signal of
+    `signal_std`) or whose levels leave the training schedule's range at either end (TRAINED_RANGE_MARGIN).
+    Raises ValueError naming `source`, the figure and the limit."""
+    snr = start_snr_db(betas, signal_std)
+    if snr > START_SNR_LIMIT_DB:
+        raise ValueError(f"{source}: starts sampling at SNR {snr:.1f} dB (signal std {signal_std:.3g}); the limit is "
+                         f"{START_SNR_LIMIT_DB:.0f} dB (the signal at least {-START_SNR_LIMIT_DB:.0f} dB under the "
+                         f"noise), since sampling starts from N(0, I); use a schedule that ends noisier (e.g. "
+                         f"linear-50) or a smaller model.signal_std")
+    levels, trained = noise_levels(betas), noise_levels(train_betas)
+    lowest, floor = float(levels[-1]), float(trained[-1])
+    if lowest < TRAINED_RANGE_MARGIN * floor:
         raise ValueError(f"{source}: starts sampling at noise level {lowest:.4g}, below the training schedule's "
-                         f"range (lowest level {trained:.4g}); train with a schedule that reaches it "
+                         f"range (lowest level {floor:.4g}); train with a schedule that reaches it "
                          f"(e.g. train.schedule = \"cosine-1000\") or pick a schedule ending at >= "
-                         f"{TRAINED_FLOOR_MARGIN * trained:.3g}")
+                         f"{TRAINED_RANGE_MARGIN * floor:.3g}")
+    cleanest, trained_noise = (float(np.sqrt(1 - float(x[0]) ** 2)) for x in (levels, trained))
+    if cleanest < TRAINED_RANGE_MARGIN * trained_noise:
+        raise ValueError(f"{source}: its last step has noise {cleanest:.3g} (level {float(levels[0]):.7f}), below the "
+                         f"training schedule's range (smallest noise {trained_noise:.3g}); pick a schedule whose first "
+                         f"beta is >= {(TRAINED_RANGE_MARGIN * trained_noise) ** 2:.3g} or train with a schedule "
+                         f"that starts cleaner")
 
 
 def subsample(betas: np.ndarray, steps: int) -> np.ndarray:
@@ -105,8 +132,9 @@ def subsample(betas: np.ndarray, steps: int) -> np.ndarray:
 
 
 def linear_named(n: int) -> np.ndarray:
-    """`linear-N`: the training ramp (1e-6 .. 0.01 over 1000 steps) spread over N steps with the
-    same sum of betas, so every linear-N ends near the training schedule's final noise level."""
+    """`linear-N`: the training ramp (1e-6 .. 0.01 over 1000 steps) spread over N steps with the same sum of betas,
+    each beta capped at BETA_MAX. The same sum does not mean the same final level: larger betas lose more, so
+    linear-50 ends at level 0.068 against linear-1000's 0.081, and linear-6 (its last betas capped at 0.9) at 0.0149."""
     scale = 1000 / n
     return np.minimum(linear(1e-6 * scale, 0.01 * scale, n), BETA_MAX)
 

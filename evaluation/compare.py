@@ -22,7 +22,8 @@ from tqdm import tqdm
 from evaluation.progress import progress_enabled
 
 from evaluation import report_plots as plots
-from evaluation.compare_report import GAIN_KEY, QUALITY, listen_section, render_markdown, results_csv, write_atomic
+from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
+from evaluation.compare_report import QUALITY, listen_section, render_markdown, results_csv, write_atomic
 from evaluation.compare_data import CellRow, Effect, Grid, RunRecord, Target, label_of, metric_key
 from evaluation.compare_effects import axis_means
 from evaluation.compare_mlflow import read_grid, resolve_tracking_uri
@@ -133,7 +134,8 @@ def _listen(client, out_dir: Path, grid: Grid) -> Path | None:
 
 def _listen_keys(grid: Grid) -> list[str]:
     names = list(dict.fromkeys((grid.metric, *QUALITY)))
-    return [GAIN_KEY] + [metric_key(m, s) for s in grid.schedules for m in names] + [f"{s}/rtf" for s in grid.schedules]
+    return ([GAIN_KEY, PHONEME_GAIN_KEY] + [metric_key(m, s) for s in grid.schedules for m in names]
+            + [f"{s}/rtf" for s in grid.schedules])
 
 
 def compare(experiment_name: str, out_dir: str | Path, metric: str = "pesq_wb", tracking_uri: str | None = None,

@@ -11,6 +11,9 @@ from evaluation.metrics import Missing, figure_info
 from evaluation.runs import TAG_END_REASON, TAG_ERROR
 from evaluation.stats import WELCH
 
+UNIT_SEED, UNIT_UTTERANCE = "seed", "utterance"  # Effect.unit
+CLEAR, NO_CLEAR, TOO_FEW_SEEDS = "clear", "no clear difference", "too few seeds"  # Effect.verdict
+MIN_SEEDS = 3  # a training axis's effect needs this many seeds for an interval and a test
 NOT_SCHEDULES = {"train", "recon", "system"}  # metric-key prefixes that are not inference schedules
 DERIVED = ("_ci_low", "_ci_high", "_n_missing")  # per-run companions of a metric, not metrics of their own
 
@@ -109,6 +112,21 @@ class Effect:
     p_value: float | None = None  # Wilcoxon signed-rank, paired only
     n_pairs: int = 0  # utterance x seed pairs behind a paired difference
     note: str = ""  # why a difference is not paired
+    metric: str = ""
+    # The unit of replication the interval and test run across: "seed" for an axis that changes training (each
+    # seed's effect is its paired mean over utterances, the interval a t-interval across seeds), "utterance" for an
+    # eval-only axis (paired over utterances within each model). n counts those units.
+    unit: str = UNIT_SEED
+    n: int = 0
+    verdict: str = ""  # VERDICTS
+    per_seed: dict[str, float] = field(default_factory=dict)  # seed -> that seed's effect (unit "seed")
+
+    def as_json(self) -> dict[str, Any]:
+        """The effect as `wg2 compare --json` gives it."""
+        return {"axis": self.axis, "values": [self.a, self.b], "schedule": self.schedule, "metric": self.metric,
+                "unit": self.unit, "n": self.n, "difference": self.diff, "ci_low": self.ci_low,
+                "ci_high": self.ci_high, "p": self.p_value, "verdict": self.verdict, "test": self.test,
+                "per_seed": self.per_seed, "settings": self.settings, "note": self.note}
 
 
 @dataclass

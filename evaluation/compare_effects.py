@@ -9,15 +9,17 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
-from evaluation.compare_data import (DERIVED, NOT_SCHEDULES, CellRow, Effect, RunRecord, Stat, canonical, label_of,
+from evaluation.compare_data import (CLEAR, DERIVED, MIN_SEEDS, NO_CLEAR, NOT_SCHEDULES, TOO_FEW_SEEDS, UNIT_SEED,
+                                     UNIT_UTTERANCE, CellRow, Effect, RunRecord, Stat, canonical, label_of,
                                      metric_key, show_value, sort_key)
 from evaluation.runs import TAG_LABEL
-from evaluation.metrics import GAIN_KEY, Missing, value_range
-from evaluation.stats import (PAIRED, clip_interval, difference_bounds, mean_difference, paired_difference,
+from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY, Missing, value_range
+from evaluation.stats import (PAIRED, SEED_T, clip_interval, difference_bounds, mean_difference, paired_difference,
                               summarize)
 
 
@@ -146,9 +148,21 @@ def _strata_runs(runs: list[RunRecord], axis: str, value: str, metric: str, sche
     return out
 
 
+def is_eval_only(axis: str) -> bool:
+    """An axis that changes only the evaluation of one trained model (schedules, steps, weights): `eval.*`."""
+    return axis.startswith("eval.")
+
+
+def _utterance_values(run: RunRecord, key: str, per_utterance: dict) -> dict[str, float | Missing] | str:
+    values = (per_utterance.get(run.run_id) or {}).get(key)
+    if values is None:
+        return f"run {run.name or run.run_id} has no per-utterance {key} (no per_utterance.csv)"
+    return values
+
+
 def _paired(side_a: dict, side_b: dict, common: list[str], per_utterance: dict, metric: str) -> dict | str:
-    """Per-utterance differences a - b, paired within (setting of the other axes, seed, utterance) and pooled;
-    or, when they cannot be paired, the reason (a string)."""
+    """Eval-only axes: per-utterance differences a - b, paired within (setting of the other axes, seed, utterance)
+    and pooled (the unit is the utterance within each model); or, when they cannot be paired, the reason."""
     a_values: dict[tuple, float | Missing] = {}
     b_values: dict[tuple, float | Missing] = {}
     for k in common:
@@ -157,25 +171,74 @@ def _paired(side_a: dict, side_b: dict, common: list[str], per_utterance: dict, 
             return "the two sides were not run with the same seeds"
         for seed in by_seed[0]:
             for side, target in zip(by_seed, (a_values, b_values)):
-                run, key = side[seed]
-                values = (per_utterance.get(run.run_id) or {}).get(key)
-                if values is None:
-                    return f"run {run.name or run.run_id} has no per-utterance {key} (no per_utterance.csv)"
+                values = _utterance_values(*side[seed], per_utterance)
+                if isinstance(values, str):
+                    return values
                 target.update({(k, seed, utt): v for utt, v in values.items()})
     d = paired_difference(a_values, b_values, bounds=value_range(metric))
     return d if d["n"] >= 2 else "fewer than two utterances scored by both sides"
 
 
+def _seed_effects(side_a: dict, side_b: dict, common: list[str], per_utterance: dict,
+                  metric: str) -> tuple[dict[str, float], str]:
+    """Training axes: each seed's effect a - b, the mean over the other axes' settings of its paired mean over
+    utterances (same utterances, same noise seeds; the run-level values where a run has no per-utterance values).
+    Returns {seed: effect} and a note on what was not paired."""
+    by_seed: dict[str, list[float]] = {}
+    unpaired = ""
+    for k in common:
+        runs_a = {r.seed: (r, key) for r, key in side_a[k]}
+        runs_b = {r.seed: (r, key) for r, key in side_b[k]}
+        for seed in sorted(set(runs_a) & set(runs_b), key=lambda x: (x is None, x)):
+            (ra, ka), (rb, kb) = runs_a[seed], runs_b[seed]
+            effect = None
+            if "/" not in metric:
+                va, vb = _utterance_values(ra, ka, per_utterance), _utterance_values(rb, kb, per_utterance)
+                if isinstance(va, str) or isinstance(vb, str):
+                    unpaired = va if isinstance(va, str) else str(vb)
+                else:
+                    effect = paired_difference(va, vb)["diff"]
+            if effect is None:
+                effect = ra.metrics[ka] - rb.metrics[kb]
+            by_seed.setdefault(str(seed), []).append(float(effect))
+    return {seed: float(np.mean(v)) for seed, v in by_seed.items()}, unpaired
+
+
+def seed_level(effects: dict[str, float], bounds: tuple[float, float] | None) -> dict:
+    """The interval and test across seeds: mean of the per-seed effects, 95% t-interval (seeds - 1 degrees of
+    freedom), two-sided one-sample t-test. With fewer than MIN_SEEDS seeds: no interval, no p, "too few seeds"."""
+    values = list(effects.values())
+    out: dict = {"diff": float(np.mean(values)) if values else None, "ci_low": None, "ci_high": None, "p": None,
+                 "n": len(values), "verdict": TOO_FEW_SEEDS}
+    if len(values) < MIN_SEEDS:
+        return out
+    s = summarize(values, bounds=bounds)
+    p = 1.0 if s["std"] == 0 else float(sps.ttest_1samp(values, 0.0).pvalue)
+    out.update(ci_low=s["ci_low"], ci_high=s["ci_high"], p=p,
+               verdict=CLEAR if s["ci_low"] > 0 or s["ci_high"] < 0 else NO_CLEAR)
+    return out
+
+
+def _verdict(ci_low: float | None, ci_high: float | None) -> str:
+    if ci_low is None or ci_high is None:
+        return NO_CLEAR
+    return CLEAR if ci_low > 0 or ci_high < 0 else NO_CLEAR
+
+
 def axis_effects(runs: list[RunRecord], axes: list[str], metric: str, schedules: list[str],
              orders: dict[str, list[str]], per_utterance: dict | None = None) -> list[Effect]:
-    """For each axis and each pair of its values a, b: a - b over the other axes' settings where both finished.
+    """For each axis and each pair of its values a, b: a - b over the other axes' settings where both finished,
+    with the unit of evidence the axis was replicated in.
 
-    Paired (the cells were scored on the same utterances with the same noise seeds) when every run involved has
-    its per-utterance values: the mean of the per-utterance differences, paired within seed and pooled over seeds
-    and settings, with a 95% t-interval on those differences and a Wilcoxon signed-rank p-value. Otherwise
-    (older runs, mismatched seeds, run-level metrics like train/*): the mean over settings of (cell mean at a -
-    cell mean at b), with one setting a Welch interval across seeds, with more a t-interval from the seed variance
-    pooled over those cells (else from the spread of the differences); Effect.note says why it is not paired.
+    An axis that changes training (unit "seed"): each seed's effect is its paired mean over utterances (same
+    utterances, same noise seeds), averaged over the other axes' settings; the difference is the mean over seeds,
+    its interval a t-interval across seeds (seeds - 1 degrees of freedom) and p a one-sample t-test. With fewer
+    than MIN_SEEDS seeds: the per-seed effects and "too few seeds", no interval, no p. Utterances are never
+    counted as replicates of a training.
+
+    An eval-only axis (`eval.*`: schedules, steps, weights; unit "utterance"): paired on utterances within each
+    model (seed and setting), pooled, with a 95% t-interval on the differences and a Wilcoxon signed-rank p; where
+    runs lack per-utterance values, the run-level Welch fall-back of before (Effect.note says why).
     Interval ends are clipped to the range a difference of the metric can take."""
     effects = []
     per_utterance = per_utterance or {}
@@ -192,15 +255,25 @@ def axis_effects(runs: list[RunRecord], axes: list[str], metric: str, schedules:
                 common = sorted(side_a.keys() & side_b.keys())
                 if not common:
                     continue
-                paired = _paired(_strata_runs(runs, axis, a, metric, s, schedules),
-                                 _strata_runs(runs, axis, b, metric, s, schedules), common, per_utterance, metric) \
+                head: dict[str, Any] = dict(axis=axis, a=show_value(json.loads(a)), b=show_value(json.loads(b)),
+                            schedule=s if s is not None else "own schedule", n_a=sum(len(side_a[k]) for k in common),
+                            n_b=sum(len(side_b[k]) for k in common), settings=len(common), metric=metric)
+                runs_a, runs_b = (_strata_runs(runs, axis, v, metric, s, schedules) for v in (a, b))
+                if not is_eval_only(axis):
+                    per_seed, unpaired = _seed_effects(runs_a, runs_b, common, per_utterance, metric)
+                    level = seed_level(per_seed, bounds)
+                    effects.append(Effect(**head, diff=level["diff"], ci_low=level["ci_low"],
+                                          ci_high=level["ci_high"], test=SEED_T, p_value=level["p"],
+                                          note=unpaired, unit=UNIT_SEED, n=level["n"], verdict=level["verdict"],
+                                          per_seed=per_seed))
+                    continue
+                paired = _paired(runs_a, runs_b, common, per_utterance, metric) \
                     if "/" not in metric else "a run-level metric, not scored per utterance"
                 if isinstance(paired, dict):
-                    effects.append(Effect(axis, show_value(json.loads(a)), show_value(json.loads(b)),
-                                          s if s is not None else "own schedule", paired["diff"], paired["ci_low"],
-                                          paired["ci_high"], sum(len(side_a[k]) for k in common),
-                                          sum(len(side_b[k]) for k in common), len(common), PAIRED,
-                                          paired["p_wilcoxon"], paired["n"]))
+                    effects.append(Effect(**head, diff=paired["diff"], ci_low=paired["ci_low"],
+                                          ci_high=paired["ci_high"], test=PAIRED, p_value=paired["p_wilcoxon"],
+                                          n_pairs=paired["n"], unit=UNIT_UTTERANCE, n=paired["n"],
+                                          verdict=_verdict(paired["ci_low"], paired["ci_high"])))
                     continue
                 if len(common) == 1:
                     d = mean_difference(side_a[common[0]], side_b[common[0]])
@@ -217,10 +290,8 @@ def axis_effects(runs: list[RunRecord], axes: list[str], metric: str, schedules:
                         d = summarize(gaps)
                         ci = (d["ci_low"], d["ci_high"])
                 ci = clip_interval(*ci, bounds)
-                effects.append(Effect(axis, show_value(json.loads(a)), show_value(json.loads(b)),
-                                      s if s is not None else "own schedule", diff, ci[0], ci[1],
-                                      sum(len(side_a[k]) for k in common), sum(len(side_b[k]) for k in common),
-                                      len(common), note=paired))
+                effects.append(Effect(**head, diff=diff, ci_low=ci[0], ci_high=ci[1], note=paired,
+                                      unit=UNIT_SEED, n=head["n_a"], verdict=_verdict(*ci)))
     return effects
 
 
@@ -240,8 +311,9 @@ def cell_rows(finished: list[RunRecord], axes: list[str], orders: dict[str, list
         rows.append(CellRow(group=group, label=named or label_of(first.assignment), assignment=first.assignment,
                             seeds=[r.seed for r in runs if r.seed is not None], run_ids=[r.run_id for r in runs],
                             params=first.params, stats={k: _stat(runs, k) for k in keys},
-                            run_gains=[{"mean": r.metrics.get(GAIN_KEY), "ci_low": r.metrics.get(f"{GAIN_KEY}_ci_low")}
-                                       for r in runs]))
+                            run_gains=[{"mean": r.metrics.get(PHONEME_GAIN_KEY),
+                                        "ci_low": r.metrics.get(f"{PHONEME_GAIN_KEY}_ci_low"),
+                                        "envelope": r.metrics.get(GAIN_KEY)} for r in runs]))
 
     def order(row: CellRow) -> tuple:
         out = []

@@ -8,17 +8,19 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from evaluation.runs import TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_VERSION
-from evaluation.conditioning import GAIN_KEY, READS_TEXT_THRESHOLD, reads_text
+from evaluation.runs import TAG_DEPARTURES, TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_VERSION
+from evaluation.conditioning import READS_TEXT_THRESHOLD, reads_text
+from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
 from evaluation.metrics import headline_metrics
-from evaluation.stats import PAIRED, WELCH
-from evaluation.compare_data import (CellRow, Effect, Grid, RunRecord, Stat, direction, end_reason, metric_key,
-                                     show_value)
+from evaluation.stats import PAIRED, SEED_T, WELCH
+from evaluation.compare_data import (CLEAR, MIN_SEEDS, TOO_FEW_SEEDS, UNIT_SEED, CellRow, Effect, Grid, RunRecord,
+                                     Stat, direction, end_reason, json_tag, metric_key, show_value)
 from evaluation.compare_target import fraction_of_ceiling
 
 QUALITY = headline_metrics()  # columns of each schedule's table, with rtf
@@ -113,6 +115,19 @@ def _provenance(parent, runs: list[RunRecord]) -> list[str]:
             f"- commit: {values(TAG_GIT_COMMIT)}"]
 
 
+def _interval_text(e: Effect) -> str:
+    if e.verdict == TOO_FEW_SEEDS:
+        return f"{e.n} seed(s), too few for an interval (per seed: {_per_seed_effects(e)})"
+    if e.ci_low is None:
+        return "no interval"
+    p = f", p {e.p_value:.2g}" if e.p_value is not None else ""
+    return f"95% interval [{e.ci_low:+.3g}, {e.ci_high:+.3g}] across {e.n} {e.unit}s{p}"
+
+
+def _per_seed_effects(e: Effect) -> str:
+    return ", ".join(f"{v:+.3g}" for v in e.per_seed.values()) or "—"
+
+
 def _in_brief(effects: list[Effect], metric: str) -> list[str]:
     """One plain sentence per pair of axis values, at the first schedule each was compared at."""
     lines, seen = [], set()
@@ -122,19 +137,40 @@ def _in_brief(effects: list[Effect], metric: str) -> list[str]:
             continue
         seen.add((e.axis, e.a, e.b))
         where = f"at {e.schedule}" if e.schedule else ""
-        ci = f"95% interval [{e.ci_low:+.3g}, {e.ci_high:+.3g}]" if e.ci_low is not None else "no interval"
-        if sign == 0:
+        ci = _interval_text(e)
+        if sign == 0 or e.verdict == TOO_FEW_SEEDS:
             lines.append(f"- `{e.axis}`: {e.a} − {e.b} = {e.diff:+.3g} {metric} {where} ({ci}).")
-            continue
-        better, worse = (e.a, e.b) if sign * e.diff > 0 else (e.b, e.a)
-        if e.ci_low is not None and e.ci_high is not None and e.ci_low <= 0 <= e.ci_high:
+        elif e.verdict != CLEAR:
             lines.append(f"- `{e.axis}`: no clear difference between {e.a} and {e.b} on {metric} {where} "
-                         f"({e.a} − {e.b} = {e.diff:+.3g}, {ci} includes 0).")
+                         f"({e.a} − {e.b} = {e.diff:+.3g}, {ci}).")
         else:
+            better, worse = (e.a, e.b) if sign * e.diff > 0 else (e.b, e.a)
             lines.append(f"- `{e.axis}`: {better} beats {worse} on {metric} {where} by {abs(e.diff):.3g} "
-                         f"({e.a} − {e.b}, {ci}" + (", too few runs to tell it from noise" if e.ci_low is None
-                                                     else "") + ").")
+                         f"({e.a} − {e.b}, {ci}).")
     return lines
+
+
+def departures_section(runs: list[RunRecord]) -> list[str]:
+    """The cells' departures from WaveGrad 2 as published (tag wg2.departures, logged by every run): those all
+    cells share, and those that differ between cells."""
+    seen: list[list[dict]] = [json_tag(r.tags.get(TAG_DEPARTURES), None) for r in runs]
+    known = [d for d in seen if d is not None]
+    out = ["## Departures from the paper", ""]
+    if not known:
+        return out + ["Not recorded (runs from before departures were logged).", ""]
+
+    def key(d: dict) -> str:
+        return f"`{d['key']}` = {json.dumps(d['value'])} (paper: {json.dumps(d['paper'])})"
+    sets = [{key(d) for d in ds} for ds in known]
+    shared = set.intersection(*sets)
+    differ = sorted(set.union(*sets) - shared)
+    out += ["Shared by every cell: " + ("; ".join(sorted(shared)) if shared else "none (WaveGrad 2 as published)")
+            + ".", ""]
+    if differ:
+        out += ["Differing between cells (the grid's own axes among them): " + "; ".join(differ) + ".", ""]
+    if len(known) < len(seen):
+        out += [f"{len(seen) - len(known)} run(s) did not record their departures.", ""]
+    return out
 
 
 OWN = "own-schedule"  # pseudo schedule of the combined table when every cell ran a single, different schedule
@@ -156,21 +192,21 @@ def _schedule_views(rows: list[CellRow], schedules: list[str]) -> list[tuple[str
 
 
 def cell_reads_text(row: CellRow) -> bool | None:
-    """Does the cell's model read its text? With one seed: its gain's interval over the held-out utterances lies
+    """Does the cell's model read its text? With one seed: its phoneme gain's interval over the held-out utterances lies
     above 1. With several: every seed's model does (each run's own interval), since the question is about the
     trained models; the across-seed interval of the mean (df = seeds - 1) answers another one, how much gain
     the recipe gives. None: no conditioning gain recorded (a run from before it was measured)."""
     measured = [g for g in row.run_gains if g.get("mean") is not None]
     if row.run_gains and len(measured) == len(row.run_gains):
         return all(reads_text(g) for g in measured)
-    stat = row.stats.get(GAIN_KEY)
+    stat = row.stats.get(PHONEME_GAIN_KEY)
     if stat is None or stat.mean is None:
         return None
     return reads_text({"mean": stat.mean, "ci_low": stat.ci_low})
 
 
 def _per_seed(row: CellRow) -> str:
-    """Each seed's gain with the low end of its interval: '1.12 (>1.09), 1.16 (>1.12)'."""
+    """Each seed's phoneme gain with the low end of its interval: '1.12 (>1.09), 1.16 (>1.12)'."""
     parts = []
     for g in row.run_gains:
         if g.get("mean") is None:
@@ -184,17 +220,20 @@ def _per_seed(row: CellRow) -> str:
 def _text_section(rows: list[CellRow]) -> list[str]:
     """Does each cell read its text? Shown above every quality number (evaluation/conditioning.py)."""
     out = ["## Does each cell read its text?", "",
-           "Conditioning gain: noise-prediction loss with the text's states shifted in time over the loss with the "
-           "true states, on held-out utterances at fixed noise levels and seeds. 1 means the decoder ignores its text "
-           "and the cell's quality numbers compare noise; a model reads its text when the 95% interval of its gain "
-           f"over the held-out utterances lies above 1 (one utterance: its value above {READS_TEXT_THRESHOLD}), and "
-           "a cell does when each of its seeds' models does (per seed: gain and the low end of its interval).", ""]
+           "Two gains, each a noise-prediction loss on the speech frames of held-out utterances (fixed noise levels "
+           "and seeds) over the loss with the true text. Envelope gain: the text's states rolled by half the "
+           "utterance, which swaps speech and silence, so knowing where the pauses are already scores above 1. "
+           "Phoneme gain: every speech phoneme replaced through a fixed derangement (durations and silences kept), "
+           "so only phoneme identity scores. 1 means the decoder ignores it and the cell's quality numbers compare "
+           "noise; a model reads its text when the 95% interval of its phoneme gain over the held-out utterances "
+           f"lies above 1 (one utterance: its value above {READS_TEXT_THRESHOLD}), and a cell does when each of "
+           "its seeds' models does (per seed: phoneme gain and the low end of its interval).", ""]
     verdicts = {r.group: cell_reads_text(r) for r in rows}
-    out += _table(rows, [("conditioning gain", GAIN_KEY)],
+    out += _table(rows, [("envelope gain", GAIN_KEY), ("phoneme gain", PHONEME_GAIN_KEY)],
                   {"per seed": [_per_seed(r) for r in rows],
                    "reads its text": ["unmeasured" if v is None else "yes" if v else "**NO**"
                                       for v in verdicts.values()]})
-    out += ["", _legend(rows, [GAIN_KEY]), ""]
+    out += ["", _legend(rows, [GAIN_KEY, PHONEME_GAIN_KEY]), ""]
     silent = [r.label for r in rows if verdicts[r.group] is False]
     unmeasured = [r.label for r in rows if verdicts[r.group] is None]
     if silent:
@@ -209,35 +248,38 @@ def _text_section(rows: list[CellRow]) -> list[str]:
 
 
 def effects_section(effects: list[Effect], metric: str) -> list[str]:
-    """Each axis's marginal effect, saying for each difference which test made its interval: paired on utterances
-    (same utterances, same noise seeds) where the runs logged per-utterance values, else unpaired, and why."""
+    """Each axis's marginal effect with its unit of evidence: across seeds for an axis that changes training, paired
+    on utterances within each model for an eval-only axis (unpaired where per-utterance values are missing)."""
     out = [f"## Marginal effect of each axis on {metric}", ""]
     if not effects:
         return out + ["No axis has two values with finished runs to compare.", ""]
-    paired = [e for e in effects if e.test == PAIRED]
-    unpaired = [e for e in effects if e.test != PAIRED]
     out.append("Difference (first value − second), over the other axes' settings where both values finished. "
                "Interval ends are clipped to the range a difference of the metric can take.")
-    if paired:
-        out += ["", f"**Paired** rows (test: {PAIRED}): the cells were scored on the same utterances with the same "
-                   "noise seeds, so each utterance's difference is taken within a seed (and setting of the other "
-                   "axes) and pooled; the difference is the mean of those, the 95% interval a t-interval on them, "
-                   "p the two-sided Wilcoxon signed-rank test of them."]
-    if unpaired:
+    if any(e.unit == UNIT_SEED and e.test == SEED_T for e in effects):
+        out += ["", f"**Training axes** (unit: seed; test: {SEED_T}): each seed's effect is its paired mean over "
+                   "utterances (same utterances, same noise seeds), averaged over the other axes' settings; the "
+                   f"difference is the mean over seeds, the 95% interval a t-interval across seeds (seeds − 1 degrees "
+                   f"of freedom), p a one-sample t-test. With fewer than {MIN_SEEDS} seeds there is no interval and "
+                   f"no p: the verdict is \"{TOO_FEW_SEEDS}\" and the per-seed effects are shown."]
+    if any(e.test == PAIRED for e in effects):
+        out += ["", f"**Eval-only axes** (unit: utterance; test: {PAIRED}): the same trained models evaluated two "
+                   "ways, so each utterance's difference is taken within a model (seed and setting) and pooled; "
+                   "the 95% interval is a t-interval on them, p the two-sided Wilcoxon signed-rank test. These "
+                   "intervals speak for these models, not for retraining."]
+    if any(e.test == WELCH for e in effects):
         out += ["", f"**Unpaired** rows (test: {WELCH}; per-utterance values not available, reason in the last "
-                   "column): the difference of the cell means (seeds pooled within a cell), averaged over settings; "
-                   "95% interval with one setting Welch across seeds, with several a t-interval from the "
-                   "seed-to-seed variance pooled over those cells (without repeated seeds, from the spread of the "
-                   "differences across settings)."]
-    out += ["", "| axis | values | schedule | difference | 95% interval | test | Wilcoxon p | runs (settings) "
-            "| pairs / why unpaired |", "|---|---|---|---|---|---|---|---|---|"]
+                   "column): the difference of the cell means, averaged over settings, with an interval from the "
+                   "seed-to-seed variance."]
+    out += ["", "| axis | values | schedule | difference | 95% interval | unit (n) | p | verdict | per seed / note |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for e in effects:
-        ci = f"[{e.ci_low:+.3g}, {e.ci_high:+.3g}]" if e.ci_low is not None else "— (too few runs)"
+        ci = f"[{e.ci_low:+.3g}, {e.ci_high:+.3g}]" if e.ci_low is not None else "—"
         p = f"{e.p_value:.3g}" if e.p_value is not None else "—"
-        why = f"{e.n_pairs} pairs" if e.test == PAIRED else _md_cell(e.note or "no per-utterance values")
+        extra = _per_seed_effects(e) if e.per_seed else ""
+        if e.note:
+            extra = f"{extra}; {_md_cell(e.note)}" if extra else _md_cell(e.note)
         out.append(f"| `{e.axis}` | {_md_cell(e.a)} − {_md_cell(e.b)} | {e.schedule} | {e.diff:+.3g} | {ci} "
-                   f"| {'paired' if e.test == PAIRED else 'Welch'} | {p} | {e.n_a} vs {e.n_b} ({e.settings}) "
-                   f"| {why} |")
+                   f"| {e.unit} ({e.n}) | {p} | {e.verdict} | {extra} |")
     return out + [""]
 
 
@@ -279,6 +321,7 @@ def render_markdown(grid: Grid, plot_files: list[Path]) -> str:
     if not rows:
         return "\n".join(out + ["No cell has finished yet, so there is nothing to compare.", ""])
 
+    out += departures_section(runs)
     out += _text_section(rows)
     brief = _in_brief(effects, metric)
     if brief:
@@ -301,7 +344,8 @@ def render_markdown(grid: Grid, plot_files: list[Path]) -> str:
 
     latent = any(r.params.get("model.space") == "latent" for r in rows)
     for title, s, here in _schedule_views(rows, schedules):
-        cols = [("gain", GAIN_KEY)] + [(m, metric_key(m, s)) for m in dict.fromkeys((*QUALITY, metric)) if "/" not in m]
+        cols = [("envelope gain", GAIN_KEY), ("phoneme gain", PHONEME_GAIN_KEY)]
+        cols += [(m, metric_key(m, s)) for m in dict.fromkeys((*QUALITY, metric)) if "/" not in m]
         cols.append(("rtf", f"{s}/rtf"))
         here = [r for r in here if any(r.mean(k) is not None for _, k in cols)]
         cols = [(h, k) for h, k in cols if any(r.mean(k) is not None for r in here)]

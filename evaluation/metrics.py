@@ -26,7 +26,9 @@ Scores = dict[str, "float | Missing"]
 ON_ALIGNED = "aligned"  # ground-truth durations: needs output and reference to line up sample for sample
 ON_FREE_RUNNING = "free-running"  # predicted durations: length-robust, recorded from this pass only
 ON_EITHER = "either"  # needs no alignment (no reference at all) but is recorded once, from the aligned pass
-GAIN_KEY = "conditioning_gain"  # evaluation.conditioning's figure: its name in eval summaries, MLflow runs, reports
+# evaluation.conditioning's two figures: their names in eval summaries, MLflow runs and reports
+GAIN_KEY = "envelope_gain"  # states rolled by half the utterance, on speech frames
+PHONEME_GAIN_KEY = "phoneme_gain"  # speech phonemes deranged, durations and silences kept: "reads its text"
 
 
 class PairView(Protocol):
@@ -148,8 +150,12 @@ RUN_FIGURES: dict[str, Figure] = {
     "duration_error_frames": Figure(description="mean absolute error of predicted vs true phone durations "
                                     "(free-running pass)", low=0.0, high=INF, better="lower", unit="frames",
                                     per_utterance=True),
-    GAIN_KEY: Figure(description="noise-prediction loss with time-shifted conditioning over the loss with the true "
-                     "one (1: the text is ignored)", low=0.0, high=INF, better="higher"),
+    GAIN_KEY: Figure(description="envelope gain: noise-prediction loss on speech frames with the states rolled by "
+                     "half the utterance over the loss with the true ones (1: the text is ignored)", low=0.0,
+                     high=INF, better="higher"),
+    PHONEME_GAIN_KEY: Figure(description="phoneme gain: loss on speech frames with every speech phoneme deranged "
+                             "(durations, silences kept) over the true one (1: phoneme identity is ignored)",
+                             low=0.0, high=INF, better="higher"),
     "rtf": Figure(description="real-time factor: synthesis seconds over audio seconds", low=0.0, high=INF,
                   better="lower"),
     "peak_memory_mb": Figure(description="peak memory: CUDA allocator peak on GPU, peak resident set on CPU",

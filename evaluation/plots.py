@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only, no display: safe in workers and on headless
 import matplotlib.pyplot as plt
 import numpy as np
 
-from evaluation.metrics import GAIN_KEY
+from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
 from evaluation.signal_features import HOP_S, TOP_DB, log_mel_db, mel_power
 
 LOSSES = ("loss", "noise_loss", "mel_loss", "duration_loss")  # the training log's loss terms, as train() names them
@@ -105,16 +105,17 @@ def training_curves(path: str | Path, history: Sequence[dict], title: str = "") 
             ax_loss.plot(steps, values, lw=1, label=key)
     ax_loss.set(xlabel="step", ylabel="training loss (per logged batch)", yscale="log")
     ax_loss.legend(fontsize=8)
-    gains = [h for h in history if GAIN_KEY in h]
-    if gains:
-        x = np.asarray([h["step"] for h in gains])
-        mean = np.asarray([h[GAIN_KEY] for h in gains])
-        low = np.asarray([h.get(f"{GAIN_KEY}_ci_low", m) for h, m in zip(gains, mean)])
-        high = np.asarray([h.get(f"{GAIN_KEY}_ci_high", m) for h, m in zip(gains, mean)])
-        ax_gain.fill_between(x, low, high, alpha=0.25, label="95% interval")
-        ax_gain.plot(x, mean, "o-", ms=3, label="conditioning gain")
+    for key, name in ((GAIN_KEY, "envelope gain"), (PHONEME_GAIN_KEY, "phoneme gain")):
+        gains = [h for h in history if key in h]
+        if gains:
+            x = np.asarray([h["step"] for h in gains])
+            mean = np.asarray([h[key] for h in gains])
+            low = np.asarray([h.get(f"{key}_ci_low", m) for h, m in zip(gains, mean)])
+            high = np.asarray([h.get(f"{key}_ci_high", m) for h, m in zip(gains, mean)])
+            ax_gain.fill_between(x, low, high, alpha=0.25)
+            ax_gain.plot(x, mean, "o-", ms=3, label=f"{name} (95% interval shaded)")
     ax_gain.axhline(1.0, color="grey", lw=0.8, ls="--", label="1: ignores its text")
-    ax_gain.set(xlabel="step", ylabel="conditioning gain (held-out utterances)")
+    ax_gain.set(xlabel="step", ylabel="gain on speech frames (held-out utterances)")
     ax_gain.legend(fontsize=8)
     if title:
         fig.suptitle(title)

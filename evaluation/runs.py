@@ -28,6 +28,7 @@ TAG_TRAIN_HASH = "wg2.train_hash"
 TAG_GROUP = "wg2.group"
 TAG_SEED = "wg2.seed"
 TAG_ASSIGNMENT = "wg2.assignment"
+TAG_DEPARTURES = "wg2.departures"  # JSON [{key, paper, value}]: the run config's departures from the paper
 TAG_LABEL = "wg2.label"
 TAG_OVERRIDES = "wg2.overrides"
 TAG_AUTOENCODER_RUN = "wg2.autoencoder_run"

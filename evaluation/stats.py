@@ -19,7 +19,9 @@ from scipy import stats as sps
 from evaluation.metrics import Missing
 
 CONFIDENCE = 0.95
-PAIRED, WELCH = "paired t + Wilcoxon", "Welch (unpaired)"  # how a difference's interval was made
+# how a difference's interval was made: across seeds (a training axis), paired on utterances (an eval-only axis), or
+# unpaired on run-level values
+SEED_T, PAIRED, WELCH = "t across seeds", "paired t + Wilcoxon", "Welch (unpaired)"
 
 K = TypeVar("K", bound=Hashable)
 

@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_handler("experiments.corpus_cmd:cmd_check"))
 
+    config = sub.add_parser("config", help="inspect run configs")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    p = config_sub.add_parser("show", parents=[common],
+                              help="print the resolved config and its departures from WaveGrad 2 as published")
+    p.add_argument("config", help="TOML run config")
+    _overrides(p)
+    p.add_argument("--json", action="store_true", help='print {"config": {...}, "departures": [...]}')
+    p.set_defaults(func=_handler("experiments.departures:cmd_config_show"))
+
     p = sub.add_parser("train", parents=[common], help="train one WaveGrad 2 model from a TOML config")
     p.add_argument("config", help="run config (TOML)")
     _overrides(p)

@@ -46,4 +46,6 @@ def cmd_compare(args) -> int:
 def report_dict(report) -> dict:
     """`wg2 compare --json`: the report's content (cells with their statistics, missing, failed and running
     cells, axis effects, the target statement) and the files written, for scripts."""
-    return json.loads(json.dumps(dataclasses.asdict(report), default=str))
+    out = json.loads(json.dumps(dataclasses.asdict(report), default=str))
+    out["effects"] = [e.as_json() for e in report.effects]  # {axis, values, schedule, metric, unit, n, ...}
+    return out

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from components.configs import ADDED_KEY, AutoencoderConfig, ModelConfig
+from components.diffusion import LOSS_KINDS
 
 
 # train.precision / eval.precision (resolved per device in experiments/precision.py)
 PRECISIONS = ("fp32", "bf16", "auto")
+LR_DECAYS = ("none", "cosine")  # train.lr_decay
+WEIGHT_SETS = ("ema", "raw")  # eval.weights
 
 
 class InputError(ValueError):
@@ -44,15 +47,23 @@ class DataConfig:
     skip_bad: bool = False  # drop unusable utterances instead of failing
 
 
+# Defaults are WaveGrad 2's as published (Chen et al., Interspeech 2021); where the paper is silent, lmnt-com/wavegrad's
+# (src/wavegrad/params.py: Adam at 2e-4, no weight decay, no warm-up or decay, gradient norm clipped at 1.0, no weight
+# averaging). A config that departs says so: experiments/departures.py lists every key with a paper value, and
+# `wg2 config show` prints the departures of a config.
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 16
+    steps: int = 2000  # a budget, not a modelling choice (the paper trains 1M steps)
+    batch_size: int = 32  # a budget too (lmnt-com/wavegrad: 32)
     window_frames: int = 64  # random window of the upsampled sequence (64 or 256 in the paper)
-    learning_rate: float = 2e-4
-    warmup_steps: int = 200
-    weight_decay: float = 1e-2
-    grad_clip: float = 1.0
+    learning_rate: float = 2e-4  # lmnt-com/wavegrad
+    # Linear warm-up over this many steps (0: none, as lmnt-com/wavegrad); then the rate follows lr_decay.
+    warmup_steps: int = field(default=0, metadata=ADDED_KEY)
+    # "none": constant rate (lmnt-com/wavegrad); "cosine": cosine decay to 10% of the peak by the last step
+    # (a departure the CPU configs take: short runs end at a low rate instead of mid-flight).
+    lr_decay: str = field(default="none", metadata=ADDED_KEY)
+    weight_decay: float = field(default=0.0, metadata=ADDED_KEY)  # AdamW's decoupled decay; 0 = Adam, as the paper
+    grad_clip: float = 1.0  # gradient norm (lmnt-com/wavegrad's max_grad_norm)
     noise_loss: str = "l1"  # "l1" (paper) or "l2"
     duration_loss_weight: float = 1.0
     schedule: str = "linear-1000"  # training noise schedule (any schedule name or file)
@@ -60,13 +71,14 @@ class TrainConfig:
     # torch.compile the decoder for training (experiments/precision.py, compile_decoder)
     compile: bool = field(default=False, metadata=ADDED_KEY)
     seed: int = 0
-    # Exponential moving average of the weights, used by eval, synth and search (0 = off). The decay
-    # warms up as min(ema_decay, (1 + step) / (10 + step)), so short CPU runs are not stuck near the init.
-    ema_decay: float = 0.999
-    # Auxiliary loss: a linear head predicts each frame's standardized log-mel from the upsampled encoder
-    # states (experiments/mel_targets.py). 0 = the paper's WaveGrad 2, whose text path learns tens of times
-    # slower than the decoder; 1 makes tiny CPU models read their text within minutes.
-    mel_loss_weight: float = 1.0
+    # Exponential moving average of the weights, used by eval, synth and search (0 = off, the paper and
+    # lmnt-com/wavegrad). The decay warms up as min(ema_decay, (1 + step) / (10 + step)), so short CPU runs are not
+    # stuck near the init. Which set an evaluation loads is eval.weights.
+    ema_decay: float = field(default=0.0, metadata=ADDED_KEY)
+    # Auxiliary loss, not in WaveGrad 2 (whose point is end-to-end training without a mel): a linear head predicts
+    # each frame's standardized log-mel from the upsampled encoder states (experiments/mel_targets.py). 0 = the
+    # paper; the CPU configs set 1 so that tiny models read their text within minutes (results/departures).
+    mel_loss_weight: float = field(default=0.0, metadata=ADDED_KEY)
     # held-out (val) utterances the conditioning gain is measured on at every checkpoint (0 = never)
     gain_utterances: int = 4
     checkpoint_every: int = 500
@@ -84,6 +96,9 @@ class EvalConfig:
     metric_workers: int = 2  # processes computing metrics
     seed: int = 0
     precision: str = "fp32"  # synthesis network arithmetic: "fp32", "bf16" or "auto" (as train.precision)
+    # Which weights are evaluated: "ema" (the moving average, when the run kept one: train.ema_decay > 0) or "raw".
+    # An eval-only axis: both share one training.
+    weights: str = field(default="ema", metadata=ADDED_KEY)
     # torch.compile the decoder for synthesis (dynamic shapes: utterance lengths vary)
     compile: bool = field(default=False, metadata=ADDED_KEY)
 
@@ -291,7 +306,7 @@ def _check_numbers(config: RunConfig, where: str) -> None:
 
 def validate(config: RunConfig, where: str = "config") -> None:
     """Cross-key checks that need the registries; raises ConfigError naming the key and allowed values."""
-    from components.schedules import check_within_training
+    from components.schedules import check_schedule
     from experiments.schedule_files import resolve_schedule
     from components.validation import validate_model_config  # imports torch: only when validating
 
@@ -304,8 +319,12 @@ def validate(config: RunConfig, where: str = "config") -> None:
     for key, value in (("train.precision", t.precision), ("eval.precision", e.precision)):
         if value not in PRECISIONS:
             raise ConfigError(f"{where}: {key} = {value!r}; allowed: {', '.join(PRECISIONS)}")
-    if t.noise_loss not in ("l1", "l2"):
-        raise ConfigError(f"{where}: train.noise_loss = {t.noise_loss!r}; allowed: l1, l2")
+    if t.noise_loss not in LOSS_KINDS:
+        raise ConfigError(f"{where}: train.noise_loss = {t.noise_loss!r}; allowed: {', '.join(LOSS_KINDS)}")
+    if t.lr_decay not in LR_DECAYS:
+        raise ConfigError(f"{where}: train.lr_decay = {t.lr_decay!r}; allowed: {', '.join(LR_DECAYS)}")
+    if e.weights not in WEIGHT_SETS:
+        raise ConfigError(f"{where}: eval.weights = {e.weights!r}; allowed: {', '.join(WEIGHT_SETS)}")
     for key, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size),
                        ("train.window_frames", t.window_frames), ("train.checkpoint_every", t.checkpoint_every),
                        ("train.log_every", t.log_every), ("data.sample_rate", d.sample_rate),
@@ -332,9 +351,20 @@ def validate(config: RunConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: train.schedule: {err}") from err
     for i, name in enumerate(e.schedules):
         try:
-            check_within_training(resolve_schedule(name), train_betas, f"schedule {name!r}")
+            check_schedule(resolve_schedule(name), train_betas, signal_std_of(config), f"schedule {name!r}")
         except ValueError as err:
             raise ConfigError(f"{where}: eval.schedules[{i}]: {err}") from err
+
+
+# The raw waveform's standard deviation assumed when a config is checked before its corpus is read (model.signal_std
+# = 0): 0.1, above speech's 0.06-0.09 (WaveGrad), so the start-SNR check errs toward refusing. Checks made with a
+# checkpoint at hand use the scale it measured on its training split.
+ASSUMED_RAW_STD = 0.1
+
+
+def signal_std_of(config: RunConfig) -> float:
+    """The diffusion signal's standard deviation this config trains on (ASSUMED_RAW_STD for the raw waveform)."""
+    return config.model.signal_std or ASSUMED_RAW_STD
 
 
 # ----------------------------------------------------------------------------- identity

@@ -51,6 +51,10 @@ class PhonemeVocab:
     def __len__(self) -> int:
         return len(self.symbols)
 
+    def speech_ids(self) -> list[int]:
+        """Ids of the speech phonemes: every symbol but PAD and SILENCE (the phoneme control swaps these)."""
+        return list(range(2, len(self.symbols)))
+
     def __contains__(self, phoneme: str) -> bool:
         return phoneme in self._index
 

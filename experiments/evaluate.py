@@ -32,16 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.schedules import check_within_training, noise_levels
-from evaluation.conditioning import conditioning_gain, reads_text
-from evaluation.metrics import METRICS, ON_FREE_RUNNING, Missing, value_range
+from components.schedules import start_snr_db
+from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY, METRICS, ON_FREE_RUNNING, Missing, value_range
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
 from experiments.precision import precision_name, resolve_precision
 from experiments.runtime import peak_memory_mb
 from experiments.schedule_files import resolve_schedule, schedule_label
-from experiments.synth import LoadedModel, conditioning_items, synthesize, write_wav
+from experiments.synth import LoadedModel, check_loaded_schedule, diagnose, synthesize, write_wav
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
     true_durations = [u.durations for u in utterances]
     sr = loaded.sample_rate
     # Does the model read its text? Reported beside (and above) every quality number.
-    gain = conditioning_gain(loaded.model, conditioning_items(loaded, utterances), loaded.config.train.noise_loss)
+    gain = diagnose(loaded, utterances)
     jobs, speed, outputs = [], {}, {}
     for name in config.schedules:
         betas, label = resolve_schedule(name), schedule_label(name)
@@ -123,7 +122,7 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
         speed[label] = {"rtf": seconds / audio_seconds, "synthesis_seconds": seconds, "audio_seconds": audio_seconds,
                         "peak_memory_mb": memory, "batch_size": config.batch_size, "rtf_by_batch": rtf_by_batch,
                         "peak_memory_mb_by_batch": memory_by_batch, "compiled": config.compile, "steps": len(betas),
-                        "start_snr_db": start_snr_db(betas, loaded.signal.get("std"))}
+                        "start_snr_db": start_snr_db(betas, loaded.signal["std"]) if loaded.signal.get("std") else None}
         outputs[label] = (aligned, free)
         log.info("eval %s: synthesized in %.0f s (RTF %.2f at batch 1)", label, time.perf_counter() - started,
                  seconds / audio_seconds)
@@ -149,8 +148,7 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
                "utterances": [u.id for u in utterances], "device": str(loaded.device),
                "machine": machine_name(loaded.device), "speed": speed, "weights": loaded.weights,
                "signal": loaded.signal,
-               "conditioning_gain": {**gain.summary, "per_level": gain.per_level,
-                                     "reads_text": reads_text(gain.summary)},
+               **gain.summaries(), "reads_text": gain.reads_text,
                "metrics": {},
                "precision": precision_name(resolve_precision(config.precision, loaded.device))}
     metrics: dict[str, float] = gain.metrics()
@@ -170,14 +168,6 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
 
     files = write_outputs(Path(out_dir), rows, summary, utterances, outputs, config, sr, loaded) if out_dir else []
     return EvalResult(metrics, summary, files)
-
-
-def start_snr_db(betas, signal_std: float | None) -> float | None:
-    """SNR of the first refinement step's input: level^2 x signal variance / (1 - level^2), in dB."""
-    if signal_std is None:
-        return None
-    level = float(noise_levels(betas)[-1])
-    return float(10 * np.log10(level**2 * signal_std**2 / (1 - level**2)))
 
 
 def machine_name(device: torch.device) -> str:
@@ -233,12 +223,12 @@ def eval_config(loaded: LoadedModel, args) -> EvalConfig:
         changes["schedules"] = [s.strip() for s in args.schedules.split(",") if s.strip()]
         if not changes["schedules"]:
             raise InputError(f"--schedules {args.schedules!r}: expected at least one schedule name")
-        train_betas = resolve_schedule(loaded.config.train.schedule)
         for name in changes["schedules"]:
             try:
-                check_within_training(resolve_schedule(name), train_betas, f"schedule {name!r}")
+                betas = resolve_schedule(name)
             except ValueError as err:
                 raise InputError(f"--schedules: {err}") from err
+            check_loaded_schedule(loaded, betas, f"--schedules: schedule {name!r}")
     for key in ("split", "limit"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
@@ -263,16 +253,25 @@ def check_eval_out(out: Path) -> None:
     check_writable(out, "--out folder")
 
 
+def gain_lines(summary: dict) -> list[str]:
+    """The envelope and phoneme gains with the verdict (an eval summary, or a search export, holds both)."""
+    lines = []
+    for key, name in ((GAIN_KEY, "envelope gain (speech frames)"), (PHONEME_GAIN_KEY, "phoneme gain")):
+        g = summary.get(key)
+        if g and g.get("mean") is not None:
+            ci = f"[{g['ci_low']:.3f}, {g['ci_high']:.3f}]" if g.get("ci_low") is not None else "(one utterance)"
+            lines.append(f"{name} {g['mean']:.3f} 95% CI {ci} n={g['n']}")
+    if lines:
+        lines[-1] += (": reads its text" if summary.get("reads_text") else
+                      ": DOES NOT READ ITS PHONEMES (interval includes 1): its quality numbers compare noise")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['checkpoint']} (step {summary['step']}, {summary.get('weights', 'raw')} weights), split "
              f"{summary['split']}, {len(summary['utterances'])} utterances, {summary['machine']}, "
              f"{summary.get('precision', 'fp32')}"]
-    g = summary.get("conditioning_gain")
-    if g and g.get("mean") is not None:
-        ci = f"[{g['ci_low']:.3f}, {g['ci_high']:.3f}]" if g.get("ci_low") is not None else "(one utterance)"
-        verdict = "reads its text" if g["reads_text"] else ("DOES NOT USE ITS TEXT (interval includes 1): "
-                                                            "its quality numbers compare noise")
-        lines.append(f"conditioning gain {g['mean']:.3f} 95% CI {ci} n={g['n']}: {verdict}")
+    lines += gain_lines(summary)
     for label, metrics in summary["metrics"].items():
         sp = summary["speed"][label]
         snr = f", start SNR {sp['start_snr_db']:.1f} dB" if sp.get("start_snr_db") is not None else ""

@@ -145,7 +145,7 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
     if autoencoder_run:  # latent space: `wg2 compare` shows the autoencoder's reconstruction ceiling
         tracking.retry(lambda: mlf.set_tag(run_id, runs.TAG_AUTOENCODER_RUN, autoencoder_run))
 
-    loaded = load_checkpoint(result.checkpoint, ctx.device)
+    loaded = load_checkpoint(result.checkpoint, ctx.device, cell.config.eval.weights)
     eval_dir = folder / "eval" / cell.cell_hash
     shutil.rmtree(eval_dir, ignore_errors=True)  # leftovers of an interrupted evaluation
     evaluated = evaluate(loaded, cell.config.eval, eval_dir, dataset=dataset, progress=ctx.progress)

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-from evaluation.runs import (TAG_CORPUS_HASH, TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_PYTHON,
+from evaluation.runs import (TAG_CORPUS_HASH, TAG_DEPARTURES, TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_PYTHON,
                              TAG_TORCH_VERSION, TAG_VERSION_PREFIX)
 from experiments.tracking import log_params, log_tags, retry
 
@@ -81,8 +81,10 @@ def log_run_config(mlf, run_id: str, config, device: str) -> None:
     once per run, so a resumed run keeps what it began with."""
     from experiments.config import flatten
     from experiments.config_identity import to_toml
+    from experiments.departures import departures
 
-    retry(lambda: log_tags(mlf, run_id, run_tags(device)))
+    # its departures from WaveGrad 2 as published: `wg2 compare` opens every report with them
+    retry(lambda: log_tags(mlf, run_id, {**run_tags(device), TAG_DEPARTURES: json.dumps(departures(config))}))
     if not retry(lambda: mlf.get_run(run_id)).data.params:
         retry(lambda: log_params(mlf, run_id, flatten(config)))
         with tempfile.TemporaryDirectory() as tmp:

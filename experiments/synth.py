@@ -12,10 +12,11 @@ import soundfile as sf
 import torch
 
 from components.diffusion import Diffusion
+from components.schedules import check_schedule
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
-from evaluation.conditioning import ConditioningItem
-from experiments.config import InputError, RunConfig, config_from_dict
+from evaluation.conditioning import ConditioningItem, Diagnostic, conditioning_gain
+from experiments.config import InputError, RunConfig, config_from_dict, signal_std_of
 from experiments.precision import autocast, compile_decoder, resolve_precision, set_threads
 from experiments.runtime import read_checkpoint, require_keys, resolve_device, weights_error
 from experiments.schedule_files import resolve_schedule
@@ -141,6 +142,22 @@ def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.nda
 
 
 @torch.no_grad()
+def check_loaded_schedule(loaded: LoadedModel, betas: np.ndarray, source: str) -> None:
+    """An inference schedule checked at both ends against this checkpoint's training schedule and the signal scale it
+    trained on (components.schedules.check_schedule); InputError (exit 2) naming `source`."""
+    std = loaded.signal.get("std") or signal_std_of(loaded.config)  # checkpoints from before the scale was stored
+    try:
+        check_schedule(betas, resolve_schedule(loaded.config.train.schedule), std, source)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+
+
+def diagnose(loaded: LoadedModel, utterances) -> Diagnostic:
+    """The envelope and phoneme gains of the loaded weights on these utterances (evaluation.conditioning)."""
+    return conditioning_gain(loaded.model, conditioning_items(loaded, utterances), loaded.vocab.speech_ids(),
+                             loaded.config.train.noise_loss)
+
+
 def conditioning_items(loaded: LoadedModel, utterances) -> list[ConditioningItem]:
     """Utterances as the diffusion signal this model was trained on (scaled waveform or latent)."""
     signals = loaded.model.space.encode_each([u.audio for u in utterances], loaded.autoencoder)
@@ -177,6 +194,7 @@ def cmd_synth(args) -> int:
         betas = resolve_schedule(args.schedule)
     except ValueError as err:
         raise InputError(f"--schedule: {err}") from err
+    check_loaded_schedule(loaded, betas, f"--schedule {args.schedule}")
     durations = None
     if sum(x is not None for x in (args.text, args.utterance, args.phonemes)) != 1:
         raise InputError("give exactly one of: TEXT, --utterance ID, --phonemes '...'")

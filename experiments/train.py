@@ -20,7 +20,7 @@ from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
 from components.spaces import SPACES
-from evaluation.conditioning import ConditioningItem, conditioning_gain
+from evaluation.conditioning import ConditioningItem, Diagnostic, conditioning_gain
 from evaluation.progress import LogLines, progress_enabled
 from experiments.autoencoder_stage import ensure_autoencoder
 from experiments.batches import TrainingItem, batch_indices, make_batch
@@ -53,10 +53,12 @@ class TrainResult:
     autoencoder_run: dict | None = None
 
 
-def learning_rate_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+def learning_rate_factor(step: int, warmup: int, total: int, decay: str = "none") -> float:
+    """Linear warm-up over `warmup` steps, then constant ("none") or cosine decay to 10% of the peak ("cosine")."""
     if step < warmup:
         return (step + 1) / warmup
+    if decay == "none":
+        return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -228,7 +230,7 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         torch.manual_seed(t.seed * 1_000_003 + step)  # dropout and ZoneOut masks: a function of the step
         noise_rng = torch.Generator(device="cpu").manual_seed(t.seed * 1_000_003 + step)
         for group in optimizer.param_groups:
-            group["lr"] = t.learning_rate * learning_rate_factor(step, t.warmup_steps, t.steps)
+            group["lr"] = t.learning_rate * learning_rate_factor(step, t.warmup_steps, t.steps, t.lr_decay)
         with autocast(device, dtype):
             encoded, log_durations = model.encode(batch.phoneme_ids, batch.token_mask)
             duration_loss = DurationPredictor.loss(log_durations.float(), batch.durations, batch.token_mask)
@@ -251,9 +253,10 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         gain_metrics: dict[str, float] = {}
         if is_checkpoint and probe_items:  # does the model read its text? (the weights eval and synth use)
             with eager(model.decoder):  # a compiled decoder would recompile for every probe length
-                gain = measure_gain(model, ema, probe_items, t.noise_loss)
+                gain = measure_gain(model, ema, probe_items, dataset.vocab.speech_ids(), t.noise_loss)
             gain_metrics = gain.metrics()
-            log.info("step %d: conditioning gain %.3f on %d val utterances", step, gain.mean, len(probe_items))
+            log.info("step %d: envelope gain %.3f, phoneme gain %.3f on %d val utterances", step,
+                     gain.envelope.mean, gain.phoneme.mean, len(probe_items))
         if device.type == "cuda" and (is_log or is_checkpoint):
             torch.cuda.synchronize(device)
         if is_log:
@@ -289,13 +292,14 @@ def mel_regression_loss(head: torch.nn.Linear, states: torch.Tensor, target: tor
     return err.sum() / (frame_mask.sum() * target.shape[-1]).clamp(min=1)
 
 
-def measure_gain(model: WaveGrad2, ema: EMA | None, items: list[ConditioningItem], loss_kind: str):
-    """Conditioning gain of the weights that eval and synth use (the EMA when there is one)."""
+def measure_gain(model: WaveGrad2, ema: EMA | None, items: list[ConditioningItem], speech_ids: list[int],
+                 loss_kind: str) -> Diagnostic:
+    """Envelope and phoneme gains of the weights that eval and synth use by default (the EMA when there is one)."""
     if ema is None:
-        return conditioning_gain(model, items, loss_kind)
+        return conditioning_gain(model, items, speech_ids, loss_kind)
     raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ema.copy_to(model)
     try:
-        return conditioning_gain(model, items, loss_kind)
+        return conditioning_gain(model, items, speech_ids, loss_kind)
     finally:
         model.load_state_dict(raw)

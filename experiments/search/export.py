@@ -11,7 +11,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evaluation.conditioning import conditioning_gain, reads_text
 from evaluation.metrics import value_range
 from evaluation.stats import paired_difference
 from experiments.runtime import atomic_write_bytes
@@ -19,7 +18,7 @@ from experiments.search.evaluator import Evaluator, ModelInfo, per_utterance, su
 from experiments.search.spec import PARAMETRIZATION, SPLIT, SearchSpec, baseline_list, redact, slug
 from experiments.search.tracking import TrackingContext
 from experiments.search.trial import BASELINE, PER_UTTERANCE, fail_reason
-from experiments.synth import conditioning_items
+from experiments.synth import diagnose
 
 
 def _write_json(path: Path, data: dict) -> Path:
@@ -84,8 +83,8 @@ def model_gain(ev: Evaluator | None) -> dict | None:
     if ev is None:
         return None
     loaded = ev.loaded
-    gain = conditioning_gain(loaded.model, conditioning_items(loaded, ev.utterances), loaded.config.train.noise_loss)
-    return {**gain.summary, "reads_text": reads_text(gain.summary)}
+    gain = diagnose(loaded, ev.utterances)
+    return {**gain.summaries(), "reads_text": gain.reads_text}
 
 
 def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: ModelInfo,
@@ -99,7 +98,7 @@ def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: M
     common = {
         "model": asdict(model),
         # does the model read its text? (the schedule's quality numbers compare noise if not)
-        "conditioning_gain": model_gain(ev),
+        "gains": model_gain(ev),
         "evaluation": {"split": SPLIT, "utterances": [u.id for u in ev.utterances] if ev else None,
                        "limit_utterances": spec.limit_utterances, "seed": spec.seed, "durations": "ground truth",
                        "noise": "utterance i uses seed * 1000003 + i"},
