@@ -1,88 +1,144 @@
-"""The conditioning gain: 1 for a decoder that ignores its text, far above 1 for one that reads it, and a
-diagnostic whose shift does nothing (the broken variant) cannot tell the two apart."""
+"""Does the model read its text? The envelope gain (states rolled by half the utterance, on speech frames) and the
+phoneme gain (speech phonemes deranged, durations and silences kept): a model that only knows where speech is scores
+exactly 1 on the phoneme gain but passes the envelope gain; a model that knows its phonemes scores above 1 on both;
+and the broken variants of the diagnostic (no derangement; no roll; all frames instead of speech frames) fail."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import evaluation.conditioning as conditioning
-from components.configs import ModelConfig
-from components.model import Conditioning, WaveGrad2
-from evaluation.conditioning import ConditioningItem, conditioning_gain, reads_text
+from evaluation.conditioning import (ConditioningItem, conditioning_gain, derangement, reads_text, speech_mask,
+                                     swap_phonemes)
 
-HOP = 300
-
-
-class OracleModel(WaveGrad2):
-    """A WaveGrad2 whose conditioning states carry the clean signal itself (hop samples per frame) and whose
-    denoiser inverts the noising exactly from them: the perfect reader of its conditioning."""
-
-    def __init__(self, clean: torch.Tensor, reads: bool = True):
-        super().__init__(ModelConfig(encoder_channels=8, duration_channels=4, decoder_preset="tiny", zoneout=0.0),
-                         vocab_size=8)
-        self.clean, self.reads = clean, reads  # clean: (1, 1, T)
-
-    def condition(self, encoded, durations, token_mask, frames):
-        states = self.clean.reshape(1, -1, HOP).transpose(1, 2)  # (1, hop, F): frame f holds its samples
-        return Conditioning(states, torch.zeros(1, states.shape[-1], encoded.shape[1]))
-
-    def denoise(self, noisy, condition, noise_level):
-        a = noise_level[:, None, None]
-        if not self.reads:  # the best a text-blind predictor can do for this signal: a fixed shrinkage
-            return noisy * torch.sqrt(1 - a**2)
-        clean = condition.transpose(1, 2).reshape(noisy.shape)
-        return (noisy - a * clean) / torch.sqrt(1 - a**2)
+HOP = 50
+PAD, SILENCE = 0, 1
+SPEECH = [2, 3, 4, 5, 6, 7]
+# Each speech phoneme is a level of the clean signal (silence is 0): knowing the phoneme is knowing the signal.
+LEVEL = {PAD: 0.0, SILENCE: 0.0, 2: 1.0, 3: 1.1, 4: 1.2, 5: 1.3, 6: 1.4, 7: 1.5}
+SPEECH_MEAN = float(np.mean([LEVEL[i] for i in SPEECH]))
 
 
-def speech_like_item(frames: int = 40, seed: int = 0) -> ConditioningItem:
-    """A unit-variance signal with a loud and a silent half, like speech and pauses."""
+class ReaderModel(torch.nn.Module):
+    """A model whose states carry the phoneme ids frame by frame and whose denoiser inverts the noising from its
+    own clean-signal estimate: the phoneme level (`knows="phonemes"`), or only whether the frame is speech, at the
+    mean speech level (`knows="envelope"`)."""
+
+    def __init__(self, knows: str):
+        super().__init__()
+        self.knows = knows
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device to run on
+
+    def encode(self, ids, mask):
+        return ids.float()[..., None], None  # (1, N, 1)
+
+    def condition(self, encoded, durations, mask, frames):
+        per_frame = torch.repeat_interleave(encoded[0, :, 0], durations[0].long())  # (F,)
+        return SimpleNamespace(states=per_frame[None, None])  # (1, 1, F)
+
+    def estimate(self, states: torch.Tensor) -> torch.Tensor:
+        ids = states[0, 0].round().long().tolist()
+        if self.knows == "phonemes":
+            values = [LEVEL[i] for i in ids]
+        else:
+            values = [SPEECH_MEAN if i in SPEECH else 0.0 for i in ids]
+        return torch.tensor(values).repeat_interleave(HOP)[None, None]  # (1, 1, T)
+
+    def denoise(self, noisy, states, level):
+        a = level[:, None, None]
+        return (noisy - a * self.estimate(states)) / torch.sqrt(1 - a**2)
+
+
+def utterance(seed: int) -> ConditioningItem:
+    """A long leading silence, eight speech phonemes, a pause, eight more, a trailing silence (as in the corpus,
+    where the roll by half the utterance lands speech on silence); the clean signal is each phoneme's level with a
+    little noise."""
     rng = np.random.default_rng(seed)
-    signal = rng.standard_normal(frames * HOP).astype(np.float32)
-    signal[: frames * HOP // 2] *= 0.05
-    signal /= signal.std()
-    return ConditioningItem(np.array([1, 2, 3]), np.array([10, 20, frames - 30]), signal[None])
+    ids = np.array([SILENCE, *rng.choice(SPEECH, 8), SILENCE, *rng.choice(SPEECH, 8), SILENCE])
+    durations = rng.integers(2, 6, len(ids))
+    durations[0], durations[-1] = 30, 10
+    signal = np.repeat([LEVEL[int(i)] for i in ids], durations * HOP) + 0.05 * rng.standard_normal(durations.sum() * HOP)
+    return ConditioningItem(ids, durations, signal[None].astype(np.float32))
 
 
-def gain_of(reads: bool, n: int = 3) -> conditioning.GainResult:
-    items = [speech_like_item(seed=i) for i in range(n)]
-    results = [conditioning_gain(OracleModel(torch.from_numpy(it.signal)[None], reads), [it], "l1") for it in items]
-    per = [r.per_utterance[0] for r in results]
-    return conditioning.GainResult(per, results[0].per_level, conditioning.summarize(per))
+ITEMS = [utterance(s) for s in range(5)]
 
 
-def test_a_model_that_ignores_its_text_scores_exactly_one():
-    result = gain_of(reads=False)
-    assert result.per_utterance == pytest.approx([1.0] * 3, abs=1e-12)
-    assert not reads_text(result.summary)
+def diagnose(knows: str):
+    return conditioning_gain(ReaderModel(knows), ITEMS, SPEECH, "l1")
 
 
-def test_a_model_that_reads_its_text_scores_far_above_one_at_every_level():
-    result = gain_of(reads=True)
-    assert result.summary["ci_low"] > 5 and reads_text(result.summary)
-    assert all(ratio > 1.5 for ratio in result.per_level.values()), result.per_level
+def test_a_model_that_only_knows_the_envelope_scores_one_on_phonemes_but_passes_the_envelope_gain():
+    result = diagnose("envelope")
+    assert result.phoneme.per_utterance == pytest.approx([1.0] * len(ITEMS), abs=1e-12)
+    assert not result.reads_text
+    # the envelope gain (roll by half the utterance) alone would call it a reader: what the control is for
+    assert reads_text(result.envelope.summary) and result.envelope.summary["ci_low"] > 1.1
 
 
-def test_a_diagnostic_that_does_not_shift_cannot_see_the_text(monkeypatch):
-    """The broken variant: if the 'shifted' conditioning were the true one, the perfect reader would score 1."""
-    monkeypatch.setattr(conditioning, "shift_frames", lambda states: states)
-    result = gain_of(reads=True)
-    assert result.per_utterance == pytest.approx([1.0] * 3, abs=1e-9)
-    assert not reads_text(result.summary)
+def test_a_model_that_knows_its_phonemes_scores_above_one_and_a_diagnostic_without_derangement_cannot_see_it(
+        monkeypatch):
+    result = diagnose("phonemes")
+    assert result.reads_text and result.phoneme.summary["ci_low"] > 1.5, result.phoneme.summary
+    assert all(ratio > 1.0 for ratio in result.phoneme.per_level.values()), result.phoneme.per_level
+    # broken variant: a "derangement" that maps each phoneme to itself
+    monkeypatch.setattr(conditioning, "derangement", lambda ids, seed=0: {i: i for i in ids})
+    broken = diagnose("phonemes")
+    assert broken.phoneme.per_utterance == pytest.approx([1.0] * len(ITEMS), abs=1e-12) and not broken.reads_text
+
+
+def test_losses_are_taken_on_speech_frames_only(monkeypatch):
+    """Padding the utterances with long silences changes nothing; the broken variant (every frame weighs) dilutes
+    the phoneme gain towards 1 as silence grows."""
+    def padded(item: ConditioningItem) -> ConditioningItem:
+        ids = np.concatenate([[SILENCE], item.phoneme_ids, [SILENCE]])
+        durations = np.concatenate([[200], item.durations, [200]])
+        hiss = 0.05 * np.random.default_rng(0).standard_normal((2, 200 * HOP))  # room noise in the pauses
+        signal = np.concatenate([hiss[0], item.signal[0], hiss[1]])[None].astype(np.float32)
+        return ConditioningItem(ids, durations, signal)
+
+    long_items = [padded(it) for it in ITEMS]
+    plain = conditioning_gain(ReaderModel("phonemes"), ITEMS, SPEECH, "l1").phoneme.summary["mean"]
+    padded_gain = conditioning_gain(ReaderModel("phonemes"), long_items, SPEECH, "l1").phoneme.summary["mean"]
+    assert padded_gain == pytest.approx(plain, rel=0.05)
+    monkeypatch.setattr(conditioning, "speech_mask", lambda ids, durations, speech, length: np.ones(length, "f4"))
+    diluted = conditioning_gain(ReaderModel("phonemes"), long_items, SPEECH, "l1").phoneme.summary["mean"]
+    assert diluted < 1 + 0.5 * (plain - 1)
+
+
+def test_derangement_moves_every_phoneme_and_is_fixed():
+    mapping = derangement(SPEECH)
+    assert sorted(mapping) == SPEECH and sorted(mapping.values()) == SPEECH
+    assert all(mapping[i] != i for i in SPEECH) and derangement(SPEECH) == mapping
+    assert list(swap_phonemes(np.array([PAD, SILENCE, 2, 3]), mapping)) == [PAD, SILENCE, mapping[2], mapping[3]]
+    with pytest.raises(ValueError, match="at least two"):
+        derangement([2])
+
+
+def test_speech_mask_follows_durations_and_steps_per_frame():
+    mask = speech_mask(np.array([SILENCE, 2, SILENCE]), np.array([1, 2, 1]), set(SPEECH), 4 * 3)
+    assert mask.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="whole number"):
+        speech_mask(np.array([2]), np.array([3]), set(SPEECH), 10)
 
 
 def test_gain_is_deterministic_and_restores_training_mode():
-    item = speech_like_item()
-    model = OracleModel(torch.from_numpy(item.signal)[None])
+    model = ReaderModel("phonemes")
     model.train()
-    first = conditioning_gain(model, [item], "l2", seed=3)
-    second = conditioning_gain(model, [item], "l2", seed=3)
-    assert first.per_utterance == second.per_utterance and model.training
+    first = conditioning_gain(model, ITEMS[:2], SPEECH, "l2", seed=3)
+    second = conditioning_gain(model, ITEMS[:2], SPEECH, "l2", seed=3)
+    assert first.phoneme.per_utterance == second.phoneme.per_utterance and model.training
 
 
 def test_bad_arguments_name_what_is_allowed():
-    model = OracleModel(torch.zeros(1, 1, 40 * HOP))
+    model = ReaderModel("phonemes")
     with pytest.raises(ValueError, match="no utterances"):
-        conditioning_gain(model, [], "l1")
+        conditioning_gain(model, [], SPEECH, "l1")
     with pytest.raises(ValueError, match="allowed: l1, l2"):
-        conditioning_gain(model, [speech_like_item()], "huber")
+        conditioning_gain(model, ITEMS[:1], SPEECH, "huber")
+    silent = ConditioningItem(np.array([SILENCE]), np.array([4]), np.zeros((1, 4 * HOP), np.float32))
+    with pytest.raises(ValueError, match="no utterance has a speech frame"):
+        conditioning_gain(model, [silent], SPEECH, "l1")
