@@ -180,15 +180,18 @@ def test_marginal_effects_signs(grid_report):
     by = {(e.axis, e.schedule): e for e in report.effects}
     up = by[("model.upsampler", "manual-6")]
     assert (up.a, up.b) == ("gaussian", "repeat")
-    # averaged over both window sizes (the missing repeat/64 seed does not tilt it); seed noise only in the interval
-    assert up.diff == pytest.approx(0.4, abs=1e-9) and up.settings == 2 and 0 < up.ci_low < 0.4 < up.ci_high
+    # each seed's effect over the window sizes where it finished (the missing repeat/64 seed does not tilt it);
+    # training axes are judged across seeds, and two seeds are too few for an interval or a p-value
+    assert up.per_seed == pytest.approx({"0": 0.4, "1": 0.4}, abs=1e-9) and up.diff == pytest.approx(0.4, abs=1e-9)
+    assert up.unit == "seed" and up.n == 2 and up.verdict == "too few seeds" and up.settings == 2
+    assert up.ci_low is None and up.ci_high is None and up.p_value is None
     win = by[("train.window_frames", "manual-6")]
-    assert (win.a, win.b) == ("64", "256") and win.diff < 0 and win.ci_high < 0
+    assert (win.a, win.b) == ("64", "256") and win.diff < 0 and win.verdict == "too few seeds"
     assert ("model.upsampler", "linear-50") in by
     md = report.report_md.read_text()
     assert "## Marginal effect of each axis on pesq_wb" in md
-    assert "`model.upsampler`: gaussian beats repeat on pesq_wb at manual-6" in md
-    assert "`train.window_frames`: 256 beats 64 on pesq_wb at manual-6" in md
+    assert "`model.upsampler`: gaussian − repeat = +0.4 pesq_wb at manual-6 (2 seed(s), too few for an interval" in md
+    assert "| seed (2) | — | too few seeds |" in md
 
 
 def test_csv_plots_and_artifacts(grid_report, store):

@@ -16,7 +16,7 @@ from test_compare import _cell, _experiment, _parent
 from test_listen import _Refs
 
 from evaluation.compare import compare
-from evaluation.stats import PAIRED, WELCH, mean_difference, summarize
+from evaluation.stats import PAIRED, SEED_T, mean_difference, summarize
 
 store = test_compare.store  # the same real MLflow store fixture (SQLite in a temp dir)
 
@@ -83,21 +83,21 @@ def test_paired_difference_from_per_utterance_values(store, tmp_path):
     parent = _build(store, tmp_path / "runs", "paired")
     report = compare("paired", tmp_path / "out", tracking_uri=uri)
     (effect,) = [e for e in report.effects if e.schedule == "manual-6"]
-    assert effect.test == PAIRED and (effect.a, effect.b) == ("gaussian", "repeat")
-    assert effect.n_pairs == 2 * len(UTTS) - 1  # within seed, pooled; the missing PESQ drops its pair
-    assert effect.diff == pytest.approx(GAIN, abs=0.02)
-    assert 0 < effect.ci_low < GAIN < effect.ci_high and effect.ci_high - effect.ci_low < 0.05
-    assert effect.p_value is not None and effect.p_value < 0.01
-    # unpaired, the same values could not tell the cells apart: the utterances' spread swamps the gain
+    assert effect.test == SEED_T and (effect.a, effect.b) == ("gaussian", "repeat") and effect.unit == "seed"
+    # each seed's effect is its paired mean over utterances (the missing PESQ drops its pair): both near the gain,
+    # though unpaired the same values could not tell the cells apart (the utterances' spread swamps the gain)
+    assert effect.per_seed == pytest.approx({"0": GAIN, "1": GAIN}, abs=0.02) and not effect.note
     welch = mean_difference([_pesq("gaussian", u, s) for u in UTTS for s in SEEDS],
                             [_pesq("repeat", u, s) for u in UTTS for s in SEEDS])
     assert welch["ci_low"] < 0 < welch["ci_high"]
+    # two seeds: no interval and no p-value, whatever the utterances say
+    assert effect.n == 2 and effect.verdict == "too few seeds" and effect.p_value is None and effect.ci_low is None
 
     md = report.report_md.read_text()
     section = md.split("## Marginal effect of each axis on pesq_wb", 1)[1].split("\n## ", 1)[0]
-    assert "**Paired**" in section and PAIRED in section and "Wilcoxon" in section and "**Unpaired**" not in section
-    assert re.search(r"\| `model.upsampler` \| gaussian − repeat \| manual-6 \| \+0\.2\d* \| \[\+0\.2.*\| paired \| ",
-                     section), section
+    assert "**Training axes**" in section and SEED_T in section and "**Unpaired**" not in section
+    assert re.search(r"\| `model.upsampler` \| gaussian − repeat \| manual-6 \| \+0\.2\d* \| — \| seed \(2\) \| — "
+                     r"\| too few seeds \| \+0\.2", section), section
     # interval ends clipped to the metric's range: STOI never above 1, though a run logged 1.03
     for row in report.rows:
         assert row.stats["manual-6/stoi"].ci_high <= 1.0 and row.stats["manual-6/pesq_wb"].ci_low >= 1.0
@@ -123,12 +123,12 @@ def test_unpaired_fallback_is_said(store, tmp_path):
     _build(store, tmp_path / "runs", "half-paired", csv_missing_for=("repeat", 1))
     report = compare("half-paired", tmp_path / "out", tracking_uri=uri)
     (effect,) = [e for e in report.effects if e.schedule == "manual-6"]
-    assert effect.test == WELCH and "per_utterance.csv" in effect.note
-    assert effect.p_value is None and effect.ci_low is not None
+    # seed 1 has no per-utterance values on one side: that seed's effect is the difference of its run-level values
+    assert effect.test == SEED_T and "per_utterance.csv" in effect.note and len(effect.per_seed) == 2
+    assert effect.p_value is None and effect.verdict == "too few seeds"
     md = report.report_md.read_text()
     section = md.split("## Marginal effect of each axis on pesq_wb", 1)[1].split("\n## ", 1)[0]
-    assert "**Unpaired**" in section and WELCH in section and "no per_utterance.csv" in section
-    assert "| Welch |" in section
+    assert "no per_utterance.csv" in section
 
 
 def test_paired_statistics_and_ranges():
