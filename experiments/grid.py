@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation import runs
-from experiments import claims, run_records, tracking
+from experiments import claims, grid_pricing, run_records, tracking
 from experiments.config import InputError
 from experiments.grid_cell import CellOutcome, RunContext, check_windows, end_quietly, run_cell, runs_dir
 from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
@@ -149,7 +149,8 @@ def _run_parallel(jobs: list[list[Cell]], ctx: RunContext, workers: int, record)
 # ----------------------------------------------------------------------------- the command
 
 def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), workers: int = 1, device: str = "auto",
-             dry_run: bool = False, progress: bool = True) -> GridOutcome:
+             dry_run: bool = False, progress: bool = True,
+             pricing: grid_pricing.Pricing | None = None) -> GridOutcome:
     """Run (or resume) a grid; see the module docstring. Raises InputError (exit 2) before any training
     when the grid, a cell, the data or the MLflow store is wrong. The parent run and every cell run end
     FAILED (KILLED on Ctrl-C) with the reason as tag wg2.end_reason; none is left RUNNING by this process."""
@@ -160,6 +161,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
         raise InputError(f"--workers {workers}: expected at least 1")
     if dry_run:
         print(describe(grid))
+        print(grid_pricing.format_price(grid_pricing.price_grid(grid, pricing)))
         print("dry run: nothing trained; the corpus was not read, so the check that each training window "
               "fits the longest training utterance was skipped")
         return GridOutcome(grid, dry_run=True)
@@ -242,4 +244,5 @@ def summary(outcome: GridOutcome) -> str:
 
 
 def cmd_grid(args) -> int:
-    return run_grid(args.grid, args.overrides, args.workers, args.device, args.dry_run).exit_code
+    pricing = grid_pricing.Pricing.from_args(args.gpu, args.utilisation)
+    return run_grid(args.grid, args.overrides, args.workers, args.device, args.dry_run, pricing=pricing).exit_code
