@@ -170,3 +170,11 @@ def test_bad_price_assumptions_exit_2_naming_the_flag(args, message, tmp_path: P
     assert message in capsys.readouterr().err
     assert main(["grid", str(GRIDS / "quickstart.toml"), "--dry-run", "--gpu", "L40S=362"]) == 0
     assert "price on L40S (assumed; --gpu): dense peaks bf16 362 / tf32 181" in capsys.readouterr().out
+
+
+def test_price_flags_without_dry_run_exit_2_before_anything_runs(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["grid", str(GRIDS / "quickstart.toml"), "--gpu", "a100"]) == 2
+    assert "without --dry-run they do nothing" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
