@@ -18,11 +18,13 @@ second x refinement steps x audio seconds / the sustained rate. Excluded: the me
 warm-up synthesis, the encoder pass per utterance, and during training the checkpoints and gain probes.
 
 The default utilisation, 10% of the dense peak, is an assumption, not a measurement. The decoder's
-convolutions are narrow (32-512 channels) over long sequences, with memory-bound FiLM and activation
-work between them; the one public timing found of this decoder, lmnt-com/wavegrad's README (intelligible
-after ~20k steps, ~1.5 h on an RTX 2080 Ti, batch 32 of 7,200 samples, AMP), works out with these FLOP
-counts at ~7.5 TFLOP/s, about 14% of that card's fp16 tensor peak with fp32 accumulation (53.8), and an
-H100 has 3.4x less memory bandwidth per FLOP. A measured `wg2 bench --device cuda` row replaces it.
+convolutions are narrow (32-512 channels) over long sequences, with memory-bound FiLM and activation work
+between them. The one public timing found of this decoder, lmnt-com/wavegrad's README (intelligible after
+~20k steps, ~1.5 h on an RTX 2080 Ti; batch 32 of 7,200 samples, fp32 by default), works out with these
+FLOP counts at ~7.5 TFLOP/s, about half that card's fp32 peak (13.4). Scaled by memory bandwidth (an H100
+SXM has 5.4x the 2080 Ti's, and bf16 halves the bytes) that is ~80 TFLOP/s, 8% of the H100's bf16 peak;
+scaled by compute it would be several times more. 10% sits just above the bandwidth-bound estimate. A
+measured `wg2 bench --device cuda` row replaces it (benchmarks/gpu.sh takes base.toml's 32 x 64).
 """
 from __future__ import annotations
 
