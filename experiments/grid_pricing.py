@@ -3,7 +3,8 @@
 Training, per training (cells sharing a train hash train once: the first carries it, the rest say "shared"):
 - measured, when a `wg2 bench` row in results/bench/*.json was taken on the priced GPU (device cuda, its
   machine name naming the GPU) for this cell's model (the bench's model for the preset equals the cell's,
-  at 22.05 kHz) at this batch and window: train.steps / the row's steps/s, bf16 or fp32 as the cell trains;
+  at 22.05 kHz) at this batch and window: train.steps / the row's steps/s, bf16 or fp32 as the cell trains
+  (evaluation needs only the model and the GPU to match);
 - else FLOP-derived: train.steps x the step's FLOPs (experiments/step_flops.py: the real model at the
   cell's batch x window, matmuls and convolutions, forward + backward) / (the GPU's dense peak x the
   utilisation). bf16 (train.precision auto or bf16; every GPU listed computes it natively) is priced at
@@ -142,14 +143,16 @@ def bench_rows(bench_dir: Path) -> list[tuple[str, str, dict]]:
     return found
 
 
-def _matching_row(config: RunConfig, rows: list[tuple[str, str, dict]], gpu: Gpu) -> tuple[str, dict] | None:
+def _matching_row(config: RunConfig, rows: list[tuple[str, str, dict]], gpu: Gpu,
+                  training: bool) -> tuple[str, dict] | None:
+    """The first row measured on `gpu` for this cell's model (and, for `training`, its batch and window)."""
     model = config.model
     for path, machine, row in rows:
         if (gpu.match.lower() in machine.lower() and row["preset"] == model.decoder_preset
                 and config.data.sample_rate == BENCH_SAMPLE_RATE
                 and dataclasses.asdict(preset_model(row["preset"])) == dataclasses.asdict(model)
-                and row["batch_size"] == config.train.batch_size
-                and row["window_frames"] == config.train.window_frames):
+                and (not training or (row["batch_size"] == config.train.batch_size
+                                      and row["window_frames"] == config.train.window_frames))):
             return path, row
     return None
 
@@ -203,10 +206,10 @@ def price_grid(grid: Grid, pricing: Pricing | None = None) -> GridPrice:
     stage_ones: set[str] = set()
     for cell in grid.cells:
         config, t = cell.config, cell.config.train
-        match = _matching_row(config, rows, pricing.gpu)
-        row = match[1] if match else None
+        match, eval_match = (_matching_row(config, rows, pricing.gpu, training) for training in (True, False))
         flops = training_step_flops(config).total
-        rate = None if row is None else row.get("bf16_steps_per_s" if _is_bf16(t.precision) else "train_steps_per_s")
+        rate = None if match is None else match[1].get("bf16_steps_per_s" if _is_bf16(t.precision)
+                                                       else "train_steps_per_s")
         if cell.train_hash in trained:
             hours = None
         elif rate:
@@ -214,9 +217,10 @@ def price_grid(grid: Grid, pricing: Pricing | None = None) -> GridPrice:
         else:
             hours = t.steps * pricing.seconds(flops, _is_bf16(t.precision)) / 3600
         trained.add(cell.train_hash)
-        eval_hours, eval_source = _eval_price(config, row, pricing)
-        if match and (rate or eval_source == "bench") and match[0] not in price.bench_files:
-            price.bench_files.append(match[0])
+        eval_hours, eval_source = _eval_price(config, eval_match[1] if eval_match else None, pricing)
+        for used, found in ((rate, match), (eval_source == "bench", eval_match)):
+            if used and found and found[0] not in price.bench_files:
+                price.bench_files.append(found[0])
         price.cells.append(CellPrice(cell, flops / 1e12, hours, "bench" if rate else "FLOPs", eval_hours, eval_source))
         if config.model.space == "latent":
             ae = config.autoencoder

@@ -90,6 +90,7 @@ def test_a_measured_bench_row_prices_only_the_cells_it_measured(tmp_path: Path):
     for c in by_window[64]:  # 100000 steps at the measured 10 bf16 steps/s
         assert c.train_source == "bench" and c.train_hours == pytest.approx(100000 / 10 / 3600)
     assert all(c.train_source == "FLOPs" for c in by_window[256])  # measured at 64 frames: not this cell's rate
+    assert all(c.eval_source == "bench" for c in price.cells)  # synthesis speed does not depend on the window
     assert price.bench_files == [str(tmp_path / "h100" / "bench_cuda.json")]
     # eval.schedules of base.toml include fibonacci-25, not timed by the bench: priced from linear-50's RTF per step
     c = by_window[64][0]
