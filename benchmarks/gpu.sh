@@ -112,7 +112,9 @@ else
     (stage corpus 200 "${WG2[@]}" corpus build --out "$CORPUS" --workers 0; echo $? >"$OUT/logs/corpus.rc") &
     CORPUS_PID=$!
 fi
-stage bench 110 "${WG2[@]}" bench --presets base,large --precision bf16 --device cuda --out "$OUT/bench"
+# at base.toml's batch and window (32 x 64 frames): the rows `wg2 grid --dry-run` prices the paper grids' cells from
+stage bench 110 "${WG2[@]}" bench --presets base,large --precision bf16 --device cuda --batch-size 32 \
+    --window-frames 64 --out "$OUT/bench"
 if [ "$DRY" = 0 ]; then
     wait "$CORPUS_PID"
     STAGES+=("corpus|$(cat "$OUT/logs/corpus.rc" 2>/dev/null || echo '?')|-|200")

@@ -46,6 +46,11 @@ PRESET_MODELS = {  # encoder sizes that go with each decoder preset (tiny = the 
 }
 
 
+def preset_model(preset: str) -> ModelConfig:
+    """The model `wg2 bench` measures for a decoder preset (its encoder sizes from PRESET_MODELS)."""
+    return dataclasses.replace(ModelConfig(decoder_preset=preset), **PRESET_MODELS.get(preset, {}))
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -143,14 +148,15 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
     name = precision_name(dtype)
     rows = []
     for preset in presets:
-        config = dataclasses.replace(ModelConfig(decoder_preset=preset), **PRESET_MODELS.get(preset, {}))
+        config = preset_model(preset)
         torch.manual_seed(0)
         model = WaveGrad2(config, VOCAB).to(dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         repeats = 5 if dev.type == "cuda" else 3 if preset == "tiny" else 1
         row = {"preset": preset, "params_M": count_parameters(model) / 1e6,
-               "decoder_params_M": count_parameters(model.decoder) / 1e6, "device": dev.type, "precision": name}
+               "decoder_params_M": count_parameters(model.decoder) / 1e6, "device": dev.type, "precision": name,
+               "batch_size": batch_size, "window_frames": window}  # what the training rates were measured at
         row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, config, dev, batch_size, window,
                                                                               None, repeats)
         if dtype is not None:

@@ -185,7 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     _overrides(p)
     p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes")
     _device(p)
-    p.add_argument("--dry-run", action="store_true", help="print the cells and their hashes, then stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the cells, their hashes and their price in GPU-hours, then stop")
+    p.add_argument("--gpu", default=None, help="GPU the dry run prices on: h100 (default), h200, a100, or NAME=TFLOPS "
+                   "(bf16 dense peak)")
+    p.add_argument("--utilisation", type=float, default=None,
+                   help="fraction of the GPU's peak a FLOP-derived price assumes (default 0.10)")
     p.set_defaults(func=_handler("experiments.grid:cmd_grid"))
 
     p = sub.add_parser("compare", parents=[common], help="report a grid's MLflow runs: tables, intervals, plots")

@@ -26,6 +26,7 @@ import queue
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evaluation import runs
 from experiments import claims, run_records, tracking
@@ -33,6 +34,9 @@ from experiments.config import InputError
 from experiments.grid_cell import CellOutcome, RunContext, check_windows, end_quietly, run_cell, runs_dir
 from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
 from experiments.workers import interrupt_reason, raise_on_sigterm, start_workers, stop_workers, watch_parent
+
+if TYPE_CHECKING:
+    from experiments.grid_pricing import Pricing
 
 __all__ = ["GridOutcome", "run_grid", "summary", "cmd_grid"]
 
@@ -149,7 +153,8 @@ def _run_parallel(jobs: list[list[Cell]], ctx: RunContext, workers: int, record)
 # ----------------------------------------------------------------------------- the command
 
 def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), workers: int = 1, device: str = "auto",
-             dry_run: bool = False, progress: bool = True) -> GridOutcome:
+             dry_run: bool = False, progress: bool = True,
+             pricing: Pricing | None = None) -> GridOutcome:
     """Run (or resume) a grid; see the module docstring. Raises InputError (exit 2) before any training
     when the grid, a cell, the data or the MLflow store is wrong. The parent run and every cell run end
     FAILED (KILLED on Ctrl-C) with the reason as tag wg2.end_reason; none is left RUNNING by this process."""
@@ -159,7 +164,10 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
     if workers < 1:
         raise InputError(f"--workers {workers}: expected at least 1")
     if dry_run:
+        from experiments.grid_pricing import format_price, price_grid  # torch and the models: dry runs only
+
         print(describe(grid))
+        print(format_price(price_grid(grid, pricing)))
         print("dry run: nothing trained; the corpus was not read, so the check that each training window "
               "fits the longest training utterance was skipped")
         return GridOutcome(grid, dry_run=True)
@@ -242,4 +250,11 @@ def summary(outcome: GridOutcome) -> str:
 
 
 def cmd_grid(args) -> int:
-    return run_grid(args.grid, args.overrides, args.workers, args.device, args.dry_run).exit_code
+    pricing = None
+    if args.dry_run:
+        from experiments.grid_pricing import Pricing
+
+        pricing = Pricing.from_args(args.gpu, args.utilisation)
+    elif args.gpu is not None or args.utilisation is not None:
+        raise InputError("--gpu and --utilisation set what a --dry-run prices on; without --dry-run they do nothing")
+    return run_grid(args.grid, args.overrides, args.workers, args.device, args.dry_run, pricing=pricing).exit_code
