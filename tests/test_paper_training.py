@@ -160,25 +160,32 @@ def weights_of(loaded) -> dict:
 
 
 def check_loads(load, run: dict) -> None:
-    """"ema" gives the moving average when the run kept one, else the raw weights; "raw" always the raw weights."""
+    """"ema" gives the moving average when the run kept one, else the raw weights; "raw" always the raw weights;
+    None the checkpoint's own eval.weights."""
     state = run["state"]
-    for asked in ("ema", "raw"):
+    for asked in ("ema", "raw", None):
         loaded = load(run["checkpoint"], "cpu", asked)
-        want = "ema" if asked == "ema" and state["ema"] is not None else "raw"
-        assert loaded.weights == want
+        want = "ema" if (asked or state["config"]["eval"]["weights"]) == "ema" and state["ema"] is not None else "raw"
+        assert loaded.weights == want, asked
         for key, value in weights_of(loaded).items():
             assert torch.equal(value, state[want if want == "ema" else "model"][key]), key
 
 
-def test_eval_loads_the_weights_asked_for_and_falls_back_to_raw_without_an_ema(runs):
+def test_eval_loads_the_weights_asked_for_and_falls_back_to_raw_without_an_ema(runs, tmp_path):
     ema_run, plain_run = runs["mel"], runs["paper"]
     assert plain_run["state"]["ema"] is None and ema_run["state"]["ema"] is not None
     assert any(not torch.equal(ema_run["state"]["ema"][k], v) for k, v in ema_run["state"]["model"].items())
-    check_loads(load_checkpoint, ema_run)
-    check_loads(load_checkpoint, plain_run)
+    state = ema_run["state"]  # the same run trained with eval.weights = "raw" (`wg2 train --set eval.weights=raw`)
+    raw_state = {**state, "config": {**state["config"], "eval": {**state["config"]["eval"], "weights": "raw"}}}
+    torch.save(raw_state, tmp_path / "checkpoint.pt")
+    raw_run = {"checkpoint": tmp_path / "checkpoint.pt", "state": raw_state}
+    for run in (ema_run, plain_run, raw_run):
+        check_loads(load_checkpoint, run)
     with pytest.raises(AssertionError):
-        check_loads(lambda path, device, weights: load_checkpoint(path, device, "raw"), ema_run)
-    # a grid cell passes eval.weights (experiments/grid_cell.py); the key is checked at load
+        check_loads(lambda path, device, weights: load_checkpoint(path, device, "raw"), ema_run)  # raw when ema asked
+    with pytest.raises(AssertionError):  # `wg2 eval` ignoring the checkpoint's eval.weights (logged as raw, ran ema)
+        check_loads(lambda path, device, weights: load_checkpoint(path, device, weights or "ema"), raw_run)
+    # a grid cell passes its eval.weights (experiments/grid_cell.py); the key is checked at load
     assert load_config(TINY_PRESET, ["eval.weights=raw"]).eval.weights == "raw"
     with pytest.raises(ValueError, match=r"eval.weights = 'average'; allowed: ema, raw"):
         load_config(TINY_PRESET, ["eval.weights=average"])
