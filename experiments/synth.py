@@ -47,9 +47,10 @@ class Synthesis:
     weights: np.ndarray  # (frames, N) alignment of frames to tokens
 
 
-def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema") -> LoadedModel:
+def load_checkpoint(path: str | Path, device: str = "auto", weights: str | None = None) -> LoadedModel:
     """A trained model for synthesis. weights = "ema" takes the moving average when the run kept one
-    (train.ema_decay > 0), else the raw weights; "raw" always takes the raw weights."""
+    (train.ema_decay > 0), else the raw weights; "raw" always takes the raw weights; None (`wg2 eval`, `synth`,
+    `search`) the checkpoint's own eval.weights, so what an evaluation logs as eval.weights is what it loaded."""
     from experiments.corpus_types import PhonemeVocab
 
     path = Path(path)
@@ -59,10 +60,11 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema"
     if state.get("format") not in (1, CHECKPOINT_FORMAT):
         raise InputError(f"{path}: not a wg2 checkpoint (format 1 or {CHECKPOINT_FORMAT} expected)")
     require_keys(path, state, ("config", "vocab", "model", "step", "sample_rate", "hop_length"))
-    if weights not in ("ema", "raw"):
-        raise InputError(f"weights = {weights!r}; allowed: ema, raw")
     dev = resolve_device(device)
     config = config_from_dict(state["config"], str(path))
+    weights = config.eval.weights if weights is None else weights
+    if weights not in ("ema", "raw"):
+        raise InputError(f"weights = {weights!r}; allowed: ema, raw")
     if not (isinstance(state["vocab"], list) and state["vocab"] and all(isinstance(v, str) for v in state["vocab"])):
         raise InputError(f"{path}: its vocab is not a list of phoneme strings")
     vocab = PhonemeVocab.from_list(state["vocab"])
