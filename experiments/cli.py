@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from experiments.grid_file import MAX_CELLS
 from experiments.workers import Terminated, interrupt_reason, raise_on_sigterm
 
 DISTRIBUTION = "wavegrad2-ablation"
@@ -38,6 +39,11 @@ def _tracking(p: argparse.ArgumentParser, experiment: str) -> None:
     p.add_argument("--no-track", action="store_true", help="write nothing to MLflow")
     p.add_argument("--experiment", default=None, metavar="NAME",
                    help=f"MLflow experiment (default {experiment!r}); store: MLFLOW_TRACKING_URI, else ./mlflow.db")
+
+
+def _max_cells(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-cells", type=int, default=MAX_CELLS, metavar="N",
+                   help=f"refuse a grid of more cells than this, counted from its axes (default {MAX_CELLS})")
 
 
 def version() -> str:
@@ -177,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes")
     _device(p)
     p.add_argument("--dry-run", action="store_true", help="print the cells and their hashes, then stop")
+    _max_cells(p)
     p.set_defaults(func=_handler("experiments.grid:cmd_grid"))
 
     p = sub.add_parser("compare", parents=[common], help="report a grid's MLflow runs: tables, intervals, plots")
@@ -184,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
     p.add_argument("--metric", default="pesq_wb", help="headline metric")
     p.add_argument("--json", action="store_true", help="print the report's content as JSON on stdout")
+    p.add_argument("--force", action="store_true",
+                   help="replace files in --out that an earlier `wg2 compare` did not write (refused otherwise)")
+    _max_cells(p)
     p.set_defaults(func=_handler("experiments.compare_cmd:cmd_compare"))
 
     p = sub.add_parser("search", parents=[common], help="search an inference noise schedule with Optuna")
@@ -226,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wg2: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # what was running is marked KILLED; a rerun resumes it
-        print(f"wg2: {interrupt_reason(err)}; rerun the same command to resume", file=sys.stderr)
+        resume = "" if getattr(args, "dry_run", False) else "; rerun the same command to resume"
+        print(f"wg2: {interrupt_reason(err)}{resume}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130  # the shell's codes for death by SIGTERM / SIGINT
     return int(code or 0)
 

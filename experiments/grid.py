@@ -31,7 +31,7 @@ from evaluation import runs
 from experiments import claims, run_records, tracking
 from experiments.config import InputError
 from experiments.grid_cell import CellOutcome, RunContext, check_windows, end_quietly, run_cell, runs_dir
-from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
+from experiments.grid_file import MAX_CELLS, Cell, Grid, describe, expected_cells, load_grid
 from experiments.workers import interrupt_reason, raise_on_sigterm, start_workers, stop_workers, watch_parent
 
 __all__ = ["GridOutcome", "run_grid", "summary", "cmd_grid"]
@@ -149,13 +149,13 @@ def _run_parallel(jobs: list[list[Cell]], ctx: RunContext, workers: int, record)
 # ----------------------------------------------------------------------------- the command
 
 def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), workers: int = 1, device: str = "auto",
-             dry_run: bool = False, progress: bool = True) -> GridOutcome:
+             dry_run: bool = False, progress: bool = True, max_cells: int = MAX_CELLS) -> GridOutcome:
     """Run (or resume) a grid; see the module docstring. Raises InputError (exit 2) before any training
     when the grid, a cell, the data or the MLflow store is wrong. The parent run and every cell run end
     FAILED (KILLED on Ctrl-C) with the reason as tag wg2.end_reason; none is left RUNNING by this process."""
     from experiments.runtime import resolve_device
 
-    grid = load_grid(path, list(overrides))
+    grid = load_grid(path, list(overrides), max_cells)
     if workers < 1:
         raise InputError(f"--workers {workers}: expected at least 1")
     if dry_run:
@@ -242,4 +242,5 @@ def summary(outcome: GridOutcome) -> str:
 
 
 def cmd_grid(args) -> int:
-    return run_grid(args.grid, args.overrides, args.workers, args.device, args.dry_run).exit_code
+    return run_grid(args.grid, args.overrides, args.workers, args.device, args.dry_run,
+                    max_cells=getattr(args, "max_cells", MAX_CELLS)).exit_code
