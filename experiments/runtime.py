@@ -2,7 +2,6 @@
 Shared by training, the autoencoder stage, synthesis, evaluation and the benchmark."""
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -13,6 +12,7 @@ import torch
 
 from evaluation.progress import progress_enabled  # noqa: F401 - re-exported: the one progress-bar rule
 from experiments.config import InputError
+from experiments.disk import no_space_error
 
 
 def resolve_device(device: str) -> torch.device:
@@ -45,28 +45,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
         full = no_space_error(err, path)
+        tmp.unlink(missing_ok=True)
         if full is not None:
             raise full from err
         raise
-
-
-def no_space_error(err: BaseException, path: Path | str, advice: str = "free space and rerun") -> InputError | None:
-    """ENOSPC (or EDQUOT) as an InputError: "no space left on DEVICE writing PATH"; None for other errors."""
-    if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return None
-    return InputError(f"no space left on {device_of(path)} writing {path}; {advice}")
-
-
-def device_of(path: Path | str) -> str:
-    """The mount point holding `path` (its nearest existing folder), as users know the device."""
-    here = Path(os.path.abspath(path))
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    while not os.path.ismount(here) and here != here.parent:
-        here = here.parent
-    return str(here)
 
 
 def atomic_save(obj: dict, path: Path) -> None:
@@ -77,8 +60,8 @@ def atomic_save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
         full = no_space_error(err, path, "free space and rerun (with --resume to continue from the last checkpoint)")
+        tmp.unlink(missing_ok=True)  # after the look at the device: it is full until this goes
         if full is not None:
             raise full from err
         raise

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from evaluation.metrics import METRICS, metric_names
 from evaluation.runs import sqlite_path, tracking_uri
 from experiments.config import InputError
+from experiments.runtime import check_writable
 from experiments.store_checkpoints import resolve_checkpoint
 from experiments.search import space
 
@@ -117,6 +118,7 @@ def spec_from_args(args) -> SearchSpec:
         need(args.objective == "pesq_wb", f"--objective {args.objective}: with --multi the objectives are fixed "
              "(PESQ-wb and STOI against steps)")
         need(args.sampler == "tpe", "--sampler grid is the single-objective baseline; use --sampler tpe with --multi")
+    check_writable(Path(args.out), "--out folder")  # now, not after the whole search
     uri = tracking_uri()
     checkpoint, run_id = resolve_checkpoint(args.model, uri)
     study = args.study or default_study_name(checkpoint, run_id, args.steps, args.objective, args.multi,

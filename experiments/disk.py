@@ -1,0 +1,41 @@
+"""A full disk, said plainly: "no space left on DEVICE writing PATH" (an InputError, exit 2), for every writer
+(checkpoints, wavs, corpus files, dataset caches, plots). Torch-free, so corpus-build workers can use it."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from experiments.config import InputError
+
+
+def no_space_error(err: BaseException, path: Path | str, advice: str = "free space and rerun") -> InputError | None:
+    """ENOSPC (or EDQUOT) as an InputError: "no space left on DEVICE writing PATH"; None for other errors. A
+    library error without an errno (libsndfile's, matplotlib's) counts when the device is full now."""
+    if isinstance(err, OSError):
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    else:
+        full = isinstance(err, Exception) and device_full(path)
+    return InputError(f"no space left on {device_of(path)} writing {path}; {advice}") if full else None
+
+
+def device_full(path: Path | str, margin: int = 64 * 1024) -> bool:
+    """Less than `margin` bytes free on the device holding `path` (its nearest existing folder)."""
+    here = Path(os.path.abspath(path))
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        stats = os.statvfs(here)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < margin
+
+
+def device_of(path: Path | str) -> str:
+    """The mount point holding `path` (its nearest existing folder), as users know the device."""
+    here = Path(os.path.abspath(path))
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    while not os.path.ismount(here) and here != here.parent:
+        here = here.parent
+    return str(here)
