@@ -1,8 +1,11 @@
-"""A full disk, said plainly: "no space left on DEVICE writing PATH" (an InputError, exit 2), for every writer
-(checkpoints, wavs, corpus files, dataset caches, plots). Torch-free, so corpus-build workers can use it."""
+"""Output on disk: a full disk said plainly ("no space left on DEVICE writing PATH", an InputError, exit 2) for
+every writer (checkpoints, wavs, corpus files, dataset caches, plots), and the lock that keeps two commands from
+writing one output folder at once. Torch-free, so corpus-build workers can use it."""
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 from pathlib import Path
 
@@ -39,3 +42,27 @@ def device_of(path: Path | str) -> str:
     while not os.path.ismount(here) and here != here.parent:
         here = here.parent
     return str(here)
+
+
+@contextlib.contextmanager
+def folder_lock(lock_file: Path, busy: str, wait: bool = False):
+    """An exclusive lock on `lock_file` (created beside what it guards) while the block runs: a second command
+    on the same output waits for it (`wait`) or stops with InputError(`busy`). No-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise InputError(busy) from None
+            logging.getLogger(__name__).info("%s; waiting for it", busy)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -164,6 +164,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
               "fits the longest training utterance was skipped")
         return GridOutcome(grid, dry_run=True)
     resolved = str(resolve_device(device))  # `--device cuda` without a GPU: exit 2 now, not a failed cell each
+    claims.stale_seconds()  # a bad $WG2_STALE_SECONDS: exit 2 now, not in every worker
     tracking.check_store_writable(runs.tracking_uri())  # preflight: an unwritable store is exit 2 naming its path
     check_windows(grid, progress)
 
