@@ -41,6 +41,11 @@ def _tracking(p: argparse.ArgumentParser, experiment: str) -> None:
                    help=f"MLflow experiment (default {experiment!r}); store: MLFLOW_TRACKING_URI, else ./mlflow.db")
 
 
+def _skip_unknown(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-unknown-phonemes", action="store_true",
+                   help="leave out utterances holding phonemes the model never saw (a corpus changed since training)")
+
+
 def _max_cells(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cells", type=int, default=MAX_CELLS, metavar="N",
                    help=f"refuse a grid of more cells than this, counted from its axes (default {MAX_CELLS})")
@@ -172,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default next to the checkpoint)")
     p.add_argument("--workers", type=int, default=None, help="metric worker processes")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    _skip_unknown(p)
     _precision(p)
     _device(p)
     _tracking(p, "wg2 eval")
@@ -211,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-utterances", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/schedules", help="where the best schedule file goes")
+    _skip_unknown(p)
     _device(p)
     p.set_defaults(func=_handler("experiments.search.command:cmd_search"))
 

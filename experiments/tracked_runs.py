@@ -182,7 +182,7 @@ def cmd_train(args) -> int:
 # ----------------------------------------------------------------------------- evaluation
 
 def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment: str = EVAL_EXPERIMENT,
-                 progress: bool = True) -> tuple[evaluation.EvalResult, str]:
+                 progress: bool = True, skip_unknown: bool = False) -> tuple[evaluation.EvalResult, str]:
     """`wg2 eval` as a new MLflow run (see the module docstring). Returns (result, run ID)."""
     uri = tracking.ensure_store(runs.tracking_uri())
     experiment_id = tracking.get_or_create_experiment(experiment, uri=uri)
@@ -201,7 +201,8 @@ def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment
                       "checkpoint_step": loaded.step, "model_run_id": model_run_id or ""}
             tracking.retry(lambda: tracking.log_params(mlf, run_id, params))
             run_records.log_corpus_input(mlf, run_id, loaded.config.data.root, dataset.corpus_hash, "evaluation")
-            result = evaluation.evaluate(loaded, config, out, dataset=dataset, progress=progress)
+            result = evaluation.evaluate(loaded, config, out, dataset=dataset, progress=progress,
+                                         skip_unknown=skip_unknown)
             tracking.retry(lambda: tracking.log_metrics(mlf, run_id, result.metrics, step=loaded.step))
             tracking.retry(lambda: mlf.log_artifacts(run_id, str(out)))
     except KeyboardInterrupt as err:
@@ -222,11 +223,12 @@ def cmd_eval(args) -> int:
     evaluation.check_eval_out(out)
     loaded = synth.load_checkpoint(checkpoint, args.device)
     config = evaluation.eval_config(loaded, args)
-    run_id = None
+    run_id, skip = None, bool(getattr(args, "skip_unknown_phonemes", False))
     if getattr(args, "no_track", False):
-        result = evaluation.evaluate(loaded, config, out)
+        result = evaluation.evaluate(loaded, config, out, skip_unknown=skip)
     else:
-        result, run_id = tracked_eval(loaded, config, out, model_run_id, args.experiment or EVAL_EXPERIMENT)
+        result, run_id = tracked_eval(loaded, config, out, model_run_id, args.experiment or EVAL_EXPERIMENT,
+                                      skip_unknown=skip)
     if getattr(args, "json", False):
         print(json.dumps({**result.summary, "mlflow_run_id": run_id}, indent=2, default=str))
     else:

@@ -45,6 +45,7 @@ class SearchSpec:
     tracking_uri: str
     prune_batch: int = PRUNE_BATCH
     progress: bool = True
+    skip_unknown_phonemes: bool = False  # leave out utterances with phonemes the model never saw
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -125,7 +126,8 @@ def spec_from_args(args) -> SearchSpec:
                                              args.min_steps, args.max_steps, args.sampler)
     return SearchSpec(str(checkpoint), run_id, args.steps, args.trials, args.objective, args.multi, args.min_steps,
                       args.max_steps, args.sampler, _absolute_storage(args.storage or "sqlite:///optuna.db"), study,
-                      args.workers, args.limit_utterances, args.seed, args.out, args.device, uri)
+                      args.workers, args.limit_utterances, args.seed, args.out, args.device, uri,
+                      skip_unknown_phonemes=bool(getattr(args, "skip_unknown_phonemes", False)))
 
 
 def baseline_list(spec: SearchSpec) -> list[space.Baseline]:
