@@ -38,6 +38,7 @@ from evaluation.metrics import METRICS, ON_FREE_RUNNING, Missing, value_range
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
+from experiments.disk import no_space_error
 from experiments.precision import precision_name, resolve_precision
 from experiments.runtime import peak_memory_mb
 from experiments.schedule_files import resolve_schedule, schedule_label
@@ -189,7 +190,16 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
                 metrics[f"{label}/rtf_batch{batch}"] = rtf
         metrics[f"{label}/peak_memory_mb"] = sp["peak_memory_mb"]
 
-    files = write_outputs(Path(out_dir), rows, summary, utterances, outputs, config, sr, loaded) if out_dir else []
+    try:
+        files = write_outputs(Path(out_dir), rows, summary, utterances, outputs, config, sr, loaded) if out_dir else []
+    except Exception as err:
+        full = no_space_error(err, getattr(err, "filename", None) or out_dir, "free space or choose another --out, "
+                              "and rerun")
+        for name in ("per_utterance.tmp", "summary.tmp"):  # the temporaries of the two tables
+            (Path(out_dir) / name).unlink(missing_ok=True)
+        if full is not None:
+            raise full from None
+        raise
     return EvalResult(metrics, summary, files)
 
 
