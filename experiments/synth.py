@@ -197,7 +197,10 @@ def check_synth_args(args) -> None:
         raise InputError(f"-o {out}: a folder; expected a .wav file name")
     if out.suffix.lower() != ".wav":
         raise InputError(f"-o {out}: wg2 synth writes WAV audio; expected a name ending in .wav")
-    check_writable(out.parent, "output folder")
+    try:
+        check_writable(out.parent, "output folder")
+    except InputError as err:
+        raise InputError(f"-o {out}: {err}") from None
 
 
 def check_length(phonemes: list[str], source: str) -> None:
@@ -211,12 +214,12 @@ def check_length(phonemes: list[str], source: str) -> None:
 def cmd_synth(args) -> int:
     set_threads()
     check_synth_args(args)
-    checkpoint, _ = resolve_checkpoint(args.checkpoint)
-    loaded = load_checkpoint(checkpoint, args.device)
     try:
         betas = resolve_schedule(args.schedule)
     except ValueError as err:
         raise InputError(f"--schedule: {err}") from err
+    checkpoint, _ = resolve_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(checkpoint, args.device)
     durations = None
     if sum(x is not None for x in (args.text, args.utterance, args.phonemes)) != 1:
         raise InputError("give exactly one of: TEXT, --utterance ID, --phonemes '...'")
