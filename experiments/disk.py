@@ -14,10 +14,10 @@ from experiments.config import InputError
 
 def no_space_error(err: BaseException, path: Path | str, advice: str = "free space and rerun") -> InputError | None:
     """ENOSPC (or EDQUOT) as an InputError: "no space left on DEVICE writing PATH"; None for other errors. A
-    library error without an errno (libsndfile's, matplotlib's) counts when the device is full now."""
-    if isinstance(err, OSError):
+    library error without an errno (libsndfile's, numpy's short write) counts when the device is full now."""
+    if isinstance(err, OSError) and err.errno is not None:
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
-    else:
+    else:  # (numpy's short write is an OSError without one)
         full = isinstance(err, Exception) and device_full(path)
     return InputError(f"no space left on {device_of(path)} writing {path}; {advice}") if full else None
 
