@@ -186,7 +186,8 @@ def check_synth_args(args) -> None:
 
     low, high = PACE_RANGE
     if not (math.isfinite(args.pace) and low <= args.pace <= high):
-        raise InputError(f"--pace {args.pace}: expected a number from {low:g} to {high:g} (> 1 speaks faster)")
+        raise InputError(f"--pace {args.pace}: expected a finite number > 0, from {low:g} to {high:g} (> 1 speaks "
+                         "faster)")
     for name, value in (("TEXT", args.text), ("--phonemes", args.phonemes), ("--utterance", args.utterance)):
         if value is not None and not value.strip():
             raise InputError(f"{name} {value!r}: empty; expected something to say")
