@@ -93,7 +93,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 # the tracking-store schemes MLflow opens (a database engine may carry a driver: postgresql+psycopg2)
 STORE_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc")
-REACH_SECONDS = 3.0  # how long a tracking server gets to accept a connection before the command gives up
+REACH_SECONDS = 5.0  # how long a tracking server gets to accept a connection before the command gives up
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -115,21 +115,40 @@ def store_problem(uri: str) -> str | None:
 
 
 def _unreachable(uri: str) -> str | None:
-    import socket
+    """None when an MLflow tracking server answers at `uri` within REACH_SECONDS (name lookup included): its
+    REST API replies, or asks for credentials. Otherwise why not, naming the URI."""
+    import threading
+    import urllib.error
+    import urllib.request
 
     parsed = urlparse(uri)
     try:
-        port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
+        _ = parsed.port
     except ValueError:
         return f"MLFLOW_TRACKING_URI={uri}: not a valid port"
     if not parsed.hostname:
         return f"MLFLOW_TRACKING_URI={uri}: no host in the URI"
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=REACH_SECONDS).close()
-    except OSError as err:
-        return (f"MLflow tracking server {uri} is not reachable ({err.strerror or type(err).__name__} within "
-                f"{REACH_SECONDS:g} s); start it, or set MLFLOW_TRACKING_URI to a reachable store")
-    return None
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    answer: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(probe, timeout=REACH_SECONDS).close()  # noqa: S310 - http(s) only, checked above
+            answer.append(None)
+        except urllib.error.HTTPError as err:  # a server answered: MLflow's, unless it does not know the API
+            answer.append(None if err.code in (400, 401, 403) else f"answers HTTP {err.code} to MLflow's REST API")
+        except Exception as err:  # noqa: BLE001 - refused, unknown host, TLS, timeout: all "not reachable"
+            reason = getattr(err, "reason", err)
+            answer.append(f"is not reachable ({getattr(reason, 'strerror', None) or reason})")
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(REACH_SECONDS + 1)
+    problem = answer[0] if answer else f"is not reachable (no answer within {REACH_SECONDS:g} s)"
+    if problem is None:
+        return None
+    return (f"MLflow tracking server {uri} {problem}; start it, or set MLFLOW_TRACKING_URI to a reachable MLflow "
+            "store")
 
 
 def _sqlite_problem(uri: str, db: Path) -> str | None:

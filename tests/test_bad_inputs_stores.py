@@ -125,3 +125,30 @@ def test_a_corrupt_or_truncated_sqlite_store_is_exit_2_naming_it(damage: str, tm
     assert db.read_bytes() == before
     with pytest.raises(Exception):  # noqa: B017 - the old path: MLflow's own error on the damaged file
         MlflowClient(uri).search_experiments()
+
+
+def test_a_server_that_is_not_mlflow_is_named_and_one_that_answers_its_api_passes():
+    """The check asks MLflow's REST API, not just for a TCP connection: a web server answering 404 there (or a
+    sandbox that accepts every connection) is not a tracking store; one answering the API is."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from evaluation.runs import store_problem
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            mlflow = self.path.startswith("/mlflow/api/2.0/mlflow/experiments/search")
+            self.send_response(200 if mlflow else 404)
+            self.end_headers()
+            self.wfile.write(b'{"experiments": []}' if mlflow else b"not here")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert "answers HTTP 404 to MLflow's REST API" in store_problem(base)
+        assert store_problem(base + "/mlflow") is None
+    finally:
+        server.shutdown()
