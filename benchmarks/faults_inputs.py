@@ -8,7 +8,7 @@
             an unknown scheme, for train, eval, grid, compare, synth RUN_ID and search RUN_ID. Outcome: clear (exit 2
             naming the URI within 15 s beyond the start-up of a command that exits at once, measured first), slow
             (clear, later), hang (still running after 60 s), traceback, other (exit 2 for another reason first).
-  disk      a full disk (a tmpfs of random size, 256 KiB to 2 MiB, partly filled) under synth -o, eval --out, the
+  disk      a full disk (a tmpfs of 256 KiB to 2 MiB, filled up to 4-192 KiB) under synth -o, eval --out, the
             dataset cache (train's data.cache_dir) and corpus build --out. Outcome: clear (exit 2, "no space left on
             DEVICE writing PATH", no temporary left), leftover (clear, but a temporary stays), traceback, other.
   database  MLFLOW_TRACKING_URI at a SQLite file that is not an MLflow store: another application's database
@@ -270,7 +270,8 @@ def part_disk(tmp: Path, cases: int, rng: random.Random, model: Path, corpus: Pa
         _mount(fs, size)
         try:
             stats = os.statvfs(fs)
-            (fs / "filler").write_bytes(b"\0" * int(stats.f_bavail * stats.f_frsize * rng.uniform(0.0, 0.95)))
+            leave = rng.choice([4, 16, 64, 192]) * 1024  # less than any of the outputs needs
+            (fs / "filler").write_bytes(b"\0" * max(0, stats.f_bavail * stats.f_frsize - leave))
             argv = {"synth -o": ["synth", str(model), "the birch canoe slid on the smooth planks", "-o",
                                  str(fs / "x.wav"), "--device", "cpu"],
                     "eval --out": ["eval", str(model), "--no-track", "--device", "cpu", "--limit", "1",
@@ -291,7 +292,8 @@ def part_disk(tmp: Path, cases: int, rng: random.Random, model: Path, corpus: Pa
                 outcome = "clear" if not leftovers else "leftover"
             else:
                 outcome = "other"
-            done.append({"kind": kind, "size": size, **result, "leftovers": leftovers[:5], "outcome": outcome})
+            done.append({"kind": kind, "size": size, "free": leave, **result, "leftovers": leftovers[:5],
+                         "outcome": outcome})
             log(f"disk {i + 1}/{cases}: {kind} on {size // 1024} KiB: {outcome}")
         finally:
             subprocess.run(["umount", "-l", str(fs)], check=False)
