@@ -92,8 +92,9 @@ def test_compare_refuses_the_home_folder(store, tmp_path: Path, monkeypatch, cap
 
 
 @pytest.mark.parametrize("name", ["/some/where", "../outside", "~/x", ".hidden", "a/b"])
-def test_grid_names_that_are_not_plain_names_are_refused(name: str, store, tmp_path: Path, monkeypatch, capsys):
+def test_grid_names_that_are_not_plain_names_are_refused(name: str, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # refused before it is read
     grid = tmp_path / "g.toml"
     grid.write_text(f'name = "{name}"\ndescription = "q?"\n[axes]\n"model.upsampler" = ["gaussian"]\n')
     for argv in (["compare", str(grid)], ["grid", str(grid), "--dry-run"]):
@@ -104,4 +105,4 @@ def test_grid_names_that_are_not_plain_names_are_refused(name: str, store, tmp_p
     assert (Path("results") / name).parent != Path("results") or name.startswith((".", "~"))
     assert main(["compare", name]) == 2  # an experiment name that is no plain name needs --out
     assert "give the report folder with --out" in capsys.readouterr().err
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
