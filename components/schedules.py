@@ -17,6 +17,7 @@ import numpy as np
 from components.registry import Registry
 
 BETA_MIN, BETA_MAX = 1e-7, 0.9  # the range every schedule must lie in (search space too)
+MAX_STEPS = 10000  # more refinement steps than any schedule needs (the training schedule has 1000)
 
 
 def linear(start: float, end: float, steps: int) -> np.ndarray:
@@ -65,6 +66,8 @@ def check_betas(betas: np.ndarray, source: str) -> np.ndarray:
     betas = np.asarray(betas, dtype=np.float64)
     if betas.ndim != 1 or betas.size == 0:
         raise ValueError(f"{source}: expected a non-empty list of betas, got shape {betas.shape}")
+    if betas.size > MAX_STEPS:
+        raise ValueError(f"{source}: {betas.size} betas; at most {MAX_STEPS} steps are allowed")
     if not np.all(np.isfinite(betas)):
         raise ValueError(f"{source}: betas must be finite")
     bad = np.flatnonzero((betas < BETA_MIN) | (betas > BETA_MAX))
@@ -202,4 +205,6 @@ def resolve_schedule_name(name: str) -> np.ndarray:
         raise UnknownScheduleError(f"unknown schedule {name!r}; allowed: {', '.join(schedule_names())}")
     if n < 1:
         raise ValueError(f"schedule {name!r}: need at least one step")
+    if n > MAX_STEPS:
+        raise ValueError(f"schedule {name!r}: {n} steps; at most {MAX_STEPS} are allowed")
     return check_betas(cls(cls.Config(steps=n)).betas(), f"schedule {name!r}")

@@ -24,11 +24,17 @@ from evaluation.progress import progress_enabled
 from evaluation import report_plots as plots
 from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
 from evaluation.compare_report import QUALITY, listen_section, render_markdown, results_csv, write_atomic
-from evaluation.compare_data import CellRow, Effect, Grid, RunRecord, Target, label_of, metric_key
+from evaluation.compare_data import CellRow, CompareError, Effect, Grid, RunRecord, Target, label_of, metric_key
 from evaluation.compare_effects import axis_means
 from evaluation.compare_mlflow import read_grid, resolve_tracking_uri
 from evaluation.listen import FREE, GT, ListenCell, write_listen_page
+from evaluation.owned_files import record, refusal
 from evaluation.runs import TAG_TRAIN_HASH
+
+
+# what compare writes into its folder: only these are replaced, and only when an earlier compare wrote them there
+REPORT_FILES = ("report.md", "results.csv", "quality_vs_rtf.png", "axes.png", "loss_curves.png", "listen.html",
+                "listen")
 
 
 @dataclass
@@ -139,13 +145,18 @@ def _listen_keys(grid: Grid) -> list[str]:
 
 
 def compare(experiment_name: str, out_dir: str | Path, metric: str = "pesq_wb", tracking_uri: str | None = None,
-            expected: list[dict] | None = None) -> Report:
+            expected: list[dict] | None = None, force: bool = False) -> Report:
     """Read the grid's runs from MLflow, write report.md, results.csv and plots into out_dir, log them on the
     parent run (artifact path "report") and return what was found. `expected` (cells from the grid file) is
-    used when the parent run does not list its cells itself."""
+    used when the parent run does not list its cells itself. An out_dir holding one of REPORT_FILES that no
+    earlier compare wrote there (see evaluation.owned_files) is refused (CompareError) unless `force`."""
     import os
 
     from mlflow import MlflowClient
+
+    refused = refusal(Path(out_dir), REPORT_FILES, "--out", force)
+    if refused:
+        raise CompareError(refused)
 
     # per_utterance.csv and audio/ of every run are downloaded: without one progress bar each
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -154,6 +165,7 @@ def compare(experiment_name: str, out_dir: str | Path, metric: str = "pesq_wb", 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    record(out_dir, REPORT_FILES)  # before writing them: an interrupted compare's partial files are ours too
     plot_files = _plots(client, out_dir, grid)
     listen = _listen(client, out_dir, grid)
     md = write_atomic(out_dir / "report.md", render_markdown(grid, plot_files) + listen_section(listen))

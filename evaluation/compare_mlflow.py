@@ -20,7 +20,8 @@ from evaluation.compare_effects import axis_effects, axis_values, cell_rows, sch
 from evaluation.compare_target import latent_target
 from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNMENT, TAG_AUTOENCODER_RUN, TAG_AXES,
                              TAG_CELL_HASH, TAG_DESCRIPTION, TAG_EXPECTED_CELLS, TAG_GROUP, TAG_HEARTBEAT,
-                             TAG_KIND, TAG_SEED, search_all_runs, sqlite_path, tag_is, tracking_uri)
+                             TAG_KIND, TAG_SEED, search_all_runs, sqlite_path, store_problem, tag_is,
+                             tracking_uri)
 from evaluation.metrics import Missing
 
 
@@ -32,6 +33,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if path is not None and not path.is_file():
         raise CompareError(f"no MLflow store at {path} (tracking URI {uri}); run `wg2 grid` first or set "
                            "MLFLOW_TRACKING_URI")
+    problem = store_problem(uri)
+    if problem:
+        raise CompareError(problem)
     return uri
 
 

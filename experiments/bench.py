@@ -33,7 +33,8 @@ from components.model import WaveGrad2, count_parameters
 from experiments.batches import TrainingItem, make_batch
 from experiments.evaluate import machine_name
 from experiments.precision import autocast, precision_name, resolve_precision, set_threads
-from experiments.runtime import peak_memory_mb, resolve_device
+from experiments.config import InputError
+from experiments.runtime import check_writable, peak_memory_mb, resolve_device
 from experiments.schedule_files import resolve_schedule
 
 SAMPLE_RATE, VOCAB = 22050, 64
@@ -193,12 +194,33 @@ def format_table(machine: str, rows: list[dict], batch_size: int, window: int) -
     return "\n".join(lines)
 
 
-def cmd_bench(args) -> int:
+MAX_SECONDS = 60.0  # the longest utterance timed
+
+
+def check_bench_args(args) -> list[str]:
+    """The command line's numbers, presets and --out folder, refused before anything is timed; returns the presets."""
+    import math
+
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     unknown = [p for p in presets if p not in PRESET_MODELS]
-    if unknown:
-        from experiments.config import InputError
-        raise InputError(f"--presets: unknown {unknown}; allowed: {', '.join(PRESET_MODELS)}")
+    if unknown or not presets:
+        raise InputError(f"--presets {args.presets!r}: {f'unknown {unknown}' if unknown else 'no preset named'}; "
+                         f"allowed: {', '.join(PRESET_MODELS)}")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and 0 < args.seconds <= MAX_SECONDS):
+        raise InputError(f"--seconds {args.seconds}: expected a number > 0 and <= {MAX_SECONDS:g} (utterance length "
+                         "in seconds; leave it out for the default)")
+    for name, value in (("--batch-size", args.batch_size), ("--window-frames", args.window_frames)):
+        if value < 1:
+            raise InputError(f"{name} {value}: expected an integer >= 1")
+    if args.out:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise InputError(f"--out {args.out}: a file; expected a folder for the table and JSON")
+        check_writable(Path(args.out), "--out folder")
+    return presets
+
+
+def cmd_bench(args) -> int:
+    presets = check_bench_args(args)
     set_threads()
     dev, rows = run_bench(presets, args.device, args.seconds, args.batch_size, args.window_frames, args.precision)
     table = format_table(machine_name(dev), rows, args.batch_size, args.window_frames)

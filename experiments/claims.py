@@ -16,8 +16,26 @@ from evaluation.runs import TAG_HEARTBEAT, TAG_OWNER, search_all_runs, tag_is
 from experiments.tracking import client, retry
 
 HEARTBEAT_SECONDS = 30.0
-STALE_SECONDS = float(os.environ.get("WG2_STALE_SECONDS", 600))
+STALE_SECONDS = 600.0  # default of $WG2_STALE_SECONDS
 SETTLE_SECONDS = 0.5  # after a takeover, wait this long and re-read the owner: the last writer wins
+
+
+def stale_seconds() -> float:
+    """$WG2_STALE_SECONDS (default STALE_SECONDS), or an InputError naming it when it is not a number > 0."""
+    import math
+
+    from experiments.config import InputError
+
+    text = os.environ.get("WG2_STALE_SECONDS", "").strip()
+    if not text:
+        return STALE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"WG2_STALE_SECONDS={text!r}: expected a number of seconds > 0 (default {STALE_SECONDS:g})")
+    return value
 
 
 def owner_id() -> str:
@@ -26,8 +44,8 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{int(psutil.Process().create_time())}"
 
 
-def owner_alive(tags: dict[str, str], stale_seconds: float = STALE_SECONDS, now: float | None = None) -> bool:
-    """Is the process named by a run's owner tag still working on it?"""
+def owner_alive(tags: dict[str, str], stale: float | None = None, now: float | None = None) -> bool:
+    """Is the process named by a run's owner tag still working on it? (`stale`: default $WG2_STALE_SECONDS)"""
     import psutil
 
     owner = tags.get(TAG_OWNER, "")
@@ -45,7 +63,7 @@ def owner_alive(tags: dict[str, str], stale_seconds: float = STALE_SECONDS, now:
         beat = float(tags.get(TAG_HEARTBEAT, "0"))
     except ValueError:
         return False
-    return (now or time.time()) - beat < stale_seconds
+    return (now or time.time()) - beat < (stale if stale is not None else stale_seconds())
 
 
 class Heartbeat:
@@ -80,7 +98,7 @@ def earliest(runs: list):
 
 
 def claim_run(mlf, experiment_id: str, key_tag: str, key_value: str, create: Callable[[dict[str, str]], str],
-              stale_seconds: float = STALE_SECONDS) -> tuple[str | None, str]:
+              stale: float | None = None) -> tuple[str | None, str]:
     """Find or create the one run for `key_value` and claim it for this process.
 
     Returns (run_id, state): "finished" (a FINISHED run exists; do nothing), "busy" (a live owner is
@@ -95,7 +113,7 @@ def claim_run(mlf, experiment_id: str, key_tag: str, key_value: str, create: Cal
             return earliest(finished).info.run_id, "finished"
         if runs:
             run = earliest(runs)
-            if run.info.status == "RUNNING" and owner_alive(run.data.tags, stale_seconds):
+            if run.info.status == "RUNNING" and owner_alive(run.data.tags, stale):
                 return run.info.run_id, "busy"
             run_id = run.info.run_id
             retry(lambda: mlf.set_tag(run_id, TAG_OWNER, me))

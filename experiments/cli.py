@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from experiments.grid_file import MAX_CELLS
 from experiments.workers import Terminated, interrupt_reason, raise_on_sigterm
 
 DISTRIBUTION = "wavegrad2-ablation"
@@ -38,6 +39,16 @@ def _tracking(p: argparse.ArgumentParser, experiment: str) -> None:
     p.add_argument("--no-track", action="store_true", help="write nothing to MLflow")
     p.add_argument("--experiment", default=None, metavar="NAME",
                    help=f"MLflow experiment (default {experiment!r}); store: MLFLOW_TRACKING_URI, else ./mlflow.db")
+
+
+def _skip_unknown(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-unknown-phonemes", action="store_true",
+                   help="leave out utterances holding phonemes the model never saw (a corpus changed since training)")
+
+
+def _max_cells(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-cells", type=int, default=MAX_CELLS, metavar="N",
+                   help=f"refuse a grid of more cells than this, counted from its axes (default {MAX_CELLS})")
 
 
 def version() -> str:
@@ -175,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default next to the checkpoint)")
     p.add_argument("--workers", type=int, default=None, help="metric worker processes")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    _skip_unknown(p)
     _precision(p)
     _device(p)
     _tracking(p, "wg2 eval")
@@ -191,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(bf16 dense peak)")
     p.add_argument("--utilisation", type=float, default=None,
                    help="fraction of the GPU's peak a FLOP-derived price assumes (default 0.10)")
+    _max_cells(p)
     p.set_defaults(func=_handler("experiments.grid:cmd_grid"))
 
     p = sub.add_parser("compare", parents=[common], help="report a grid's MLflow runs: tables, intervals, plots")
@@ -198,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
     p.add_argument("--metric", default="pesq_wb", help="headline metric")
     p.add_argument("--json", action="store_true", help="print the report's content as JSON on stdout")
+    p.add_argument("--force", action="store_true",
+                   help="replace files in --out that an earlier `wg2 compare` did not write (refused otherwise)")
+    _max_cells(p)
     p.set_defaults(func=_handler("experiments.compare_cmd:cmd_compare"))
 
     p = sub.add_parser("search", parents=[common], help="search an inference noise schedule with Optuna")
@@ -215,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-utterances", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/schedules", help="where the best schedule file goes")
+    _skip_unknown(p)
     _device(p)
     p.set_defaults(func=_handler("experiments.search.command:cmd_search"))
 
@@ -240,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wg2: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # what was running is marked KILLED; a rerun resumes it
-        print(f"wg2: {interrupt_reason(err)}; rerun the same command to resume", file=sys.stderr)
+        resume = "" if getattr(args, "dry_run", False) else "; rerun the same command to resume"
+        print(f"wg2: {interrupt_reason(err)}{resume}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130  # the shell's codes for death by SIGTERM / SIGINT
     return int(code or 0)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from evaluation.compare import compare
 from evaluation.compare_data import CompareError
 from experiments.config import InputError
-from experiments.grid_file import expected_cells, load_grid
+from experiments.grid_file import MAX_CELLS, expected_cells, load_grid, plain_name
+from experiments.runtime import check_writable
 
 
 def cmd_compare(args) -> int:
@@ -22,13 +23,22 @@ def cmd_compare(args) -> int:
     target = str(args.target)
     expected = None
     if target.endswith(".toml") or Path(target).is_file():
-        grid = load_grid(target)  # raises ConfigError (an InputError) naming the file and what is wrong
+        # raises ConfigError (an InputError) naming the file and what is wrong
+        grid = load_grid(target, max_cells=getattr(args, "max_cells", MAX_CELLS))
         name, expected = grid.name, expected_cells(grid)
     else:
         name = target
-    out = Path(args.out) if getattr(args, "out", None) else Path("results") / name
+    if getattr(args, "out", None):
+        out = Path(args.out).expanduser()
+    elif plain_name(name):
+        out = Path("results") / name
+    else:
+        raise InputError(f"experiment {name!r} is not a plain name, so results/<name> would lie elsewhere; "
+                         "give the report folder with --out")
+    check_writable(out, "report folder")
     try:
-        report = compare(name, out, metric=getattr(args, "metric", None) or "pesq_wb", expected=expected)
+        report = compare(name, out, metric=getattr(args, "metric", None) or "pesq_wb", expected=expected,
+                         force=bool(getattr(args, "force", False)))
     except CompareError as err:
         raise InputError(str(err)) from err
     log = logging.getLogger(__name__)

@@ -14,6 +14,8 @@ import numpy as np
 from experiments.config import DataConfig, InputError
 from experiments.corpus_read import CorpusReport, content_hash, plan_corpus, read_plan, warn
 from experiments.corpus_types import SPLITS, Dataset, PhonemeVocab, Utterance, split_of
+from experiments.disk import no_space_error
+from experiments.runtime import pid_alive
 
 CACHE_VERSION = 3  # bump when the processing below changes what a cache file holds
 
@@ -26,17 +28,35 @@ def _cache_key(content: str, cfg: DataConfig) -> str:
 
 def _write_cache(folder: Path, report: CorpusReport) -> None:
     """One folder per key: audio.npy (all audio, float32, concatenated), durations.npy, index.json.
-    Written under a temporary name and renamed, so a reader never sees half of it."""
+    Written under a temporary name `<key>.tmp-<pid>` and renamed, so a reader never sees half of it; the
+    temporary is removed on any failure (a full disk: an InputError naming the device and the file), and dead
+    processes' temporaries are removed first."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob("*.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and stale.is_dir() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    us = report.utterances
-    np.save(tmp / "audio.npy", np.concatenate([u.audio for u in us]).astype(np.float32))
-    np.save(tmp / "durations.npy", np.concatenate([u.durations for u in us]).astype(np.int64))
-    index = {"ids": [u.id for u in us], "texts": [u.text for u in us], "phonemes": [u.phonemes for u in us],
-             "samples": [len(u.audio) for u in us], "warnings": report.warnings,
-             "skipped": [str(p) for p in report.problems]}
-    (tmp / "index.json").write_text(json.dumps(index, ensure_ascii=False))
+    target = tmp
+    try:
+        tmp.mkdir(parents=True)
+        us = report.utterances
+        target = tmp / "audio.npy"
+        np.save(target, np.concatenate([u.audio for u in us]).astype(np.float32))
+        target = tmp / "durations.npy"
+        np.save(target, np.concatenate([u.durations for u in us]).astype(np.int64))
+        index = {"ids": [u.id for u in us], "texts": [u.text for u in us], "phonemes": [u.phonemes for u in us],
+                 "samples": [len(u.audio) for u in us], "warnings": report.warnings,
+                 "skipped": [str(p) for p in report.problems]}
+        target = tmp / "index.json"
+        target.write_text(json.dumps(index, ensure_ascii=False))
+    except BaseException as err:
+        full = no_space_error(err, target, "free space or set data.cache_dir elsewhere, and rerun")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from None
+        raise
     try:
         os.replace(tmp, folder)
     except OSError:  # another process finished the same key first: theirs is identical

@@ -22,6 +22,7 @@ without `wg2_corpus.json`.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 from experiments.config import InputError
+from experiments.disk import device_full, folder_lock, no_space_error
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,12 @@ def corpus_content_hash(folder: str | Path) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _intervals(segments, n_samples: int, silence: str | None) -> list[tuple[int, int, str]]:
@@ -100,7 +106,11 @@ def textgrid_text(n_samples: int, sample_rate: int, tiers: list[tuple[str, list[
 
 
 def _init_worker(voice: str) -> None:
+    import signal
+
     from experiments import espeak
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent alone reports it
 
     espeak.prepare(voice)  # initialised and warmed up once: the template every utterance forks from
 
@@ -119,8 +129,15 @@ def _make_one(job: tuple[str, str, str, str]) -> tuple[str, int]:
     _write_atomic(Path(folder) / "alignments" / f"{uid}.TextGrid", grid.encode("utf-8"))
     wav = Path(folder) / "wavs" / f"{uid}.wav"
     tmp = wav.with_name(wav.name + ".tmp")
-    soundfile.write(str(tmp), spoken.audio, spoken.sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, wav)
+    try:
+        soundfile.write(str(tmp), spoken.audio, spoken.sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, wav)
+    except Exception as err:
+        full = device_full(tmp)  # libsndfile's error carries no errno
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(wav)) from err
+        raise
     return uid, n
 
 
@@ -164,12 +181,35 @@ def _synthesize(jobs: list[tuple[str, str, str, str]], voice: str, workers: int,
 
 def build_corpus(out: str | Path, voice: str = "en-us", limit: int = 0, workers: int = 0,
                  progress: bool = True) -> Path:
-    """Build (or finish, or confirm) the Harvard-sentence corpus at `out`; returns `out`."""
-    from experiments import espeak
-
+    """Build (or finish, or confirm) the Harvard-sentence corpus at `out`; returns `out`. Two builds of one
+    `out` run one after the other (a lock file `<out>.wg2-lock` beside it); a full disk is an InputError naming
+    the device and the file, with the partial build's temporaries removed (a rerun continues it)."""
     out = Path(out)
     if limit < 0 or workers < 0:
         raise InputError(f"--limit {limit} / --workers {workers}: expected 0 (all / one per core) or more")
+    above = out.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        why = "not a folder" if not above.is_dir() else "not writable"
+        raise InputError(f"--out {out}: cannot be created there ({above} is {why})")
+    lock = out.with_name(out.name + ".wg2-lock")
+    with folder_lock(lock, f"another `wg2 corpus build` is building {out}", wait=True):
+        try:
+            return _build(out, voice, limit, workers, progress)
+        except OSError as err:
+            partial = out.with_name(out.name + ".partial")
+            for stale in partial.rglob("*.tmp") if partial.is_dir() else ():
+                stale.unlink(missing_ok=True)
+            full = no_space_error(err, err.filename or partial, "free space and rerun: finished utterances are kept")
+            if full is not None:
+                raise full from None
+            raise
+
+
+def _build(out: Path, voice: str, limit: int, workers: int, progress: bool) -> Path:
+    from experiments import espeak
+
     sentences = harvard_sentences()
     sentences = sentences[:limit] if limit else sentences
     try:

@@ -5,6 +5,7 @@ import json
 import logging
 from collections import Counter
 
+from experiments.config import InputError
 from experiments.corpus_read import CorpusReport, cmd_check as _text_check, read_corpus
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ def report_dict(report: CorpusReport) -> dict:
 
 
 def cmd_check(args) -> int:
+    for option, value, unit in (("--hop-length", args.hop_length, "samples per frame"),
+                                ("--sample-rate", args.sample_rate, "Hz")):
+        if value < 1:
+            raise InputError(f"{option} {value}: expected an integer >= 1 ({unit})")
     if not getattr(args, "json", False):
         return _text_check(args)
     report = read_corpus(args.dir, args.alignments, args.sample_rate, args.hop_length, args.skip_bad, progress=True)

@@ -42,7 +42,7 @@ import numpy as np
 
 from experiments.config import InputError
 from experiments.corpus_types import SILENCE, Problem, Utterance
-from experiments.textgrid import interval_problems, read_phone_tier
+from experiments.textgrid import interval_problems, other_tier_problems, phone_tier, read_tiers
 
 SILENCE_LABELS = {"", "sil", "sp", "spn", SILENCE}  # compared lower-cased and stripped
 
@@ -199,7 +199,7 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
     except Exception as err:  # noqa: BLE001 - libsndfile errors are plain RuntimeErrors with its message
         return _Read(None, [Problem(str(wav_path), f"unreadable audio ({err}); expected a wav file",
                                     entry.id, "unreadable wav")])
-    bad = _nonfinite_problems(audio, rate, wav_path, entry.id)
+    bad = _nonfinite_problems(audio, rate, wav_path, entry.id) or _level_problems(audio, wav_path, entry.id)
     if bad:
         return _Read(None, bad, rate, audio.shape[1])
     channels = audio.shape[1]
@@ -211,7 +211,8 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
         audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
     audio = np.clip(audio, -1.0, 1.0)
     try:
-        entries, end_time = read_phone_tier(grid_path)
+        tiers, end_time = read_tiers(grid_path)
+        entries = phone_tier(tiers)
     except ValueError as err:
         return _Read(None, [Problem(str(grid_path), str(err), entry.id, "unreadable TextGrid")], rate, channels)
     bad_intervals = interval_problems(entries)
@@ -220,6 +221,10 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
                      rate, channels)
     entries = sorted(entries)
     tokens, ends = _tokens(entries, end_time)
+    if not tokens:
+        return _Read(None, [Problem(str(grid_path), f"its phones tier is empty (no intervals) and the TextGrid ends "
+                                    f"at {end_time:g} s; expected intervals covering the audio", entry.id, "empty")],
+                     rate, channels)
     n_frames = int(math.floor(len(audio) / hop + 0.5))
     frames_off = abs(ends[-1] - len(audio) / sample_rate) * sample_rate / hop if ends else 0.0
     if frames_off > 1.0:
@@ -229,7 +234,7 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
     if n_frames < 1:
         what = f"shorter than half a frame ({len(audio)} samples)"
         return _Read(None, [Problem(str(grid_path), what, entry.id, "empty")], rate, channels)
-    warned = []
+    warned = [Problem(str(grid_path), m, entry.id, "bad tier", warning=True) for m in other_tier_problems(tiers)]
     if all(t == SILENCE for t in tokens):
         labels = sorted({label.strip() for *_, label in entries})
         warned.append(Problem(str(grid_path), f"silence only: every phone label of its {len(entries)} interval(s) "
@@ -243,6 +248,21 @@ def _read_one(entry: _Entry, sample_rate: int, hop: int) -> _Read:
     audio = audio[:n_samples] if len(audio) >= n_samples else np.pad(audio, (0, n_samples - len(audio)))
     utterance = Utterance(entry.id, entry.text, tokens, durations, np.ascontiguousarray(audio, np.float32))
     return _Read(utterance, warned, rate, channels, int((durations == 0).sum()))
+
+
+LEVEL_LIMIT = 2.0  # a peak above this is not float audio in [-1, 1] (a little over 1 is clipped as before)
+
+
+def _level_problems(audio: np.ndarray, path: Path, uid: str) -> list[Problem]:
+    """Audio that clipping would ruin: float samples far outside [-1, 1] (int16 units written as float: every
+    sample would clip to +-1), and digital silence (every sample 0)."""
+    peak = float(np.abs(audio).max(initial=0.0))
+    if peak > LEVEL_LIMIT:
+        return [Problem(str(path), f"samples reach {peak:.6g} (int16 units written as float?); expected float samples "
+                        "in [-1, 1]: rescale it (divide by 32768)", uid, "out-of-range audio")]
+    if peak == 0.0 and len(audio):
+        return [Problem(str(path), "digital silence: every sample is 0; expected speech", uid, "silent audio")]
+    return []
 
 
 def _nonfinite_problems(audio: np.ndarray, rate: int, path: Path, uid: str) -> list[Problem]:

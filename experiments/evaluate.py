@@ -37,6 +37,7 @@ from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY, METRICS, ON_FREE_RUNN
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
 from experiments.config import EvalConfig, InputError
+from experiments.disk import no_space_error
 from experiments.precision import precision_name, resolve_precision
 from experiments.runtime import peak_memory_mb
 from experiments.schedule_files import resolve_schedule, schedule_label
@@ -68,6 +69,26 @@ def pick_utterances(utterances: list, limit: int, seed: int) -> list:
     return ordered
 
 
+SKIP_UNKNOWN = "--skip-unknown-phonemes"
+
+
+def known_utterances(loaded: LoadedModel, utterances: list, skip: bool = False) -> list:
+    """The utterances whose phonemes the model knows. A corpus changed after training may hold others: an
+    InputError names them (the corpus differs from the model's), or with `skip` they are left out, with a warning."""
+    unknown = {u.id: sorted({p for p in u.phonemes if p not in loaded.vocab}) for u in utterances}
+    unknown = {uid: found for uid, found in unknown.items() if found}
+    if not unknown:
+        return utterances
+    shown = "; ".join(f"{uid} ({' '.join(found)})" for uid, found in list(unknown.items())[:5])
+    more = f"; and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    what = (f"the corpus at {loaded.config.data.root} differs from the one {loaded.path} was trained on: "
+            f"{len(unknown)} of {len(utterances)} utterance(s) carry phonemes the model never saw: {shown}{more}")
+    if not skip:
+        raise InputError(f"{what}; rerun with {SKIP_UNKNOWN} to leave them out")
+    log.warning("%s; left out (%s)", what, SKIP_UNKNOWN)
+    return [u for u in utterances if u.id not in unknown]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -90,11 +111,12 @@ def timed_synthesis(loaded: LoadedModel, ids: list[np.ndarray], betas: np.ndarra
 
 
 def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, dataset=None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, skip_unknown: bool = False) -> EvalResult:
     from experiments.corpus import load_dataset
 
     dataset = dataset or load_dataset(loaded.config.data, progress=progress)
-    utterances = pick_utterances(dataset.split(config.split), config.limit, config.seed)
+    split = known_utterances(loaded, dataset.split(config.split), skip_unknown)
+    utterances = pick_utterances(split, config.limit, config.seed)
     if not utterances:
         raise InputError(f"eval.split = {config.split!r} has no utterances in {loaded.config.data.root}")
     ids = [loaded.vocab.encode(u.phonemes) for u in utterances]
@@ -166,7 +188,16 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
                 metrics[f"{label}/rtf_batch{batch}"] = rtf
         metrics[f"{label}/peak_memory_mb"] = sp["peak_memory_mb"]
 
-    files = write_outputs(Path(out_dir), rows, summary, utterances, outputs, config, sr, loaded) if out_dir else []
+    try:
+        files = write_outputs(Path(out_dir), rows, summary, utterances, outputs, config, sr, loaded) if out_dir else []
+    except Exception as err:
+        full = no_space_error(err, getattr(err, "filename", None) or out_dir, "free space or choose another --out, "
+                              "and rerun")
+        for name in ("per_utterance.tmp", "summary.tmp"):  # the temporaries of the two tables
+            (Path(out_dir) / name).unlink(missing_ok=True)
+        if full is not None:
+            raise full from None
+        raise
     return EvalResult(metrics, summary, files)
 
 

@@ -32,7 +32,7 @@ from evaluation import runs
 from experiments import claims, run_records, tracking
 from experiments.config import InputError
 from experiments.grid_cell import CellOutcome, RunContext, check_windows, end_quietly, run_cell, runs_dir
-from experiments.grid_file import Cell, Grid, describe, expected_cells, load_grid
+from experiments.grid_file import MAX_CELLS, Cell, Grid, describe, expected_cells, load_grid
 from experiments.workers import interrupt_reason, raise_on_sigterm, start_workers, stop_workers, watch_parent
 
 if TYPE_CHECKING:
@@ -153,14 +153,14 @@ def _run_parallel(jobs: list[list[Cell]], ctx: RunContext, workers: int, record)
 # ----------------------------------------------------------------------------- the command
 
 def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), workers: int = 1, device: str = "auto",
-             dry_run: bool = False, progress: bool = True,
-             pricing: Pricing | None = None) -> GridOutcome:
+             dry_run: bool = False, progress: bool = True, pricing: Pricing | None = None,
+             max_cells: int = MAX_CELLS) -> GridOutcome:
     """Run (or resume) a grid; see the module docstring. Raises InputError (exit 2) before any training
     when the grid, a cell, the data or the MLflow store is wrong. The parent run and every cell run end
     FAILED (KILLED on Ctrl-C) with the reason as tag wg2.end_reason; none is left RUNNING by this process."""
     from experiments.runtime import resolve_device
 
-    grid = load_grid(path, list(overrides))
+    grid = load_grid(path, list(overrides), max_cells)
     if workers < 1:
         raise InputError(f"--workers {workers}: expected at least 1")
     if dry_run:
@@ -172,6 +172,7 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
               "fits the longest training utterance was skipped")
         return GridOutcome(grid, dry_run=True)
     resolved = str(resolve_device(device))  # `--device cuda` without a GPU: exit 2 now, not a failed cell each
+    claims.stale_seconds()  # a bad $WG2_STALE_SECONDS: exit 2 now, not in every worker
     tracking.check_store_writable(runs.tracking_uri())  # preflight: an unwritable store is exit 2 naming its path
     check_windows(grid, progress)
 
@@ -257,4 +258,5 @@ def cmd_grid(args) -> int:
         pricing = Pricing.from_args(args.gpu, args.utilisation)
     elif args.gpu is not None or args.utilisation is not None:
         raise InputError("--gpu and --utilisation set what a --dry-run prices on; without --dry-run they do nothing")
-    return run_grid(args.grid, args.overrides, args.workers, args.device, args.dry_run, pricing=pricing).exit_code
+    return run_grid(args.grid, args.overrides, args.workers, args.device, args.dry_run, pricing=pricing,
+                    max_cells=getattr(args, "max_cells", MAX_CELLS)).exit_code

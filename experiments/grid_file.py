@@ -32,6 +32,8 @@ config; cells that differ only in `eval.*` share a train hash, hence one trained
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,8 @@ from experiments.config_identity import config_hash, train_hash
 GRID_KEYS = ("name", "description", "seeds", "base", "base_file", "axes", "exclude")
 SEED_KEYS = ("train.seed", "eval.seed")
 MAX_ERRORS_SHOWN = 12
+MAX_CELLS = 1000  # a larger product is refused before expanding (`--max-cells N` raises it)
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9 ._+=,@-]*")
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,13 @@ def _read_axes(raw: Any, where: str) -> list[Axis]:
         if isinstance(values, dict):  # `model.upsampler = [...]` unquoted: TOML nests it under "model"
             if name not in SECTIONS:
                 raise ConfigError(f"{where}: axes.{name} is a table; expected a list of values")
-            flat.update({f"{name}.{k}": v for k, v in values.items()})
+            for key, value in values.items():
+                dotted = f"{name}.{key}"
+                if dotted in flat:
+                    raise ConfigError(f"{where}: axes.{dotted} is given twice (quoted and unquoted); keep one")
+                flat[dotted] = value
+        elif name in flat:
+            raise ConfigError(f"{where}: axes.{name} is given twice (quoted and unquoted); keep one")
         else:
             flat[name] = values
     axes = []
@@ -213,9 +223,10 @@ def _dotted_or_names(entry: dict[str, Any], matchable: set[str], where: str) -> 
     return out
 
 
-def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Grid:
+def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), max_cells: int = MAX_CELLS) -> Grid:
     """Read a grid file, expand its cells and resolve + validate every one (no data is read).
-    Raises InputError listing every bad cell by label and key."""
+    Raises InputError listing every bad cell by label and key; a product of the axes and seeds above
+    `max_cells` is refused from the counts alone, before any cell is expanded."""
     path = Path(path)
     spec = read_toml(path)
     unknown = sorted(set(spec) - set(GRID_KEYS))
@@ -224,6 +235,9 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     name, description = spec.get("name"), spec.get("description")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{path}: `name` (the MLflow experiment) must be a non-empty string")
+    if not plain_name(name.strip()):
+        raise ConfigError(f"{path}: name = {name!r} is not a plain name; expected letters, digits and . _ - + "
+                          "(no / or \\, not starting with . or ~): it names the folder results/<name>")
     if not isinstance(description, str) or not description.strip():
         raise ConfigError(f"{path}: `description` (the question the grid answers) must be a non-empty string")
     seeds = spec.get("seeds", [0])
@@ -233,6 +247,11 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     base = _read_base(spec, path)
     axes = _read_axes(spec.get("axes", {}), str(path))
     assigned = {k for axis in axes for k in axis.keys()}
+    count = len(seeds) * math.prod(len(axis.values) for axis in axes)
+    if count > max_cells:
+        shape = " x ".join([str(len(a.values)) for a in axes] + [f"{len(seeds)} seed(s)"])
+        raise ConfigError(f"{path}: the grid has {count} cells ({shape}), over the limit of {max_cells}; "
+                          f"shrink its axes, or raise the limit with --max-cells {count}")
 
     override_values: dict[str, Any] = {}
     for text in overrides:
@@ -287,6 +306,11 @@ def load_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise ConfigError(f"{path}: every cell is excluded; nothing to run")
     return Grid(name.strip(), description.strip(), path, tuple(seeds), tuple(axes), tuple(overrides), tuple(cells),
                 excluded)
+
+
+def plain_name(name: str) -> bool:
+    """A grid name that is safe as one folder name under results/: no path separators, no leading . or ~."""
+    return bool(PLAIN_NAME.fullmatch(name))
 
 
 def _resolve_cell(path: Path, base: dict, axes: list[Axis], combo: tuple[int, ...], seed: int,

@@ -2,7 +2,6 @@
 Shared by training, the autoencoder stage, synthesis, evaluation and the benchmark."""
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -13,6 +12,7 @@ import torch
 
 from evaluation.progress import progress_enabled  # noqa: F401 - re-exported: the one progress-bar rule
 from experiments.config import InputError
+from experiments.disk import no_space_error
 
 
 def resolve_device(device: str) -> torch.device:
@@ -30,15 +30,26 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+TEMPORARY_MARK = ".wg2-tmp"  # NAME.wg2-tmp<pid>: a temporary wg2 made itself (other *.tmp<digits> files are not)
+
+
 def _temporary(path: Path) -> Path:
-    return path.with_name(path.name + f".tmp{os.getpid()}")
+    return path.with_name(path.name + f"{TEMPORARY_MARK}{os.getpid()}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary name in the same folder, then rename: a reader never sees half a file."""
+    """Write through a temporary name in the same folder, then rename: a reader never sees half a file.
+    On any failure the temporary is removed; a full disk is an InputError naming the device and the path."""
     tmp = _temporary(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException as err:
+        full = no_space_error(err, path)
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from err
+        raise
 
 
 def atomic_save(obj: dict, path: Path) -> None:
@@ -49,10 +60,10 @@ def atomic_save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise InputError(f"no space left on device at {path}; free space and rerun (with --resume to "
-                             "continue from the last checkpoint)") from err
+        full = no_space_error(err, path, "free space and rerun (with --resume to continue from the last checkpoint)")
+        tmp.unlink(missing_ok=True)  # after the look at the device: it is full until this goes
+        if full is not None:
+            raise full from err
         raise
 
 
@@ -128,7 +139,7 @@ def check_writable(folder: Path, what: str = "output folder") -> None:
                 break
 
 
-_TEMPORARY = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")
+_TEMPORARY = re.compile(rf"^(?P<name>.+){re.escape(TEMPORARY_MARK)}(?P<pid>\d+)$")
 
 
 def pid_alive(pid: int) -> bool:
@@ -146,10 +157,11 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_orphaned_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporaries of atomic writes (`NAME.tmp<pid>`) in `folder` whose writing process is dead;
-    returns them. A live writer's temporary is left alone."""
+    """Delete the temporaries of wg2's atomic writes (`NAME.wg2-tmp<pid>`) in `folder` whose writing process is
+    dead; returns them. A live writer's temporary is left alone, and so is every file wg2 did not name (a
+    user's `notes.tmp999`)."""
     removed = []
-    for path in sorted(Path(folder).glob("*.tmp*")):
+    for path in sorted(Path(folder).glob(f"*{TEMPORARY_MARK}*")):
         match = _TEMPORARY.match(path.name)
         if match and path.is_file() and not pid_alive(int(match["pid"])):
             path.unlink(missing_ok=True)

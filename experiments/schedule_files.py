@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.schedules import UnknownScheduleError, check_betas, resolve_schedule_name
+from components.schedules import BETA_MAX, BETA_MIN, UnknownScheduleError, check_betas, resolve_schedule_name
 
 SCHEDULE_FILE_SUFFIXES = (".json", ".toml")
 
@@ -33,7 +33,14 @@ def load_schedule_file(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"schedule file {path}: not found")
     try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"schedule file {path}: not text (a binary file?); expected JSON or TOML text holding "
+                         "`betas = [...]`") from None
+    except OSError as err:
+        raise ValueError(f"schedule file {path}: unreadable: {err.strerror or err}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"schedule file {path}: unreadable: {err}") from err
     if isinstance(data, list):
@@ -44,7 +51,12 @@ def load_schedule_file(path: str | Path) -> np.ndarray:
         raise ValueError(f"schedule file {path}: expected a key `betas` holding a list of numbers")
     if not isinstance(betas, list) or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas):
         raise ValueError(f"schedule file {path}: `betas` must be a list of numbers")
-    return check_betas(np.asarray(betas, dtype=np.float64), f"schedule file {path}")
+    try:
+        values = np.asarray(betas, dtype=np.float64)
+    except OverflowError:
+        raise ValueError(f"schedule file {path}: a beta is too large for a number; expected betas in "
+                         f"[{BETA_MIN:g}, {BETA_MAX:g}]") from None
+    return check_betas(values, f"schedule file {path}")
 
 
 def schedule_label(name: str) -> str:

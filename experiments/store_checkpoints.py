@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from evaluation.runs import TAG_CHECKPOINT_STEP, tracking_uri
+from evaluation.runs import TAG_CHECKPOINT_STEP, store_problem, tracking_uri
 from experiments.tracking import client, retry
 
 CHECKPOINT_ARTIFACT = "checkpoint.pt"
@@ -100,6 +100,9 @@ def resolve_checkpoint(model: str | Path, uri: str | None = None) -> tuple[Path,
     if not RUN_ID_PATTERN.fullmatch(text):
         raise InputError(f"model {text!r}: no such checkpoint file, and not an MLflow run ID (32 hex characters)")
     uri = uri or tracking_uri()
+    problem = store_problem(uri)
+    if problem:
+        raise InputError(f"model {text!r} (an MLflow run ID): {problem}")
     dest = CHECKPOINT_CACHE / text
     local = dest / CHECKPOINT_ARTIFACT
     try:

@@ -18,7 +18,10 @@ from components.model import WaveGrad2
 from evaluation.conditioning import ConditioningItem, Diagnostic, conditioning_gain
 from experiments.config import InputError, RunConfig, config_from_dict, signal_std_of
 from experiments.precision import autocast, compile_decoder, resolve_precision, set_threads
-from experiments.runtime import read_checkpoint, require_keys, resolve_device, weights_error
+from experiments.corpus_types import PAD, SILENCE
+from experiments.disk import no_space_error
+from experiments.runtime import (check_writable, read_checkpoint, require_keys, resolve_device,
+                                 weights_error)
 from experiments.schedule_files import resolve_schedule
 from experiments.store_checkpoints import resolve_checkpoint
 from experiments.train import CHECKPOINT_FORMAT
@@ -92,12 +95,14 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str | None 
 @torch.inference_mode()
 def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.ndarray,
                durations: list[np.ndarray] | None = None, pace: float = 1.0, seed: int = 0,
-               batch_size: int = 1, precision: str | None = None, compile: bool | None = None) -> list[Synthesis]:
+               batch_size: int = 1, precision: str | None = None, compile: bool | None = None,
+               max_seconds: float | None = None) -> list[Synthesis]:
     """Synthesize utterances. With `durations` (ground truth) outputs have exactly sum(d) * hop samples;
     without, durations are predicted (divided by pace; rounded to whole frames). `precision` ("fp32",
     "bf16", "auto"; default the checkpoint's eval.precision) applies to the network calls only: the
     sampler's arithmetic stays fp32. `compile` (default the checkpoint's eval.compile) compiles the decoder
-    once, with dynamic shapes, before the first call."""
+    once, with dynamic shapes, before the first call. An utterance longer than `max_seconds` is an InputError
+    before it is sampled."""
     model, device = loaded.model, loaded.device
     if loaded.config.eval.compile if compile is None else compile:
         compile_decoder(model, device, True, "eval.compile")
@@ -123,6 +128,10 @@ def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.nda
             dur = torch.round(DurationPredictor.to_frames(log_d, mask, pace))
             dur[:, 0] = torch.where(dur.sum(1) == 0, torch.ones_like(dur[:, 0]), dur[:, 0])  # never 0 frames
         n_frames = dur.sum(1).long()  # (B,)
+        longest = float(n_frames.max()) * loaded.hop_length / loaded.sample_rate
+        if max_seconds is not None and longest > max_seconds:
+            raise InputError(f"the speech would last {longest:.0f} s; at most {max_seconds:g} s are synthesized at "
+                             "once: use a shorter text or a faster --pace")
         frames = torch.arange(int(n_frames.max()), device=device)[None].expand(len(chunk), -1)
         with autocast(device, dtype):
             cond = model.condition(encoded, dur, mask, frames)
@@ -169,33 +178,68 @@ def conditioning_items(loaded: LoadedModel, utterances) -> list[ConditioningItem
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    """A 16-bit WAV, written through a temporary beside it that is removed on any failure (a full disk: an
+    InputError naming the device and the path)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.wav")
-    sf.write(tmp, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16")
-    os.replace(tmp, path)
+    try:
+        sf.write(tmp, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16")
+        os.replace(tmp, path)
+    except BaseException as err:
+        full = no_space_error(err, path)  # before the temporary goes: the device is full now
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from err
+        raise
+
+
+MAX_PHONEMES = 600  # about a paragraph (~45 s of speech): longer texts are refused, to be split
+MAX_SECONDS = 120.0  # the longest audio one call writes (a very low --pace stretches the text)
+PACE_RANGE = (0.1, 10.0)
 
 
 def check_synth_args(args) -> None:
-    """The command line's values, refused before the checkpoint is read."""
+    """The command line's values and the output path, refused before the checkpoint is read."""
     import math
 
-    if not (math.isfinite(args.pace) and args.pace > 0):
-        raise InputError(f"--pace {args.pace}: expected a finite number > 0 (> 1 speaks faster)")
+    low, high = PACE_RANGE
+    if not (math.isfinite(args.pace) and low <= args.pace <= high):
+        raise InputError(f"--pace {args.pace}: expected a finite number > 0, from {low:g} to {high:g} (> 1 speaks "
+                         "faster)")
     for name, value in (("TEXT", args.text), ("--phonemes", args.phonemes), ("--utterance", args.utterance)):
         if value is not None and not value.strip():
             raise InputError(f"{name} {value!r}: empty; expected something to say")
+    if args.phonemes is not None and PAD in args.phonemes.split():
+        raise InputError(f"--phonemes: {PAD} is the model's internal padding, not a phoneme")
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"-o {out}: a folder; expected a .wav file name")
+    if out.suffix.lower() != ".wav":
+        raise InputError(f"-o {out}: wg2 synth writes WAV audio; expected a name ending in .wav")
+    try:
+        check_writable(out.parent, "output folder")
+    except InputError as err:
+        raise InputError(f"-o {out}: {err}") from None
+
+
+def check_length(phonemes: list[str], source: str) -> None:
+    if all(p in (SILENCE, PAD) for p in phonemes):
+        raise InputError(f"{source}: nothing to say in it (only silence); expected words or phonemes")
+    if len(phonemes) > MAX_PHONEMES:
+        raise InputError(f"{source}: {len(phonemes)} phonemes; at most {MAX_PHONEMES} (about a paragraph) are "
+                         "synthesized at once: split the text and synthesize each part")
 
 
 def cmd_synth(args) -> int:
     set_threads()
     check_synth_args(args)
-    checkpoint, _ = resolve_checkpoint(args.checkpoint)
-    loaded = load_checkpoint(checkpoint, args.device)
     try:
         betas = resolve_schedule(args.schedule)
     except ValueError as err:
         raise InputError(f"--schedule: {err}") from err
+    checkpoint, _ = resolve_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(checkpoint, args.device)
     check_loaded_schedule(loaded, betas, f"--schedule {args.schedule}")
     durations = None
     if sum(x is not None for x in (args.text, args.utterance, args.phonemes)) != 1:
@@ -214,12 +258,15 @@ def cmd_synth(args) -> int:
         phonemes = text_to_phonemes(args.text)
         if not phonemes:
             raise InputError(f"TEXT {args.text!r}: espeak-ng finds nothing to say in it; expected words")
+    check_length(phonemes, "TEXT" if args.text else "--phonemes" if args.phonemes else f"--utterance {args.utterance}")
     try:
         ids = loaded.vocab.encode(phonemes)
     except ValueError as err:
         raise InputError(f"{err} (the model's phonemes come from its training corpus)") from err
+    logging.getLogger(__name__).info("synthesizing %d phonemes with %d steps on %s...", len(phonemes), len(betas),
+                                     loaded.device)
     result = synthesize(loaded, [ids], betas, durations, pace=args.pace, seed=args.seed,
-                        precision=getattr(args, "precision", None))[0]
+                        precision=getattr(args, "precision", None), max_seconds=MAX_SECONDS)[0]
     write_wav(args.out, result.audio, loaded.sample_rate)
     logging.getLogger(__name__).info(
         "wrote %s: %.2f s at %d Hz, %d frames, schedule %s (%d steps)", args.out,

@@ -64,6 +64,13 @@ def interval_problems(items: list[tuple[float, float, str]]) -> list[str]:
 
 def read_phone_tier(path: Path) -> tuple[list[tuple[float, float, str]], float]:
     """(start, end, label) of the phones tier in file order, and the TextGrid's end time; ValueError if unusable."""
+    tiers, end_time = read_tiers(path)
+    return phone_tier(tiers), end_time
+
+
+def read_tiers(path: Path) -> tuple[dict[str, tuple[str, list]], float]:
+    """Every tier by name ((class, items): intervals as (start, end, label)) and the TextGrid's end time;
+    ValueError if the file is unreadable."""
     try:
         tokens = _praat_tokens(path)
     except (OSError, UnicodeDecodeError) as err:
@@ -90,10 +97,35 @@ def read_phone_tier(path: Path) -> tuple[list[tuple[float, float, str]], float]:
     except (IndexError, TypeError, ValueError) as err:
         detail = str(err) if isinstance(err, ValueError) and str(err) else "truncated or malformed"
         raise ValueError(f"unreadable TextGrid ({detail})") from err
-    names = [n for n in tiers if n.strip().lower() == "phones"]
-    if not names:
+    return tiers, end_time
+
+
+def _phones_name(tiers: dict) -> str | None:
+    return next((n for n in tiers if n.strip().lower() == "phones"), None)
+
+
+def phone_tier(tiers: dict[str, tuple[str, list]]) -> list[tuple[float, float, str]]:
+    """The phones tier's intervals, in file order; ValueError when there is none or it is a point tier."""
+    name = _phones_name(tiers)
+    if name is None:
         raise ValueError(f"no tier named 'phones' (tiers: {', '.join(tiers) or 'none'})")
-    kind, items = tiers[names[0]]
+    kind, items = tiers[name]
     if kind != "IntervalTier":
-        raise ValueError(f"tier {names[0]!r} is a point tier; expected intervals")
-    return list(items), end_time
+        raise ValueError(f"tier {name!r} is a point tier; expected intervals")
+    return list(items)
+
+
+def other_tier_problems(tiers: dict[str, tuple[str, list]]) -> list[str]:
+    """Negative times and intervals that start after they end in the interval tiers other than phones (training
+    reads only the phones tier, but such a tier says the file is damaged), one message per tier."""
+    found = []
+    phones = _phones_name(tiers)
+    for name, (kind, items) in tiers.items():
+        if name == phones or kind != "IntervalTier":
+            continue
+        bad = [(n, s, e, lab) for n, (s, e, lab) in enumerate(items, start=1) if s < 0 or e < 0 or s > e]
+        if bad:
+            n, s, e, lab = bad[0]
+            what = "negative time" if s < 0 or e < 0 else "starts after it ends"
+            found.append(f"tier {name!r}: {len(bad)} malformed interval(s), first {_interval(n, s, e, lab)}: {what}")
+    return found

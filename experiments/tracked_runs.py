@@ -35,7 +35,8 @@ from experiments.config import InputError, RunConfig, flatten, load_config
 from experiments.config_identity import train_hash
 from experiments.precision import set_threads
 from experiments.workers import interrupt_reason
-from experiments.runtime import atomic_write_bytes, preflight_run_folder, resolve_device
+from experiments.disk import folder_lock
+from experiments.runtime import atomic_write_bytes, check_writable, preflight_run_folder, resolve_device
 
 TRAIN_EXPERIMENT = "wg2 train"
 EVAL_EXPERIMENT = "wg2 eval"
@@ -147,15 +148,29 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
     return result, run_id
 
 
+RUN_LOCK = ".wg2-lock"  # in a run folder: held by the `wg2 train` writing it
+
+
 def cmd_train(args) -> int:
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / train_hash(config)
     run_id = None
-    if getattr(args, "no_track", False):
-        result = training.train(config, out, device=args.device, resume=args.resume, record_autoencoder=False)
-    else:
-        result, run_id = tracked_train(config, out, args.device, args.resume, args.config,
-                                       args.experiment or TRAIN_EXPERIMENT)
+    check_writable(out, "run folder")
+    made, lock = not out.exists(), out / RUN_LOCK
+    # one training per run folder at a time: a second would make a second MLflow run or overwrite the checkpoint
+    try:
+        with folder_lock(lock, f"--out {out}: another `wg2 train` is writing this run folder now; wait for it to "
+                         "end or choose another --out"):
+            if getattr(args, "no_track", False):
+                result = training.train(config, out, device=args.device, resume=args.resume, record_autoencoder=False)
+            else:
+                claims.stale_seconds()  # a bad $WG2_STALE_SECONDS: exit 2 now
+                result, run_id = tracked_train(config, out, args.device, args.resume, args.config,
+                                               args.experiment or TRAIN_EXPERIMENT)
+    finally:
+        if made and out.is_dir() and [p.name for p in out.iterdir()] == [RUN_LOCK]:  # stopped before any output
+            lock.unlink(missing_ok=True)
+            out.rmdir()
     first = result.history[0]["loss"] if result.history else float("nan")
     last = result.history[-1]["loss"] if result.history else float("nan")
     log.info("trained %d steps: loss %.4f -> %.4f; %.2f steps/s; checkpoint %s%s", result.steps, first, last,
@@ -167,7 +182,7 @@ def cmd_train(args) -> int:
 # ----------------------------------------------------------------------------- evaluation
 
 def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment: str = EVAL_EXPERIMENT,
-                 progress: bool = True) -> tuple[evaluation.EvalResult, str]:
+                 progress: bool = True, skip_unknown: bool = False) -> tuple[evaluation.EvalResult, str]:
     """`wg2 eval` as a new MLflow run (see the module docstring). Returns (result, run ID)."""
     uri = tracking.ensure_store(runs.tracking_uri())
     experiment_id = tracking.get_or_create_experiment(experiment, uri=uri)
@@ -186,7 +201,8 @@ def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment
                       "checkpoint_step": loaded.step, "model_run_id": model_run_id or ""}
             tracking.retry(lambda: tracking.log_params(mlf, run_id, params))
             run_records.log_corpus_input(mlf, run_id, loaded.config.data.root, dataset.corpus_hash, "evaluation")
-            result = evaluation.evaluate(loaded, config, out, dataset=dataset, progress=progress)
+            result = evaluation.evaluate(loaded, config, out, dataset=dataset, progress=progress,
+                                         skip_unknown=skip_unknown)
             tracking.retry(lambda: tracking.log_metrics(mlf, run_id, result.metrics, step=loaded.step))
             tracking.retry(lambda: mlf.log_artifacts(run_id, str(out)))
     except KeyboardInterrupt as err:
@@ -207,11 +223,12 @@ def cmd_eval(args) -> int:
     evaluation.check_eval_out(out)
     loaded = synth.load_checkpoint(checkpoint, args.device)
     config = evaluation.eval_config(loaded, args)
-    run_id = None
+    run_id, skip = None, bool(getattr(args, "skip_unknown_phonemes", False))
     if getattr(args, "no_track", False):
-        result = evaluation.evaluate(loaded, config, out)
+        result = evaluation.evaluate(loaded, config, out, skip_unknown=skip)
     else:
-        result, run_id = tracked_eval(loaded, config, out, model_run_id, args.experiment or EVAL_EXPERIMENT)
+        result, run_id = tracked_eval(loaded, config, out, model_run_id, args.experiment or EVAL_EXPERIMENT,
+                                      skip_unknown=skip)
     if getattr(args, "json", False):
         print(json.dumps({**result.summary, "mlflow_run_id": run_id}, indent=2, default=str))
     else:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from evaluation.runs import (TAG_END_REASON, sqlite_path, tracking_uri)
+from evaluation.runs import TAG_END_REASON, sqlite_path, store_problem, tracking_uri
 
 T = TypeVar("T")
 
@@ -55,10 +55,18 @@ def _unwritable(path: Path | str) -> Exception:
 
 
 def check_store_writable(uri: str | None = None) -> None:
-    """Preflight for a local SQLite store, creating nothing: InputError naming the path when the database
-    file, or the folder it would be created in, cannot be written (a path component that is a file counts).
-    Other stores are checked when opened (ensure_store)."""
-    db = sqlite_path(uri or tracking_uri())
+    """Preflight for the store, creating nothing: InputError naming the URI when its scheme is unknown, its
+    server accepts no connection within seconds, or its SQLite file is corrupt, truncated or another
+    application's database (evaluation.runs.store_problem); for a local SQLite store, naming the path when the
+    database file, or the folder it would be created in, cannot be written (a path component that is a file
+    counts). Other stores are checked further when opened (ensure_store)."""
+    from experiments.config import InputError
+
+    uri = uri or tracking_uri()
+    problem = store_problem(uri)
+    if problem:
+        raise InputError(problem)
+    db = sqlite_path(uri)
     if db is None:
         return
     db = db.absolute()
@@ -82,8 +90,8 @@ def ensure_store(uri: str | None = None) -> str:
     database file" / "readonly database") is an InputError naming the path, before any work is done."""
     uri = uri or tracking_uri()
     db = sqlite_path(uri)
+    check_store_writable(uri)
     if db is not None:
-        check_store_writable(uri)
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:

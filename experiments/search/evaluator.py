@@ -14,7 +14,7 @@ from experiments import synth
 from experiments.config import InputError
 from experiments.config_identity import config_hash
 from experiments.corpus import load_dataset
-from experiments.evaluate import pick_utterances
+from experiments.evaluate import known_utterances, pick_utterances
 from experiments.search.spec import SPLIT, SearchSpec
 
 
@@ -78,7 +78,8 @@ class Evaluator:
 def load_evaluator(spec: SearchSpec, progress: bool = False) -> Evaluator:
     loaded = synth.load_checkpoint(spec.checkpoint, spec.device)
     dataset = load_dataset(loaded.config.data, progress=progress)
-    utterances = pick_utterances(dataset.split(SPLIT), spec.limit_utterances, spec.seed)
+    split = known_utterances(loaded, dataset.split(SPLIT), spec.skip_unknown_phonemes)
+    utterances = pick_utterances(split, spec.limit_utterances, spec.seed)
     if not utterances:
         raise InputError(f"{spec.checkpoint}: the model's corpus {loaded.config.data.root} has no {SPLIT} utterances")
     return Evaluator(loaded, utterances, spec.seed)

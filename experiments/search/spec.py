@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from evaluation.metrics import METRICS, metric_names
 from evaluation.runs import sqlite_path, tracking_uri
 from experiments.config import InputError
+from experiments.runtime import check_writable
 from experiments.store_checkpoints import resolve_checkpoint
 from experiments.search import space
 
@@ -44,6 +45,7 @@ class SearchSpec:
     tracking_uri: str
     prune_batch: int = PRUNE_BATCH
     progress: bool = True
+    skip_unknown_phonemes: bool = False  # leave out utterances with phonemes the model never saw
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -117,13 +119,15 @@ def spec_from_args(args) -> SearchSpec:
         need(args.objective == "pesq_wb", f"--objective {args.objective}: with --multi the objectives are fixed "
              "(PESQ-wb and STOI against steps)")
         need(args.sampler == "tpe", "--sampler grid is the single-objective baseline; use --sampler tpe with --multi")
+    check_writable(Path(args.out), "--out folder")  # now, not after the whole search
     uri = tracking_uri()
     checkpoint, run_id = resolve_checkpoint(args.model, uri)
     study = args.study or default_study_name(checkpoint, run_id, args.steps, args.objective, args.multi,
                                              args.min_steps, args.max_steps, args.sampler)
     return SearchSpec(str(checkpoint), run_id, args.steps, args.trials, args.objective, args.multi, args.min_steps,
                       args.max_steps, args.sampler, _absolute_storage(args.storage or "sqlite:///optuna.db"), study,
-                      args.workers, args.limit_utterances, args.seed, args.out, args.device, uri)
+                      args.workers, args.limit_utterances, args.seed, args.out, args.device, uri,
+                      skip_unknown_phonemes=bool(getattr(args, "skip_unknown_phonemes", False)))
 
 
 def baseline_list(spec: SearchSpec) -> list[space.Baseline]:
