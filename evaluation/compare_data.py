@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.spaces import SPACES
 from evaluation.metrics import Missing, figure_info
 from evaluation.runs import TAG_END_REASON, TAG_ERROR
 from evaluation.stats import WELCH
@@ -166,6 +167,13 @@ def end_reason(tags: dict, status: str) -> str:
     wg2.error tag, else that nothing was recorded."""
     text = (tags.get(TAG_END_REASON) or tags.get(TAG_ERROR) or "").strip()
     return text.splitlines()[0][:200] if text else f"{status}, no reason recorded"
+
+
+def has_ceiling(row_params: dict[str, str]) -> bool:
+    """Whether a run's signal space is backed by a stage-one autoencoder, whose reconstruction is the ceiling of what
+    the run can reach: asked of the space registry (components/spaces.py), so a new such space gets one too."""
+    name = row_params.get("model.space", SPACES.names()[0])
+    return name in SPACES and SPACES.get(name).uses_autoencoder
 
 
 def direction(key: str) -> int:

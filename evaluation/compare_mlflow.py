@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.compare_data import (DERIVED, CellRow, CompareError, Grid, RunRecord, canonical, current_metric_name,
-                                     current_names, end_reason, json_tag, label_of, metric_key)
+                                     current_names, has_ceiling, end_reason, json_tag, label_of, metric_key)
 from evaluation.compare_effects import axis_effects, axis_values, cell_rows, schedules_seen
 from evaluation.compare_target import latent_target
 from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNMENT, TAG_AUTOENCODER_RUN, TAG_AXES,
@@ -170,7 +170,7 @@ def _attach_ceilings(client, rows: list[CellRow], runs: list[RunRecord],
 
     found: dict[str, tuple[str, dict]] = {}
     for row in rows:
-        if row.params.get("model.space") != "latent":
+        if not has_ceiling(row.params):
             continue
         ae = None
         for rid in row.run_ids:
@@ -253,7 +253,7 @@ def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: l
               "running": [_running(r) for r in runs if r.status in ("RUNNING", "SCHEDULED")]}
 
     rows = cell_rows(finished, axes, orders)
-    latent = any(r.params.get("model.space") == "latent" for r in rows)
+    latent = any(has_ceiling(r.params) for r in rows)
     ceilings = _attach_ceilings(client, rows, runs, exp_id) if latent else []
     target = latent_target(rows, schedules) if latent else None
     per_utterance = {r.run_id: table for r in finished if (table := read_per_utterance(client, r.run_id)) is not None}

@@ -20,7 +20,7 @@ from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
 from evaluation.metrics import headline_metrics
 from evaluation.stats import PAIRED, SEED_T, WELCH
 from evaluation.compare_data import (CLEAR, MIN_SEEDS, TOO_FEW_SEEDS, UNIT_SEED, CellRow, Effect, Grid, RunRecord,
-                                     Stat, direction, end_reason, json_tag, metric_key, show_value)
+                                     Stat, direction, end_reason, has_ceiling, json_tag, metric_key, show_value)
 from evaluation.compare_target import fraction_of_ceiling
 
 QUALITY = headline_metrics()  # columns of each schedule's table, with rtf
@@ -342,7 +342,7 @@ def render_markdown(grid: Grid, plot_files: list[Path]) -> str:
 
     out += effects_section(effects, metric)
 
-    latent = any(r.params.get("model.space") == "latent" for r in rows)
+    latent = any(has_ceiling(r.params) for r in rows)
     for title, s, here in _schedule_views(rows, schedules):
         cols = [("envelope gain", GAIN_KEY), ("phoneme gain", PHONEME_GAIN_KEY)]
         cols += [(m, metric_key(m, s)) for m in dict.fromkeys((*QUALITY, metric)) if "/" not in m]

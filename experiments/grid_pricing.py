@@ -27,6 +27,7 @@ SXM has 5.4x the 2080 Ti's, and bf16 halves the bytes) that is ~80 TFLOP/s, 8% o
 scaled by compute it would be several times more. 10% sits just above the bandwidth-bound estimate. A
 measured `wg2 bench --device cuda` row replaces it (benchmarks/gpu.sh takes base.toml's 32 x 64).
 """
+from components.spaces import SPACES
 from __future__ import annotations
 
 import dataclasses
@@ -222,7 +223,7 @@ def price_grid(grid: Grid, pricing: Pricing | None = None) -> GridPrice:
             if used and found and found[0] not in price.bench_files:
                 price.bench_files.append(found[0])
         price.cells.append(CellPrice(cell, flops / 1e12, hours, "bench" if rate else "FLOPs", eval_hours, eval_source))
-        if config.model.space == "latent":
+        if SPACES.get(config.model.space).uses_autoencoder:  # stage one, priced once per autoencoder config
             ae = config.autoencoder
             key = json.dumps([dataclasses.asdict(ae), config.data.sample_rate], sort_keys=True)
             if key not in stage_ones:
