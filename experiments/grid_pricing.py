@@ -27,11 +27,11 @@ SXM has 5.4x the 2080 Ti's, and bf16 halves the bytes) that is ~80 TFLOP/s, 8% o
 scaled by compute it would be several times more. 10% sits just above the bandwidth-bound estimate. A
 measured `wg2 bench --device cuda` row replaces it (benchmarks/gpu.sh takes base.toml's 32 x 64).
 """
-from components.spaces import SPACES
 from __future__ import annotations
 
 import dataclasses
 import json
+from components.spaces import SPACES
 from dataclasses import dataclass, field
 from pathlib import Path
 
