@@ -2,7 +2,6 @@
 MLflow store per test. Worker processes are real spawned processes."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -161,7 +160,8 @@ def test_resumed_study_continues_numbering_without_enqueuing_the_baselines_again
 def test_the_exported_schedule_round_trips_into_eval_and_synth(searched, tiny_checkpoint, tmp_path, capsys):
     doc = json.loads(searched.file.read_text())
     best = searched.study.best_trial
-    assert doc["steps"] == 6 and doc["value"] == pytest.approx(best.value)
+    assert doc["steps"] == 6 and doc["trial"] == best.number  # its value on the trials' utterances, labelled:
+    assert doc["selection"]["best"]["metrics"]["pesq_wb"] == pytest.approx(best.value)
     np.testing.assert_allclose(load_schedule_file(searched.file), best.user_attrs["wg2.betas"])
     assert doc["model"]["checkpoint"] == str(tiny_checkpoint.resolve()) and len(doc["model"]["sha256"]) == 64
     assert set(doc["baselines"]) == {"linear-50@6", "manual-6", "fibonacci-25@6"}
@@ -250,37 +250,6 @@ def test_resume_with_other_settings_is_refused(searched, tiny_checkpoint, capsys
     assert len(load("two-workers", searched.storage).trials) == 6, "nothing was added"
 
 
-# ----------------------------------------------------------------------------- the two utterance sets (no model)
-
-def test_selection_and_report_sets_are_disjoint_and_fixed_by_the_seed():
-    """The test split reports when it holds at least as many utterances as the selection set; otherwise val is cut
-    in two seeded halves. Either way the sets are disjoint, and the same seed gives the same sets."""
-    from experiments.search.evaluator import choose_sets
-
-    val = [SimpleNamespace(id=f"v{i:02d}") for i in range(10)]
-    test = [SimpleNamespace(id=f"t{i:02d}") for i in range(6)]
-
-    def ids(sets):
-        return [u.id for u in sets[0]], [u.id for u in sets[1]], sets[2]
-
-    selected, reported, source = ids(choose_sets(val, test, 4, 3, "corpus"))
-    assert source == "test" and len(selected) == len(reported) == 4 and all(i.startswith("t") for i in reported)
-    assert ids(choose_sets(val, test, 4, 3, "corpus")) == (selected, reported, source)
-    # the whole of val (10) against a test split of 6: too small to report on as precisely, so val is cut in two
-    for limit, seed, held_out in ((0, 3, test), (0, 4, test), (2, 3, test[:1]), (2, 3, [])):
-        selected, reported, source = ids(choose_sets(val, held_out, limit, seed, "corpus"))
-        assert source.startswith("val") and selected and len(reported) >= 2 and not set(selected) & set(reported)
-        assert all(i.startswith("v") for i in selected + reported)
-        assert len(selected) == len(reported) == (limit or 5)
-    assert ids(choose_sets(val, [], 0, 3, "corpus"))[1] != ids(choose_sets(val, [], 0, 4, "corpus"))[1]
-    # a broken variant, two independent seeded picks of val (pick_utterances) instead of halves, overlaps
-    from experiments.evaluate import pick_utterances
-
-    assert {u.id for u in pick_utterances(val, 5, 3)} & {u.id for u in pick_utterances(val, 5, 4)}
-    with pytest.raises(InputError, match="corpus: 3 val and 1 test utterances"):
-        choose_sets(val[:3], test[:1], 0, 3, "corpus")
-
-
 # ----------------------------------------------------------------------------- failures and pruning
 
 def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tiny_checkpoint, workdir, monkeypatch):
@@ -320,53 +289,10 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tin
     assert doc["selection"]["baselines"]["manual-6"]["state"] == "FAIL"
 
 
-def test_schedule_check_drops_failing_baselines_and_prunes_failing_candidates(tiny_checkpoint, workdir, monkeypatch,
-                                                                               caplog):
-    """The search's fixed baselines and every candidate pass the model's schedule check (start SNR, training range at
-    both ends) or are not scored: a baseline that fails is dropped with its reason (logged and in the schedule file),
-    a candidate that fails is pruned with its reason before any synthesis. A 25 dB start limit makes manual-6 fail on
-    the tiny model (it starts at -21 dB); all-tiny betas start almost at the clean signal."""
-    import logging
-
-    from components import schedules
-    from experiments import synth
-    from experiments.search.trial import TrialFailed, objective
-
-    monkeypatch.setattr(schedules, "START_SNR_LIMIT_DB", -25.0)
-    spec = make_spec(tiny_checkpoint, "--steps", "6", "--trials", "3", "--study", "checked")
-    bad = np.full(6, 1e-6)
-    study = optuna.create_study(study_name=spec.study, storage=spec.storage, direction="maximize")
-    study.enqueue_trial(space.to_params(bad), user_attrs={TICKET: "test"})  # trial 0, before the baselines
-    with caplog.at_level(logging.WARNING):
-        outcome = run_search(spec)
-    assert "baseline manual-6 dropped" in caplog.text and "-25 dB" in caplog.text
-    trials = load(spec).trials
-    assert [t.user_attrs.get(BASELINE) for t in trials] == [None, "linear-50@6", "fibonacci-25@6"]
-    refused = trials[0]
-    assert refused.state == TrialState.PRUNED and refused.user_attrs["wg2.prune_reason"].startswith("schedule check: trial 0")
-    assert "wg2.utterances_scored" not in refused.user_attrs, "pruned before any utterance was scored"
-    doc = json.loads(outcome.files[0].read_text())
-    assert set(doc["baselines"]) == {"linear-50@6", "fibonacci-25@6"} and "SNR" in doc["baselines_dropped"]["manual-6"]
-    loaded = synth.load_checkpoint(tiny_checkpoint, "cpu")
-    synth.check_loaded_schedule(loaded, np.asarray(doc["betas"]), "found")  # the found schedule passes
-    for name in doc["baselines"]:
-        synth.check_loaded_schedule(loaded, np.asarray(doc["baselines"][name]["betas"]), name)
-
-    # the broken variant, the same candidate without the check, is scored like any other schedule
-    ev = load_evaluators(spec)[0]
-    trial = optuna.trial.FixedTrial(space.to_params(bad))
-    with pytest.raises(optuna.TrialPruned, match="schedule check"):
-        objective(trial, spec, ev)
-    monkeypatch.setattr(synth, "check_loaded_schedule", lambda loaded, betas, source: None)
-    with contextlib.suppress(TrialFailed):  # scored; PESQ may find no speech in what stays noise
-        objective(trial, spec, ev)
-    assert trial.user_attrs["wg2.utterances_scored"] == 2
-
-
 def test_median_pruner_stops_trials_in_a_region_of_tiny_betas(tiny_checkpoint, workdir, monkeypatch):
     """Three good enqueued baselines complete; then schedules whose betas are all tiny (the output stays the
     initial noise) are worse on log-mel distance after their first utterance and get pruned there. (The schedule
-    check would prune these before scoring them: test_schedule_check_...; here it is off, the pruner is the subject.)"""
+    check would prune these before scoring them, test_search_sets.py; here it is off: the pruner is the subject.)"""
     from experiments import synth
 
     monkeypatch.setattr(synth, "check_loaded_schedule", lambda loaded, betas, source: None)
