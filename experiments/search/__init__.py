@@ -5,18 +5,42 @@ an Optuna search of an inference noise schedule for one trained model, every tri
 Search space: experiments/search/space.py (N numbers u_k in [0, 1], log-space increments towards 0.9;
 every sample is a valid monotone schedule and known schedules map back to exact parameters).
 
+Selection without bias: the search selects on one set of utterances and reports on a disjoint one, since the best
+of many trials looks better on the utterances it was picked on than it is (the gain over the baselines measured
+there is selection-biased). Both sets are fixed by the corpus, --limit-utterances and --seed
+(evaluator.choose_sets):
+- selected_on: `--limit-utterances` val utterances picked by `--seed` with the same function as `wg2 eval`
+  (experiments.evaluate.pick_utterances). Every trial is scored on these.
+- reported_on: `--limit-utterances` utterances of the corpus's test split (picked the same way), when the test
+  split holds at least as many utterances as the selection set (and at least 2, for a paired interval);
+  otherwise val is cut in two halves by a permutation seeded with --seed, the trials select on one half and the
+  report takes the other (with too few utterances for that, exit 2 before any trial). Nothing is chosen on
+  this set: it only measures the schedule file's numbers.
+Both id lists are part of the study's identity, so a resumed study keeps them (a corpus that gives other sets is
+refused like any other changed setting), and the schedule file lists them (`selected_on`, `reported_on`).
+
 Objective: the chosen metric (default pesq_wb; any aligned metric with a direction in
-evaluation.metrics.METRICS) averaged over a fixed subset of validation utterances: `--limit-utterances`
-picked by `--seed` with the same function as `wg2 eval` (experiments.evaluate.pick_utterances), synthesized
-with ground-truth durations so output and reference line up. Utterance i is synthesized with noise seed
-seed * 1000003 + i: every trial meets the same noise (common random numbers), so differences between trials
-are the schedules' and a schedule evaluated twice scores the same (this is how the baselines are checked).
+evaluation.metrics.METRICS) averaged over selected_on, synthesized with ground-truth durations so output
+and reference line up. Utterance i is synthesized with noise seed seed * 1000003 + i: every trial meets the
+same noise (common random numbers), so differences between trials are the schedules' and a schedule
+evaluated twice scores the same. The report set's utterance i uses seed * 1000003 + 500000 + i, so the found
+schedule is not reported on the noise it was tuned to either.
+
 Missing metric values (silent, NaN or too short audio, a PESQ error) are left out of the mean and counted
 (user attrs `wg2.n_missing`, `wg2.missing_reasons`); a trial whose objective is missing for every
 utterance, or whose synthesis raises (non-finite samples), fails with that reason and the study goes on.
 `--multi`: three objectives, PESQ-wb and STOI (maximized) against the step count (minimized), the step
 count a parameter in [--min-steps, --max-steps]; `--objective` must then stay pesq_wb. The Pareto front
 is study.best_trials.
+
+Schedule check (experiments.synth.check_loaded_schedule, components.schedules.check_schedule: the start SNR
+limit, and the training schedule's range at both ends, for the checkpoint's training schedule and signal std):
+a candidate whose betas fail it is PRUNED before any synthesis (`wg2.prune_reason` "schedule check: ...";
+TPE ranks pruned trials without values below every completed one, so it learns to leave the region). The
+baselines are fixed by the search, not named by the user, so one that fails is dropped with a logged
+warning and its reason in the schedule file (`baselines_dropped`) rather than refusing the search. Pruned
+candidates count in --trials at no synthesis cost; about 40% of uniformly random 6-step points fail the check
+for a raw-waveform model (signal std 0.1), 80% at signal std 1 (start SNR mostly).
 
 Sampler and pruning: TPE (multivariate, because u_k acts relative to the beta before it; constant liar, so
 parallel workers do not propose the same point; the first TPE_STARTUP trials, baselines included, are the
@@ -29,7 +53,8 @@ the budget counts the enqueued baselines and is capped at baselines + grid point
 a 6-step search: --trials 732).
 
 Trial budget: `--trials N` is the study's total. A new study gets the baselines enqueued first (linear-50,
-manual-6, fibonacci-25 subsampled to N steps; for --multi at 6, min and max steps), then the parent tops
+manual-6, fibonacci-25 subsampled to N steps; for --multi at 6, min and max steps; those that pass the
+schedule check), then the parent tops
 the study up with plain waiting trials until it holds N. Workers only ever take a waiting trial (under a
 file lock, so two local workers never take the same one, which SQLite alone does not prevent), never
 create one: together they run exactly N - (trials already there), with distinct numbers. We do not use
@@ -54,18 +79,23 @@ The parent logs any finished trial without a run at the end, then the exported s
 optimization history picture(s) and (--multi) the Pareto-front pictures (Optuna's matplotlib plots with
 the baselines, pruned and failed trials marked on them: plots.py).
 
-Output (`--out`, default results/schedules/): `<study>.json` with the best schedule (betas, steps, metric
-values), the baselines' values on the same utterances (taken from their enqueued trials; a baseline that
-is not a trial of the study, when the budget is smaller than the baseline list, is evaluated separately
-with the same protocol), the model (checkpoint, sha256, config hash, MLflow run), the utterances and the
-study. `--multi` writes `<study>-<k>steps.json` for each step count on the Pareto front (its best PESQ-wb
-trial) and `<study>-front.json` listing the front. Every schedule file loads in `wg2 synth --schedule
+Output (`--out`, default results/schedules/): `<study>.json` with the best trial's schedule (betas, steps),
+`selected_on` and `reported_on`, and every reported number measured on reported_on only (export.py): the
+found schedule's and each baseline's metrics (mean, 95% t-interval, missing counts), their values per utterance
+id on the objective, the paired differences found - baseline (`paired_<objective>`: t-interval, Wilcoxon p),
+the best baseline's value and the model's envelope and phoneme gains (`gains`); the trials' values on
+selected_on (best trial, baseline trials, paired differences) under `selection`, labelled as biased; the
+dropped baselines; the model (checkpoint, sha256, config hash, MLflow run) and the study. `--multi` writes
+`<study>-<k>steps.json` for each step count on the Pareto front of the trials (its best PESQ-wb trial; `values`
+measured again on reported_on, the paired differences on PESQ-wb and STOI) and `<study>-front.json` listing
+the front. Every schedule file loads in `wg2 synth --schedule
 FILE` and `wg2 eval --schedules FILE` (they read the key `betas`).
 
 Modules: spec (the command line, the model, the baselines), space (the parametrization), evaluator (scoring
-one schedule), trial (one trial's objective and ending), queue (study set-up, waiting trials, claims under
-a file lock), tracking (MLflow), workers (running the queue in one or more processes), export (schedule
-files), plots (pictures), command (`wg2 search` itself; its `cmd_search` is the package's entry point).
+one schedule, the two utterance sets, the checked baselines), trial (one trial's objective and ending),
+queue (study set-up, waiting trials, claims under a file lock), tracking (MLflow), workers (running the
+queue in one or more processes), export (schedule files, measured on reported_on), plots (pictures), command
+(`wg2 search` itself; its `cmd_search` is the package's entry point).
 
 The package itself imports nothing, so its modules import each other without a cycle through it.
 """

@@ -13,11 +13,11 @@ from evaluation.progress import progress_enabled
 
 from evaluation.runs import TAG_ERROR
 from experiments import tracking
-from experiments.search.evaluator import load_evaluator, model_info
+from experiments.search.evaluator import checked_baselines, load_evaluators, model_info, sets_identity
 from experiments.search.export import export
 from experiments.search.plots import plot_front, plot_history
 from experiments.search.queue import fail_orphans, file_lock, lock_path, open_study, top_up
-from experiments.search.spec import SPLIT, SearchSpec, redact, slug, spec_from_args
+from experiments.search.spec import SearchSpec, redact, slug, spec_from_args
 from experiments.search.tracking import EXPERIMENT, TrialLogger, log_missing_trials, open_parent_run
 from experiments.search.trial import describe_trial
 from experiments.search.workers import run_workers, work
@@ -45,21 +45,25 @@ class SearchOutcome:
 def run_search(spec: SearchSpec) -> SearchOutcome:
     """Run (or resume) a search; see the module docstring."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ev = load_evaluator(spec, progress=spec.progress)
+    ev, reporter = load_evaluators(spec, progress=spec.progress)
     model = model_info(spec, ev.loaded)
-    ids = [u.id for u in ev.utterances]
+    sets = sets_identity(ev, reporter)
+    baselines, dropped = checked_baselines(spec, ev.loaded)
+    for name, reason in dropped.items():  # fixed by the search, not asked for: dropped, not refused
+        log.warning("baseline %s dropped: %s", name, reason)
     # one command at a time (on this machine): commands started together would each create the study or
     # top it up to the budget, and run twice the trials asked for
     with file_lock(lock_path(spec)):
-        study, new = open_study(spec, model, ids, ev.loaded.device.type)
+        study, new = open_study(spec, model, sets, ev.loaded.device.type)
         interrupted = fail_orphans(study)
-        added = top_up(study, spec, new)
-    ctx = open_parent_run(spec, model, ids)
+        added = top_up(study, spec, new, baselines)
+    ctx = open_parent_run(spec, model, sets)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     workers = max(1, min(spec.workers, waiting))
     log.info(f"study {spec.study!r} in {redact(spec.storage)} ({'new' if new else 'resumed'}): "
           f"{len(study.get_trials(deepcopy=False))} trials of --trials {spec.trials}, {waiting} to run on {workers} "
-          f"worker(s) ({added} added, {interrupted} interrupted marked failed); {len(ids)} {SPLIT} utterances; "
+          f"worker(s) ({added} added, {interrupted} interrupted marked failed); selecting on {len(ev.utterances)} "
+          f"{ev.source} utterances, reporting on {len(reporter.utterances)} {reporter.source} utterances; "
           f"MLflow {redact(ctx.uri)}, experiment {EXPERIMENT!r}, parent run {ctx.parent_run_id}")
     bar = tqdm(total=waiting, desc=f"search {spec.study}", unit="trial",
                disable=not progress_enabled(spec.progress) or not waiting,
@@ -83,7 +87,7 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
     trials = study.get_trials(deepcopy=False)
     with file_lock(lock_path(spec)):  # two commands ending together would both log a trial they did not run
         backfilled = log_missing_trials(study, ctx, spec)
-    files = export(study, spec, ev, model, ctx)
+    files = export(study, spec, reporter, model, ctx, baselines, dropped)
     stem = Path(spec.out_dir) / slug(spec.study)
     pictures = plot_history(study, spec, stem)
     if spec.multi and any(t.state == TrialState.COMPLETE for t in trials):

@@ -20,7 +20,7 @@ from experiments import claims
 from experiments.config import InputError
 from experiments.search import space
 from experiments.search.evaluator import ModelInfo
-from experiments.search.spec import SearchSpec, baseline_list, redact
+from experiments.search.spec import SearchSpec, redact
 from experiments.search.trial import BASELINE, OWNER, TICKET
 
 PRUNER_STARTUP = 3
@@ -102,14 +102,15 @@ def load_study(spec: SearchSpec, worker_index: int = 0) -> optuna.Study:
                              sampler=make_sampler(spec, worker_index), pruner=make_pruner(spec))
 
 
-def open_study(spec: SearchSpec, model: ModelInfo, utterance_ids: list[str],
+def open_study(spec: SearchSpec, model: ModelInfo, sets: dict,
                device_type: str = "cpu") -> tuple[optuna.Study, bool]:
-    """Create the study (once, here in the parent) or load it and check it was made for the same model and
-    settings. The device type is part of it: CPU and CUDA generators draw different noise from one seed,
-    so trials from both would not share their noise. Returns (study, created now)."""
+    """Create the study (once, here in the parent) or load it and check it was made for the same model,
+    settings and utterance sets (`sets`: evaluator.sets_identity, the ids selected and reported on, so a resumed
+    study keeps both and never reports on an utterance it selected on). The device type is part of it: CPU and
+    CUDA generators draw different noise from one seed, so trials from both would not share their noise.
+    Returns (study, created now)."""
     storage = make_storage(spec.storage)
-    identity = {**spec.identity(), "model_sha256": model.sha256, "utterances": utterance_ids,
-                "noise_device": device_type}
+    identity = {**spec.identity(), "model_sha256": model.sha256, **sets, "noise_device": device_type}
     if spec.study in optuna.study.get_all_study_names(storage):
         study = optuna.load_study(study_name=spec.study, storage=storage, sampler=make_sampler(spec),
                                   pruner=make_pruner(spec))
@@ -147,13 +148,14 @@ def fail_orphans(study: optuna.Study) -> int:
     return n
 
 
-def top_up(study: optuna.Study, spec: SearchSpec, new: bool) -> int:
-    """Add waiting trials until the study holds spec.trials: the baselines first on a new study, then
-    plain ones for the sampler. Returns how many were added."""
+def top_up(study: optuna.Study, spec: SearchSpec, new: bool, baselines: list[space.Baseline]) -> int:
+    """Add waiting trials until the study holds spec.trials: the baselines first on a new study (those that pass
+    the model's schedule check: evaluator.checked_baselines), then plain ones for the sampler. Returns how many
+    were added."""
     have = len(study.get_trials(deepcopy=False))
     added = 0
     if new:
-        for b in baseline_list(spec)[:max(0, spec.trials - have)]:
+        for b in baselines[:max(0, spec.trials - have)]:
             study.enqueue_trial(space.to_params(b.betas, with_steps=spec.multi),
                                 user_attrs={TICKET: "baseline", BASELINE: b.name, "wg2.baseline_adjusted": b.adjusted})
             added += 1

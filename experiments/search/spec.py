@@ -20,7 +20,10 @@ from experiments.search import space
 PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search/space.py)
 MULTI_OBJECTIVES = ("pesq_wb", "stoi")
 PRUNE_BATCH = 2  # utterances between two reports of the running mean
-SPLIT = "val"
+# the trials are scored on SELECTION_SPLIT; the schedule file's numbers on REPORT_SPLIT, or on a held-out half of
+# SELECTION_SPLIT when REPORT_SPLIT is too small (evaluator.choose_sets; the package docstring says why)
+SELECTION_SPLIT, REPORT_SPLIT = "val", "test"
+MIN_REPORTED = 2  # utterances a report set needs at least (a paired interval needs two)
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,11 @@ class SearchSpec:
         return ["maximize" if METRICS[self.objective].better == "higher" else "minimize"]
 
     def identity(self) -> dict[str, Any]:
-        """What must not change when a study is resumed (trials would stop being comparable)."""
+        """What must not change when a study is resumed (trials would stop being comparable); the utterance sets
+        themselves are added by queue.open_study."""
         steps = {"min_steps": self.min_steps, "max_steps": self.max_steps} if self.multi else {"steps": self.steps}
         return {"parametrization": PARAMETRIZATION, "multi": self.multi, "objectives": list(self.objectives),
-                "sampler": self.sampler, "seed": self.seed, "limit_utterances": self.limit_utterances,
-                "split": SPLIT, **steps}
+                "sampler": self.sampler, "seed": self.seed, "limit_utterances": self.limit_utterances, **steps}
 
 
 def objective_names() -> list[str]:

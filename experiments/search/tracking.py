@@ -40,7 +40,7 @@ def study_key(spec: SearchSpec) -> str:
     return hashlib.sha256(f"{redact(spec.storage)}\n{spec.study}".encode()).hexdigest()[:16]
 
 
-def open_parent_run(spec: SearchSpec, model: ModelInfo, utterance_ids: list[str]) -> TrackingContext:
+def open_parent_run(spec: SearchSpec, model: ModelInfo, sets: dict) -> TrackingContext:
     """The study's parent run: found by tag wg2.study_key (reused on resume) or created once."""
     uri = tracking.ensure_store(spec.tracking_uri)
     experiment_id = tracking.get_or_create_experiment(EXPERIMENT, uri=uri)
@@ -61,7 +61,8 @@ def open_parent_run(spec: SearchSpec, model: ModelInfo, utterance_ids: list[str]
     run_id = claims.earliest(runs).info.run_id
     tracking.retry(lambda: tracking.log_tags(mlf, run_id, tags))
     params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in spec.identity().items()}
-    params.update({"model_sha256": model.sha256, "utterances": json.dumps(utterance_ids)})
+    params.update({"model_sha256": model.sha256, **{k: json.dumps(v) if isinstance(v, list) else v
+                                                    for k, v in sets.items()}})
     tracking.retry(lambda: tracking.log_params(mlf, run_id, params))  # identical on resume (checked)
     tracking.retry(lambda: mlf.update_run(run_id, status="RUNNING"))
     return TrackingContext(uri, experiment_id, run_id, key)

@@ -8,7 +8,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.scoring import describe_error
-from experiments import claims
+from experiments import claims, synth
+from experiments.config import InputError
 from experiments.search import space
 from experiments.search.evaluator import Evaluator, MetricSummary, per_utterance, summarize_scores
 from experiments.search.spec import SearchSpec
@@ -16,6 +17,7 @@ from experiments.workers import interrupt_reason
 
 TICKET, BASELINE, OWNER = "wg2.ticket", "wg2.baseline", "wg2.owner"
 PER_UTTERANCE = "wg2.per_utterance"
+SCHEDULE_CHECK = "schedule check"  # how the prune reason of a candidate refused by the check starts
 INTERRUPTED = "interrupted: the worker running this trial died; marked failed when the study was resumed"
 
 
@@ -36,6 +38,10 @@ def objective(trial, spec: SearchSpec, ev: Evaluator) -> float | tuple[float, ..
     betas = space.suggest_betas(trial, steps)  # (steps,) non-decreasing
     trial.set_user_attr("wg2.betas", betas.tolist())
     trial.set_user_attr("wg2.steps", steps)
+    try:  # a schedule the model cannot sample from (start SNR, training range) is pruned, not evaluated
+        synth.check_loaded_schedule(ev.loaded, betas, f"trial {trial.number}")
+    except InputError as err:
+        raise optuna.TrialPruned(f"{SCHEDULE_CHECK}: {err}") from err
     total, scores, summary = len(ev.utterances), [], {}
     for done, batch in ev.batches(betas, spec.prune_batch):
         scores += batch

@@ -10,7 +10,7 @@ import optuna
 import torch
 
 from experiments import tracking
-from experiments.search.evaluator import Evaluator, load_evaluator
+from experiments.search.evaluator import Evaluator, load_evaluators
 from experiments.search.queue import claim, load_study, lock_path
 from experiments.search.spec import SearchSpec
 from experiments.search.tracking import TrackingContext, TrialLogger
@@ -37,7 +37,7 @@ def _worker_main(spec: SearchSpec, ctx: TrackingContext, index: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracking.quiet_mlflow_logs()
-    work(load_study(spec, index), spec, load_evaluator(spec), TrialLogger(ctx, spec))
+    work(load_study(spec, index), spec, load_evaluators(spec)[0], TrialLogger(ctx, spec))
 
 
 def run_workers(spec: SearchSpec, ctx: TrackingContext, study: optuna.Study, workers: int, report) -> list[str]:
