@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.stats import paired_difference
-from experiments.evaluate import evaluate, machine_name
-from experiments.precision import set_threads
-from experiments.synth import load_checkpoint
+from experiments.infer.evaluate import evaluate, machine_name
+from experiments.train.precision import set_threads
+from experiments.infer.synth import load_checkpoint
 
 METRICS = ("pesq_wb", "stoi", "mel_cd")
 TARGETS = {"pesq_wb": 0.02, "stoi": 0.005}  # issue targets: |bf16 - fp32| within these

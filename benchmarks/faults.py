@@ -293,7 +293,7 @@ def _grid_state(uri: str, name: str) -> dict:
     from mlflow import MlflowClient
 
     from evaluation.runs import KIND_CELL, KIND_GRID, TAG_CELL_HASH, TAG_KIND
-    from experiments.tracking import ensure_store
+    from experiments.tracking.store import ensure_store
 
     ensure_store(uri)  # under the store's lock: the grid may be creating it right now
     client = MlflowClient(uri)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 
 # Field metadata of a key added after runs were recorded: the key is left out of a run's identity (its config
-# hash) while it holds its default, so those runs keep their hashes (experiments/config_identity.py, config_hash).
+# hash) while it holds its default, so those runs keep their hashes (experiments/config/identity.py, config_hash).
 ADDED_KEY = {"identity": "when not default"}
 
 

@@ -41,7 +41,7 @@ TAG_TRAIN_KEY = "wg2.train_key"  # `wg2 train`: the run's own key (claimed by it
 TAG_CHECKPOINT = "wg2.checkpoint"  # `wg2 eval`: the checkpoint file evaluated
 # the autoencoder stage
 TAG_AUTOENCODER_KEY = "wg2.autoencoder_key"
-# claiming runs (experiments/claims.py)
+# claiming runs (experiments/tracking/claims.py)
 TAG_OWNER = "wg2.owner"
 TAG_HEARTBEAT = "wg2.heartbeat"
 # where and with what a run was made

@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from experiments.workers import Terminated, interrupt_reason, raise_on_sigterm
+from experiments.grid.workers import Terminated, interrupt_reason, raise_on_sigterm
 
 DISTRIBUTION = "wavegrad2-ablation"
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", default="en-us", help="espeak-ng voice")
     p.add_argument("--limit", type=int, default=0, help="only the first N sentences (0 = all 720)")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
-    p.set_defaults(func=_handler("experiments.corpus_build:cmd_build"))
+    p.set_defaults(func=_handler("experiments.corpus.build:cmd_build"))
     p = corpus_sub.add_parser("check", parents=[common],
                               help="read an LJSpeech-layout corpus with TextGrids and report on it")
     p.add_argument("dir", help="corpus folder (metadata.csv, wavs/)")
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop-length", type=int, default=300, help="frame hop in samples for durations")
     p.add_argument("--sample-rate", type=int, default=22050, help="rate audio is resampled to")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_handler("experiments.corpus_cmd:cmd_check"))
+    p.set_defaults(func=_handler("experiments.corpus.command:cmd_check"))
 
     p = sub.add_parser("train", parents=[common], help="train one WaveGrad 2 model from a TOML config")
     p.add_argument("config", help="run config (TOML)")
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's last checkpoint, or the tracking server's when later")
     _tracking(p, "wg2 train")
-    p.set_defaults(func=_handler("experiments.tracked_runs:cmd_train"))
+    p.set_defaults(func=_handler("experiments.train.command:cmd_train"))
 
     p = sub.add_parser("synth", parents=[common], help="synthesize a sentence (or a corpus utterance) to a wav file")
     p.add_argument("checkpoint", help="checkpoint file (.pt) or MLflow run ID")
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _precision(p)
     _device(p)
-    p.set_defaults(func=_handler("experiments.synth:cmd_synth"))
+    p.set_defaults(func=_handler("experiments.infer.synth:cmd_synth"))
 
     p = sub.add_parser("bench", parents=[common], help="measure training and inference speed and memory per preset")
     p.add_argument("--presets", default="tiny,base", help="comma-separated decoder presets")
@@ -149,13 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the table (markdown) and JSON here")
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
     _device(p)
-    p.set_defaults(func=_handler("experiments.bench:cmd_bench"))
+    p.set_defaults(func=_handler("experiments.infer.bench:cmd_bench"))
 
     p = sub.add_parser("score", parents=[common], help="score a degraded wav against a reference with every metric")
     p.add_argument("reference")
     p.add_argument("degraded")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_handler("experiments.score_cmd:cmd_score"))
+    p.set_defaults(func=_handler("experiments.infer.score:cmd_score"))
 
     p = sub.add_parser("eval", parents=[common],
                        help="synthesize a split with a checkpoint and score quality and speed")
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _precision(p)
     _device(p)
     _tracking(p, "wg2 eval")
-    p.set_defaults(func=_handler("experiments.tracked_runs:cmd_eval"))
+    p.set_defaults(func=_handler("experiments.train.command:cmd_eval"))
 
     p = sub.add_parser("grid", parents=[common], help="run an ablation grid tracked in MLflow (resumable)")
     p.add_argument("grid", help="grid file (TOML)")
@@ -177,14 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="cells run in parallel processes")
     _device(p)
     p.add_argument("--dry-run", action="store_true", help="print the cells and their hashes, then stop")
-    p.set_defaults(func=_handler("experiments.grid:cmd_grid"))
+    p.set_defaults(func=_handler("experiments.grid.run:cmd_grid"))
 
     p = sub.add_parser("compare", parents=[common], help="report a grid's MLflow runs: tables, intervals, plots")
     p.add_argument("target", help="grid file or MLflow experiment name")
     p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
     p.add_argument("--metric", default="pesq_wb", help="headline metric")
     p.add_argument("--json", action="store_true", help="print the report's content as JSON on stdout")
-    p.set_defaults(func=_handler("experiments.compare_cmd:cmd_compare"))
+    p.set_defaults(func=_handler("experiments.grid.compare:cmd_compare"))
 
     p = sub.add_parser("search", parents=[common], help="search an inference noise schedule with Optuna")
     p.add_argument("model", help="checkpoint file or MLflow run ID")
@@ -210,12 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="run config (TOML) with [autoencoder] and [data]")
     _overrides(p)
     _device(p)
-    p.set_defaults(func=_handler("experiments.autoencoder_stage:cmd_autoencoder_train"))
+    p.set_defaults(func=_handler("experiments.train.autoencoder:cmd_autoencoder_train"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.config import InputError
+    from experiments.config.run import InputError
 
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", logging.INFO))

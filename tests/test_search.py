@@ -22,12 +22,12 @@ from evaluation.stats import paired_difference
 from experiments.search.evaluator import load_evaluator, per_utterance
 from experiments.search.queue import top_up
 from experiments.search.spec import SearchSpec, default_study_name, spec_from_args
-from experiments.store_checkpoints import resolve_checkpoint
+from experiments.train.store_checkpoints import resolve_checkpoint
 from experiments.search.tracking import EXPERIMENT
 from experiments.search.trial import BASELINE, OWNER, TICKET
 from experiments.cli import build_parser, main
-from experiments.config import InputError
-from experiments.schedule_files import load_schedule_file
+from experiments.config.run import InputError
+from experiments.config.schedules import load_schedule_file
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -222,7 +222,7 @@ def test_resume_with_other_settings_is_refused(searched, tiny_checkpoint, capsys
 # ----------------------------------------------------------------------------- failures and pruning
 
 def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tiny_checkpoint, workdir, monkeypatch):
-    from experiments import synth
+    from experiments.infer import synth
 
     real = synth.synthesize
     schedules = {b.name: b.betas for b in space.baselines(6)}

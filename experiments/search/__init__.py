@@ -7,7 +7,7 @@ every sample is a valid monotone schedule and known schedules map back to exact 
 
 Objective: the chosen metric (default pesq_wb; any aligned metric with a direction in
 evaluation.metrics.METRICS) averaged over a fixed subset of validation utterances: `--limit-utterances`
-picked by `--seed` with the same function as `wg2 eval` (experiments.evaluate.pick_utterances), synthesized
+picked by `--seed` with the same function as `wg2 eval` (experiments.infer.evaluate.pick_utterances), synthesized
 with ground-truth durations so output and reference line up. Utterance i is synthesized with noise seed
 seed * 1000003 + i: every trial meets the same noise (common random numbers), so differences between trials
 are the schedules' and a schedule evaluated twice scores the same (this is how the baselines are checked).

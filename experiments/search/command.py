@@ -12,7 +12,7 @@ from tqdm import tqdm
 from evaluation.progress import progress_enabled
 
 from evaluation.runs import TAG_ERROR
-from experiments import tracking
+from experiments.tracking import store
 from experiments.search.evaluator import load_evaluator, model_info
 from experiments.search.export import export
 from experiments.search.plots import plot_front, plot_history
@@ -76,7 +76,7 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
         elif waiting:
             errors = run_workers(spec, ctx, study, workers, report)
     except KeyboardInterrupt:  # the running trials were marked failed; a rerun resumes the rest
-        tracking.retry(lambda: tracking.client(ctx.uri).set_terminated(ctx.parent_run_id, "KILLED"))
+        store.retry(lambda: store.client(ctx.uri).set_terminated(ctx.parent_run_id, "KILLED"))
         raise
     finally:
         bar.close()
@@ -88,13 +88,13 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
     pictures = plot_history(study, spec, stem)
     if spec.multi and any(t.state == TrialState.COMPLETE for t in trials):
         pictures += plot_front(study, stem)
-    mlf = tracking.client(ctx.uri)
+    mlf = store.client(ctx.uri)
     for path in [*files, *pictures]:
-        tracking.retry(lambda: mlf.log_artifact(ctx.parent_run_id, str(path)))
+        store.retry(lambda: mlf.log_artifact(ctx.parent_run_id, str(path)))
     counts = {s.name: n for s in TrialState if (n := sum(1 for t in trials if t.state == s))}
     if errors:
-        tracking.retry(lambda: mlf.set_tag(ctx.parent_run_id, TAG_ERROR, "; ".join(errors)[:5000]))
-    tracking.retry(lambda: mlf.set_terminated(ctx.parent_run_id, "FAILED" if errors else "FINISHED"))
+        store.retry(lambda: mlf.set_tag(ctx.parent_run_id, TAG_ERROR, "; ".join(errors)[:5000]))
+    store.retry(lambda: mlf.set_terminated(ctx.parent_run_id, "FAILED" if errors else "FINISHED"))
     if backfilled:
         log.info("logged %d trial(s) to MLflow that had no run yet", backfilled)
     return SearchOutcome(spec.study, redact(spec.storage), counts, waiting - counts.get("WAITING", 0),

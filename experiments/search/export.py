@@ -14,12 +14,12 @@ from optuna.trial import FrozenTrial, TrialState
 from evaluation.conditioning import conditioning_gain, reads_text
 from evaluation.metrics import value_range
 from evaluation.stats import paired_difference
-from experiments.runtime import atomic_write_bytes
+from experiments.train.runtime import atomic_write_bytes
 from experiments.search.evaluator import Evaluator, ModelInfo, per_utterance, summarize_scores
 from experiments.search.spec import PARAMETRIZATION, SPLIT, SearchSpec, baseline_list, redact, slug
 from experiments.search.tracking import TrackingContext
 from experiments.search.trial import BASELINE, PER_UTTERANCE, fail_reason
-from experiments.synth import conditioning_items
+from experiments.infer.synth import conditioning_items
 
 
 def _write_json(path: Path, data: dict) -> Path:

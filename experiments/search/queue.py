@@ -16,8 +16,8 @@ import optuna
 from optuna.trial import TrialState
 
 from evaluation.runs import TAG_OWNER, sqlite_path
-from experiments import claims
-from experiments.config import InputError
+from experiments.tracking import claims
+from experiments.config.run import InputError
 from experiments.search import space
 from experiments.search.evaluator import ModelInfo
 from experiments.search.spec import SearchSpec, baseline_list, redact

@@ -12,8 +12,8 @@ from sqlalchemy.engine import make_url
 
 from evaluation.metrics import METRICS, metric_names
 from evaluation.runs import sqlite_path, tracking_uri
-from experiments.config import InputError
-from experiments.store_checkpoints import resolve_checkpoint
+from experiments.config.run import InputError
+from experiments.train.store_checkpoints import resolve_checkpoint
 from experiments.search import space
 
 PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search/space.py)

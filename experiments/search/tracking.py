@@ -20,7 +20,7 @@ from evaluation.runs import (KIND_SEARCH, KIND_TRIAL, TAG_BASELINE, TAG_ERROR, T
                              TAG_MODEL, TAG_MODEL_CONFIG_HASH, TAG_MODEL_RUN_ID, TAG_MODEL_SHA256, TAG_OBJECTIVES,
                              TAG_OWNER, TAG_PRUNE_REASON, TAG_SAMPLER, TAG_STATE, TAG_STORAGE, TAG_STUDY,
                              TAG_STUDY_KEY, TAG_TRIAL_NUMBER, TAG_TRIALS_REQUESTED, search_all_runs, tag_is)
-from experiments import claims, run_records, tracking
+from experiments.tracking import claims, records, store
 from experiments.search.evaluator import ModelInfo
 from experiments.search.spec import SearchSpec, redact
 from experiments.search.trial import BASELINE, OWNER, fail_reason
@@ -42,28 +42,28 @@ def study_key(spec: SearchSpec) -> str:
 
 def open_parent_run(spec: SearchSpec, model: ModelInfo, utterance_ids: list[str]) -> TrackingContext:
     """The study's parent run: found by tag wg2.study_key (reused on resume) or created once."""
-    uri = tracking.ensure_store(spec.tracking_uri)
-    experiment_id = tracking.get_or_create_experiment(EXPERIMENT, uri=uri)
-    mlf = tracking.client(uri)
+    uri = store.ensure_store(spec.tracking_uri)
+    experiment_id = store.get_or_create_experiment(EXPERIMENT, uri=uri)
+    mlf = store.client(uri)
     key = study_key(spec)
     tags = {TAG_KIND: KIND_SEARCH, TAG_STUDY: spec.study, TAG_STUDY_KEY: key, TAG_STORAGE: redact(spec.storage),
             TAG_MODEL: model.checkpoint, TAG_MODEL_SHA256: model.sha256, TAG_MODEL_CONFIG_HASH: model.config_hash,
             TAG_MODEL_RUN_ID: model.mlflow_run_id or "", TAG_OBJECTIVES: json.dumps(list(spec.objectives)),
             TAG_SAMPLER: spec.sampler, TAG_TRIALS_REQUESTED: str(spec.trials),
-            TAG_GIT_COMMIT: run_records.git_commit(), TAG_MACHINE: run_records.machine(spec.device)}
+            TAG_GIT_COMMIT: records.git_commit(), TAG_MACHINE: records.machine(spec.device)}
     query = f"{tag_is(TAG_STUDY_KEY, key)} and {tag_is(TAG_KIND, KIND_SEARCH)}"
-    runs = tracking.retry(lambda: search_all_runs(mlf, [experiment_id], query))
+    runs = store.retry(lambda: search_all_runs(mlf, [experiment_id], query))
     if not runs:
-        mine = tracking.retry(lambda: mlf.create_run(experiment_id, run_name=f"search: {spec.study}", tags=tags))
-        runs = tracking.retry(lambda: search_all_runs(mlf, [experiment_id], query))
+        mine = store.retry(lambda: mlf.create_run(experiment_id, run_name=f"search: {spec.study}", tags=tags))
+        runs = store.retry(lambda: search_all_runs(mlf, [experiment_id], query))
         if claims.earliest(runs).info.run_id != mine.info.run_id:  # another command created it meanwhile
-            tracking.retry(lambda: mlf.delete_run(mine.info.run_id))
+            store.retry(lambda: mlf.delete_run(mine.info.run_id))
     run_id = claims.earliest(runs).info.run_id
-    tracking.retry(lambda: tracking.log_tags(mlf, run_id, tags))
+    store.retry(lambda: store.log_tags(mlf, run_id, tags))
     params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in spec.identity().items()}
     params.update({"model_sha256": model.sha256, "utterances": json.dumps(utterance_ids)})
-    tracking.retry(lambda: tracking.log_params(mlf, run_id, params))  # identical on resume (checked)
-    tracking.retry(lambda: mlf.update_run(run_id, status="RUNNING"))
+    store.retry(lambda: store.log_params(mlf, run_id, params))  # identical on resume (checked)
+    store.retry(lambda: mlf.update_run(run_id, status="RUNNING"))
     return TrackingContext(uri, experiment_id, run_id, key)
 
 
@@ -79,7 +79,7 @@ class TrialLogger:
     STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
 
     def __init__(self, ctx: TrackingContext, spec: SearchSpec):
-        self.ctx, self.spec, self.mlf = ctx, spec, tracking.client(ctx.uri)
+        self.ctx, self.spec, self.mlf = ctx, spec, store.client(ctx.uri)
 
     def __call__(self, t: FrozenTrial) -> str | None:
         try:
@@ -90,7 +90,7 @@ class TrialLogger:
             return None
 
     def log(self, t: FrozenTrial) -> str:
-        mlf, attrs, retry = self.mlf, t.user_attrs, tracking.retry
+        mlf, attrs, retry = self.mlf, t.user_attrs, store.retry
         tags = {"mlflow.parentRunId": self.ctx.parent_run_id, TAG_KIND: KIND_TRIAL, TAG_STUDY: self.spec.study,
                 TAG_STUDY_KEY: self.ctx.study_key, TAG_TRIAL_NUMBER: str(t.number), TAG_STATE: t.state.name}
         for tag, value in ((TAG_ERROR, fail_reason(t)), (TAG_PRUNE_REASON, attrs.get("wg2.prune_reason")),
@@ -104,14 +104,14 @@ class TrialLogger:
         params: dict[str, Any] = dict(t.params)
         if "wg2.betas" in attrs:
             params.update({"steps": attrs["wg2.steps"], "betas": json.dumps(attrs["wg2.betas"])})
-        retry(lambda: tracking.log_params(mlf, run_id, params))
+        retry(lambda: store.log_params(mlf, run_id, params))
         metrics = {k: v for k, v in attrs.get("wg2.metrics", {}).items() if v is not None}
         metrics.update({f"n_missing/{k}": v for k, v in attrs.get("wg2.n_missing", {}).items()})
         metrics.update({f"objective/{k}": v for k, v in zip(self.spec.objectives, t.values or [])})
         for key in ("seconds", "utterances_scored"):
             if f"wg2.{key}" in attrs:
                 metrics[key] = attrs[f"wg2.{key}"]
-        retry(lambda: tracking.log_metrics(mlf, run_id, metrics))
+        retry(lambda: store.log_metrics(mlf, run_id, metrics))
         now = int(time.time() * 1000)
         curve = [Metric(f"running/{self.spec.objective}", v, now, int(step))
                  for step, v in t.intermediate_values.items()]
@@ -130,9 +130,9 @@ class TrialLogger:
 def log_missing_trials(study: optuna.Study, ctx: TrackingContext, spec: SearchSpec) -> int:
     """Log every finished trial that has no child run yet (a worker died, or its logging failed). A trial
     whose worker is still alive is left to it: another command on the study may be logging it right now."""
-    mlf = tracking.client(ctx.uri)
+    mlf = store.client(ctx.uri)
     query = f"{tag_is(TAG_STUDY_KEY, ctx.study_key)} and {tag_is(TAG_KIND, KIND_TRIAL)}"
-    logged = {r.data.tags.get(TAG_TRIAL_NUMBER) for r in tracking.retry(
+    logged = {r.data.tags.get(TAG_TRIAL_NUMBER) for r in store.retry(
         lambda: search_all_runs(mlf, [ctx.experiment_id], query))}
     logger, n = TrialLogger(ctx, spec), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):

@@ -1,0 +1,34 @@
+"""`wg2 corpus check DIR [--json]`: the report as text (experiments.corpus.read.cmd_check) or as JSON on stdout."""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+from experiments.corpus.read import CorpusReport, cmd_check as _text_check, read_corpus
+
+log = logging.getLogger(__name__)
+
+
+def report_dict(report: CorpusReport) -> dict:
+    """What `wg2 corpus check` reports, as plain JSON types."""
+    seconds = sum(len(u.audio) for u in report.utterances) / report.sample_rate
+    tokens = Counter(p for u in report.utterances for p in u.phonemes)
+    return {
+        "root": str(report.root), "alignments": str(report.alignments), "sample_rate": report.sample_rate,
+        "hop_length": report.hop_length, "skip_bad": report.skip_bad, "usable": report.usable,
+        "listed": report.listed, "usable_utterances": len(report.utterances), "hours": seconds / 3600,
+        "utterance_ids": [u.id for u in report.utterances],
+        "phoneme_counts": dict(sorted(tokens.items())), "zero_length_tokens": report.zero_length_tokens,
+        "problems": [str(p) for p in report.problems], "warnings": list(report.warnings),
+    }
+
+
+def cmd_check(args) -> int:
+    if not getattr(args, "json", False):
+        return _text_check(args)
+    report = read_corpus(args.dir, args.alignments, args.sample_rate, args.hop_length, args.skip_bad, progress=True)
+    for message in report.warnings:
+        log.warning("warning: %s", message)
+    print(json.dumps(report_dict(report), indent=2))
+    return 0 if report.usable else 2

@@ -1,0 +1,208 @@
+"""Synthesis: `wg2 synth CKPT|RUN_ID "text" -o out.wav [--schedule NAME|FILE] [--pace 1.0] [--utterance ID]`,
+and the batched `synthesize` that evaluation and schedule search call."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from components.diffusion import Diffusion
+from components.durations import DurationPredictor
+from components.model import WaveGrad2
+from evaluation.conditioning import ConditioningItem
+from experiments.config.run import InputError, RunConfig, config_from_dict
+from experiments.train.precision import autocast, compile_decoder, resolve_precision, set_threads
+from experiments.train.runtime import read_checkpoint, require_keys, resolve_device, weights_error
+from experiments.config.schedules import resolve_schedule
+from experiments.train.store_checkpoints import resolve_checkpoint
+from experiments.train.loop import CHECKPOINT_FORMAT
+
+
+@dataclass
+class LoadedModel:
+    model: WaveGrad2
+    config: RunConfig
+    vocab: object  # experiments.corpus.dataset.PhonemeVocab
+    sample_rate: int
+    hop_length: int
+    device: torch.device
+    autoencoder: torch.nn.Module | None
+    path: Path
+    step: int
+    signal: dict  # "gain": diffusion signal = gain x waveform (or latent); "clip": its range when sampling
+    weights: str = "ema"  # which weight set is loaded: "ema" or "raw"
+    history: tuple = ()  # the training log (one dict per logged step), for the training-curves picture
+
+
+@dataclass
+class Synthesis:
+    audio: np.ndarray  # (samples,) float32 at the model's sample rate
+    durations: np.ndarray  # (N,) int64 frames used
+    weights: np.ndarray  # (frames, N) alignment of frames to tokens
+
+
+def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema") -> LoadedModel:
+    """A trained model for synthesis. weights = "ema" takes the moving average when the run kept one
+    (train.ema_decay > 0), else the raw weights; "raw" always takes the raw weights."""
+    from experiments.corpus.types import PhonemeVocab
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint")
+    state = read_checkpoint(path)  # a truncated or foreign file: one line naming it
+    if state.get("format") not in (1, CHECKPOINT_FORMAT):
+        raise InputError(f"{path}: not a wg2 checkpoint (format 1 or {CHECKPOINT_FORMAT} expected)")
+    require_keys(path, state, ("config", "vocab", "model", "step", "sample_rate", "hop_length"))
+    if weights not in ("ema", "raw"):
+        raise InputError(f"weights = {weights!r}; allowed: ema, raw")
+    dev = resolve_device(device)
+    config = config_from_dict(state["config"], str(path))
+    if not (isinstance(state["vocab"], list) and state["vocab"] and all(isinstance(v, str) for v in state["vocab"])):
+        raise InputError(f"{path}: its vocab is not a list of phoneme strings")
+    vocab = PhonemeVocab.from_list(state["vocab"])
+    model = WaveGrad2(config.model, len(vocab.symbols), config.autoencoder)
+    use_ema = weights == "ema" and state.get("ema") is not None
+    try:
+        model.load_state_dict(state["ema"] if use_ema else state["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise weights_error(path, err, "ema weights" if use_ema else "weights") from None
+    model.to(dev).eval()
+    space = model.space
+    # format 1 trained on the raw signal and clipped only waveforms
+    signal = state.get("signal") or {"gain": 1.0, "clip": space.unscaled_clip}
+    autoencoder = space.build_autoencoder()
+    if autoencoder is not None:
+        try:
+            autoencoder.load_state_dict(state["autoencoder"])
+        except (RuntimeError, TypeError, AttributeError) as err:  # None too: a latent run saves its autoencoder
+            raise weights_error(path, err, "autoencoder weights") from None
+        autoencoder.to(dev).eval()
+    return LoadedModel(model, config, vocab, state["sample_rate"], state["hop_length"], dev, autoencoder, path,
+                       state["step"], signal, "ema" if use_ema else "raw", tuple(state.get("history") or ()))
+
+
+@torch.inference_mode()
+def synthesize(loaded: LoadedModel, phoneme_ids: list[np.ndarray], betas: np.ndarray,
+               durations: list[np.ndarray] | None = None, pace: float = 1.0, seed: int = 0,
+               batch_size: int = 1, precision: str | None = None, compile: bool | None = None) -> list[Synthesis]:
+    """Synthesize utterances. With `durations` (ground truth) outputs have exactly sum(d) * hop samples;
+    without, durations are predicted (divided by pace; rounded to whole frames). `precision` ("fp32",
+    "bf16", "auto"; default the checkpoint's eval.precision) applies to the network calls only: the
+    sampler's arithmetic stays fp32. `compile` (default the checkpoint's eval.compile) compiles the decoder
+    once, with dynamic shapes, before the first call."""
+    model, device = loaded.model, loaded.device
+    if loaded.config.eval.compile if compile is None else compile:
+        compile_decoder(model, device, True, "eval.compile")
+    dtype = resolve_precision(precision or loaded.config.eval.precision, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    results: list[Synthesis] = []
+    for start in range(0, len(phoneme_ids), batch_size):
+        chunk = phoneme_ids[start:start + batch_size]
+        n_tokens = max(len(p) for p in chunk)
+        ids = torch.zeros(len(chunk), n_tokens, dtype=torch.long)
+        mask = torch.zeros(len(chunk), n_tokens)
+        for b, p in enumerate(chunk):
+            ids[b, :len(p)], mask[b, :len(p)] = torch.from_numpy(np.asarray(p, dtype=np.int64)), 1.0
+        ids, mask = ids.to(device), mask.to(device)
+        with autocast(device, dtype):
+            encoded, log_d = model.encode(ids, mask)
+        log_d = log_d.float()
+        if durations is not None:
+            dur = torch.zeros(len(chunk), n_tokens, device=device)
+            for b, d in enumerate(durations[start:start + batch_size]):
+                dur[b, :len(d)] = torch.from_numpy(np.asarray(d, dtype=np.float32))
+        else:
+            dur = torch.round(DurationPredictor.to_frames(log_d, mask, pace))
+            dur[:, 0] = torch.where(dur.sum(1) == 0, torch.ones_like(dur[:, 0]), dur[:, 0])  # never 0 frames
+        n_frames = dur.sum(1).long()  # (B,)
+        frames = torch.arange(int(n_frames.max()), device=device)[None].expand(len(chunk), -1)
+        with autocast(device, dtype):
+            cond = model.condition(encoded, dur, mask, frames)
+
+        def predict(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+            with autocast(device, dtype):
+                return model.denoise(x, cond.states, level)
+
+        shape = (len(chunk), model.signal_channels, frames.shape[1] * model.hop)
+        signal = Diffusion.sample(predict, shape, betas, device, generator, clip=loaded.signal["clip"])
+        signal = signal / loaded.signal["gain"]
+        audio = model.space.decode(signal, loaded.autoencoder)
+        for b in range(len(chunk)):
+            length = int(n_frames[b]) * loaded.hop_length
+            results.append(Synthesis(audio[b, :length].float().cpu().numpy(),
+                                     dur[b, :len(chunk[b])].long().cpu().numpy(),
+                                     cond.weights[b, :int(n_frames[b]), :len(chunk[b])].float().cpu().numpy()))
+    return results
+
+
+@torch.no_grad()
+def conditioning_items(loaded: LoadedModel, utterances) -> list[ConditioningItem]:
+    """Utterances as the diffusion signal this model was trained on (scaled waveform or latent)."""
+    signals = loaded.model.space.encode_each([u.audio for u in utterances], loaded.autoencoder)
+    return [ConditioningItem(loaded.vocab.encode(u.phonemes), u.durations,
+                             (signal * loaded.signal["gain"]).astype(np.float32))
+            for u, signal in zip(utterances, signals)]
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.wav")
+    sf.write(tmp, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16")
+    os.replace(tmp, path)
+
+
+def check_synth_args(args) -> None:
+    """The command line's values, refused before the checkpoint is read."""
+    import math
+
+    if not (math.isfinite(args.pace) and args.pace > 0):
+        raise InputError(f"--pace {args.pace}: expected a finite number > 0 (> 1 speaks faster)")
+    for name, value in (("TEXT", args.text), ("--phonemes", args.phonemes), ("--utterance", args.utterance)):
+        if value is not None and not value.strip():
+            raise InputError(f"{name} {value!r}: empty; expected something to say")
+
+
+def cmd_synth(args) -> int:
+    set_threads()
+    check_synth_args(args)
+    checkpoint, _ = resolve_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(checkpoint, args.device)
+    try:
+        betas = resolve_schedule(args.schedule)
+    except ValueError as err:
+        raise InputError(f"--schedule: {err}") from err
+    durations = None
+    if sum(x is not None for x in (args.text, args.utterance, args.phonemes)) != 1:
+        raise InputError("give exactly one of: TEXT, --utterance ID, --phonemes '...'")
+    if args.utterance:
+        from experiments.corpus.dataset import load_dataset
+        dataset = load_dataset(loaded.config.data, progress=False)
+        found = [u for split in ("train", "val", "test") for u in dataset.split(split) if u.id == args.utterance]
+        if not found:
+            raise InputError(f"--utterance {args.utterance}: not in the corpus at {loaded.config.data.root}")
+        phonemes, durations = found[0].phonemes, [found[0].durations]
+    elif args.phonemes:
+        phonemes = args.phonemes.split()
+    else:
+        from experiments.corpus.espeak import text_to_phonemes
+        phonemes = text_to_phonemes(args.text)
+        if not phonemes:
+            raise InputError(f"TEXT {args.text!r}: espeak-ng finds nothing to say in it; expected words")
+    try:
+        ids = loaded.vocab.encode(phonemes)
+    except ValueError as err:
+        raise InputError(f"{err} (the model's phonemes come from its training corpus)") from err
+    result = synthesize(loaded, [ids], betas, durations, pace=args.pace, seed=args.seed,
+                        precision=getattr(args, "precision", None))[0]
+    write_wav(args.out, result.audio, loaded.sample_rate)
+    logging.getLogger(__name__).info(
+        "wrote %s: %.2f s at %d Hz, %d frames, schedule %s (%d steps)", args.out,
+        len(result.audio) / loaded.sample_rate, loaded.sample_rate, int(result.durations.sum()), args.schedule,
+        len(betas))
+    return 0
