@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from experiments.grid.workers import Terminated, interrupt_reason, raise_on_sigterm
+from experiments.tracking.ending import Terminated, interrupt_reason, raise_on_sigterm
 
 DISTRIBUTION = "wavegrad2-ablation"
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", default="en-us", help="espeak-ng voice")
     p.add_argument("--limit", type=int, default=0, help="only the first N sentences (0 = all 720)")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
-    p.set_defaults(func=_handler("experiments.corpus.build:cmd_build"))
+    p.set_defaults(func=_handler("experiments.corpus.command:cmd_build"))
     p = corpus_sub.add_parser("check", parents=[common],
                               help="read an LJSpeech-layout corpus with TextGrids and report on it")
     p.add_argument("dir", help="corpus folder (metadata.csv, wavs/)")
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _precision(p)
     _device(p)
     _tracking(p, "wg2 eval")
-    p.set_defaults(func=_handler("experiments.train.command:cmd_eval"))
+    p.set_defaults(func=_handler("experiments.infer.command:cmd_eval"))
 
     p = sub.add_parser("grid", parents=[common], help="run an ablation grid tracked in MLflow (resumable)")
     p.add_argument("grid", help="grid file (TOML)")

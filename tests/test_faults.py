@@ -122,12 +122,13 @@ def _one_line_naming(err: str, path: Path) -> str:
 def _no_data(monkeypatch) -> None:
     """Reading the corpus is the first expensive step: a preflight failure must come before it."""
     import experiments.corpus.dataset
+    import experiments.infer.command
     import experiments.train.command
 
     def refuse(*args, **kwargs):
         raise AssertionError("the corpus was read before the preflight checks")
 
-    for module in (experiments.corpus.dataset, experiments.train.command):  # the commands import it by name
+    for module in (experiments.corpus.dataset, experiments.infer.command, experiments.train.command):  # imported by name
         monkeypatch.setattr(module, "load_dataset", refuse)
 
 

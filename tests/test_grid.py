@@ -276,7 +276,7 @@ def test_sigterm_ends_the_parent_and_its_cells_killed_with_the_signal_as_reason(
 
     # the check fails without the handler: SIGTERM kills the parent outright, its workers follow it, and
     # the parent and the cells stay RUNNING until a rerun
-    broken = ("import sys, experiments.grid.workers as w; w.raise_on_sigterm = lambda: None; "
+    broken = ("import sys, experiments.tracking.ending as w; w.raise_on_sigterm = lambda: None; "
               "from experiments.cli import main; sys.exit(main(sys.argv[1:]))")
     base = tiny_base(data_table, train={"steps": 400, "learning_rate": 2e-3})  # other cells, other run folders
     path = write(workdir / "h.toml", grid_text("unhandled", base, {"model.upsampler": ["gaussian", "repeat"]}))

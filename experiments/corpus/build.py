@@ -231,9 +231,3 @@ def build_corpus(out: str | Path, voice: str = "en-us", limit: int = 0, workers:
     seconds = time.perf_counter() - started
     log.info("%s: built %d utterances (voice %s, espeak-ng %s) in %.1f s", out, len(sentences), voice, version, seconds)
     return out
-
-
-def cmd_build(args) -> int:
-    """`wg2 corpus build`: see the module docstring."""
-    build_corpus(Path(args.out), voice=args.voice, limit=args.limit, workers=args.workers, progress=True)
-    return 0

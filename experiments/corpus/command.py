@@ -1,11 +1,14 @@
-"""`wg2 corpus check DIR [--json]`: the report as text (experiments.corpus.read.cmd_check) or as JSON on stdout."""
+"""`wg2 corpus build` (experiments/corpus/build.py does the work) and `wg2 corpus check DIR [--json]` (a corpus
+read like training reads it, experiments/corpus/read.py; the report as text, or as JSON on stdout)."""
 from __future__ import annotations
 
 import json
 import logging
 from collections import Counter
+from pathlib import Path
 
-from experiments.corpus.read import CorpusReport, cmd_check as _text_check, read_corpus
+from experiments.corpus.build import build_corpus
+from experiments.corpus.read import CorpusReport, read_corpus, warn
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +27,21 @@ def report_dict(report: CorpusReport) -> dict:
     }
 
 
+def cmd_build(args) -> int:
+    """`wg2 corpus build`: see experiments/corpus/build.py."""
+    build_corpus(Path(args.out), voice=args.voice, limit=args.limit, workers=args.workers, progress=True)
+    return 0
+
+
 def cmd_check(args) -> int:
-    if not getattr(args, "json", False):
-        return _text_check(args)
+    """`wg2 corpus check DIR`: read a corpus like training would and print what it holds (text, or --json)."""
     report = read_corpus(args.dir, args.alignments, args.sample_rate, args.hop_length, args.skip_bad, progress=True)
+    if not getattr(args, "json", False):
+        for message in report.warnings:
+            warn(message)
+        report.raise_if_unusable()
+        print(report.summary())
+        return 0
     for message in report.warnings:
         log.warning("warning: %s", message)
     print(json.dumps(report_dict(report), indent=2))

@@ -371,13 +371,3 @@ def read_corpus(root: str | Path, alignments: str | Path | None = None, sample_r
     """Read every utterance (or the first `limit` by sorted ID) and collect every problem; never raises
     for a bad utterance (see CorpusReport.usable), only when the folder, metadata.csv or alignments are missing."""
     return read_plan(plan_corpus(root, alignments, limit), sample_rate, hop_length, skip_bad, progress)
-
-
-def cmd_check(args) -> int:
-    """`wg2 corpus check DIR`: read a corpus like training would and print what it holds."""
-    report = read_corpus(args.dir, args.alignments, args.sample_rate, args.hop_length, args.skip_bad, progress=True)
-    for message in report.warnings:
-        warn(message)
-    report.raise_if_unusable()
-    print(report.summary())
-    return 0

@@ -17,11 +17,13 @@ from typing import Any
 
 from evaluation import runs
 from experiments.tracking import claims, records, store
+from experiments.tracking.ending import end_stopped_run
+from experiments.tracking.lock import file_lock
 from experiments.config.run import ConfigError, RunConfig
 from experiments.grid.file import Cell, Grid
-from experiments.grid.workers import interrupt_reason
 
 log = logging.getLogger(__name__)
+FOLDER_LOCK = ".lock"  # in a run folder: held while a model trains there
 
 
 def runs_dir() -> Path:
@@ -98,27 +100,6 @@ def check_windows(grid: Grid, progress: bool = True) -> None:
         raise ConfigError(f"{grid.path}: " + "\n  ".join(problems))
 
 
-class _FolderLock:
-    """An exclusive lock on a run folder while a model trains there: a second process (another grid on
-    this machine) waits, then finds the checkpoint complete. The OS drops it when the process dies."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / ".lock"
-
-    def __enter__(self) -> "_FolderLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a")
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; one grid per run folder at a time there
-            return self
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.close()
-
-
 def _autoencoder_run(result) -> str | None:
     """The MLflow run of a latent model's stage-one autoencoder: from train(), or from the checkpoint when
     train() found the model already trained (then it does not report it)."""
@@ -138,7 +119,9 @@ def _execute(cell: Cell, ctx: RunContext, mlf, run_id: str) -> None:
 
     folder = Path(ctx.runs_dir) / cell.train_hash
     dataset = _dataset(cell.config, ctx.progress)
-    with _FolderLock(folder):  # the store's checkpoint is fetched when it is ahead of this folder's (a takeover)
+    # one process trains in a run folder at a time: a second (another grid on this machine) waits, then finds the
+    # checkpoint complete; the store's checkpoint is fetched when it is ahead of this folder's (a takeover)
+    with file_lock(folder / FOLDER_LOCK):
         result = run_training(mlf, run_id, cell.training_config(), folder, ctx.device, dataset, resume=True,
                               progress=ctx.progress, logged_config=cell.config)
     autoencoder_run = _autoencoder_run(result) if SPACES.get(cell.config.model.space).uses_autoencoder else None
@@ -166,7 +149,7 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
         with claims.Heartbeat(ctx.uri, run_id), records.system_metrics(ctx.uri, run_id):
             _execute(cell, ctx, mlf, run_id)
     except KeyboardInterrupt as err:
-        end_quietly(mlf, run_id, "KILLED", interrupt_reason(err))
+        end_stopped_run(mlf, run_id, err)
         raise
     except Exception as err:  # noqa: BLE001 - any failure of one cell is recorded and the grid goes on
         message = f"{type(err).__name__}: {err}"
@@ -176,7 +159,7 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
             store.retry(lambda: mlf.set_tag(run_id, runs.TAG_ERROR, message[:5000]))
         except Exception:  # noqa: BLE001 - the store itself failing must not hide the cell's error
             traceback.print_exc()
-        end_quietly(mlf, run_id, "FAILED", message)
+        end_stopped_run(mlf, run_id, err)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "error.log").write_text(text)
@@ -190,10 +173,3 @@ def run_cell(cell: Cell, ctx: RunContext, mlf=None) -> CellOutcome:
     store.end_run(mlf, run_id, "FINISHED")
     return CellOutcome(cell.label, cell.cell_hash, "finished", run_id, None, time.perf_counter() - started)
 
-
-def end_quietly(mlf, run_id: str, status: str, reason: str) -> None:
-    """End a run FAILED or KILLED with its reason; a store failing here is printed, not raised over the cause."""
-    try:
-        store.end_run(mlf, run_id, status, reason)
-    except Exception:  # noqa: BLE001 - the original error matters more
-        traceback.print_exc()

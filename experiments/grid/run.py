@@ -29,10 +29,11 @@ from pathlib import Path
 
 from evaluation import runs
 from experiments.tracking import claims, records, store
+from experiments.tracking.ending import ends_if_stopped, raise_on_sigterm
 from experiments.config.run import InputError
-from experiments.grid.cell import CellOutcome, RunContext, check_windows, end_quietly, run_cell, runs_dir
+from experiments.grid.cell import CellOutcome, RunContext, check_windows, run_cell, runs_dir
 from experiments.grid.file import Cell, Grid, describe, expected_cells, load_grid
-from experiments.grid.workers import interrupt_reason, raise_on_sigterm, start_workers, stop_workers, watch_parent
+from experiments.grid.workers import start_workers, stop_workers, watch_parent
 
 __all__ = ["GridOutcome", "run_grid", "summary", "cmd_grid"]
 
@@ -172,14 +173,8 @@ def run_grid(path: str | Path, overrides: list[str] | tuple[str, ...] = (), work
     experiment_id = store.get_or_create_experiment(grid.name, uri=uri)
     mlf = store.client(uri)
     parent_id = _parent_run(mlf, experiment_id, grid, resolved)
-    try:
+    with ends_if_stopped(mlf, parent_id):
         outcome = _run_cells(grid, mlf, uri, experiment_id, parent_id, device, workers, progress)
-    except KeyboardInterrupt as err:
-        end_quietly(mlf, parent_id, "KILLED", interrupt_reason(err))
-        raise
-    except BaseException as err:
-        end_quietly(mlf, parent_id, "FAILED", f"{type(err).__name__}: {err}")
-        raise
     failed = outcome.with_status("failed")
     if failed:
         labels = ", ".join(f"[{o.label}]" for o in failed[:10]) + (" ..." if len(failed) > 10 else "")

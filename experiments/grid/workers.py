@@ -1,35 +1,13 @@
-"""What grid and search worker processes share: dying with their parent, ending on SIGTERM the way they end
-on Ctrl-C, and spreading over GPUs."""
+"""What grid and search worker processes share: dying with their parent, passing SIGTERM on (it ends their work
+the way Ctrl-C does, experiments/tracking/ending.py), and spreading over GPUs."""
 from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import threading
 import time
 
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill PID`, a batch scheduler's time limit), raised like Ctrl-C so that every `except
-    KeyboardInterrupt` ends its MLflow runs and Optuna trials KILLED instead of leaving them RUNNING."""
-
-
-def interrupt_reason(err: KeyboardInterrupt) -> str:
-    """The wg2.end_reason / fail reason of an interrupt: which signal ended the work."""
-    return "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted (KeyboardInterrupt)"
-
-
-def raise_on_sigterm() -> None:
-    """From now on SIGTERM raises Terminated in this process's main thread. The handler ignores further
-    SIGTERMs (`kill` of the whole process group reaches a worker twice), so the clean-up it starts is not
-    itself interrupted."""
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated("terminated (SIGTERM)")
-
-    if threading.current_thread() is threading.main_thread():  # signal handlers belong to the main thread
-        signal.signal(signal.SIGTERM, handler)
+from experiments.tracking.ending import Terminated
 
 
 def stop_workers(procs: list, err: KeyboardInterrupt, timeout: float = 15.0) -> None:

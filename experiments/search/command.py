@@ -13,10 +13,11 @@ from evaluation.progress import progress_enabled
 
 from evaluation.runs import TAG_ERROR
 from experiments.tracking import store
+from experiments.tracking.lock import file_lock
 from experiments.search.evaluator import load_evaluator, model_info
 from experiments.search.export import export
 from experiments.search.plots import plot_front, plot_history
-from experiments.search.queue import fail_orphans, file_lock, lock_path, open_study, top_up
+from experiments.search.queue import fail_orphans, lock_path, open_study, top_up
 from experiments.search.spec import SPLIT, SearchSpec, redact, slug, spec_from_args
 from experiments.search.tracking import EXPERIMENT, TrialLogger, log_missing_trials, open_parent_run
 from experiments.search.trial import describe_trial

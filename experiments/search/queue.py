@@ -3,7 +3,6 @@ budget; workers claim waiting trials under a file lock and never create one; tri
 worker of this machine are marked failed on resume. Sampler, pruner and storage are set up here."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import socket
 import tempfile
@@ -17,6 +16,7 @@ from optuna.trial import TrialState
 
 from evaluation.runs import TAG_OWNER, sqlite_path
 from experiments.tracking import claims
+from experiments.tracking.lock import file_lock
 from experiments.config.run import InputError
 from experiments.search import space
 from experiments.search.evaluator import ModelInfo
@@ -25,22 +25,6 @@ from experiments.search.trial import BASELINE, OWNER, TICKET
 
 PRUNER_STARTUP = 3
 TPE_STARTUP = 5
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock between processes of this machine (no-op where fcntl does not exist)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def lock_path(spec: SearchSpec) -> Path:

@@ -12,7 +12,7 @@ from experiments.tracking import claims
 from experiments.search import space
 from experiments.search.evaluator import Evaluator, MetricSummary, per_utterance, summarize_scores
 from experiments.search.spec import SearchSpec
-from experiments.grid.workers import interrupt_reason
+from experiments.tracking.ending import interrupt_reason
 
 TICKET, BASELINE, OWNER = "wg2.ticket", "wg2.baseline", "wg2.owner"
 PER_UTTERANCE = "wg2.per_utterance"

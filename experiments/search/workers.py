@@ -10,12 +10,13 @@ import optuna
 import torch
 
 from experiments.tracking import store
+from experiments.tracking.ending import raise_on_sigterm
 from experiments.search.evaluator import Evaluator, load_evaluator
 from experiments.search.queue import claim, load_study, lock_path
 from experiments.search.spec import SearchSpec
 from experiments.search.tracking import TrackingContext, TrialLogger
 from experiments.search.trial import run_trial
-from experiments.grid.workers import raise_on_sigterm, start_workers, stop_workers, watch_parent
+from experiments.grid.workers import start_workers, stop_workers, watch_parent
 
 
 def work(study: optuna.Study, spec: SearchSpec, ev: Evaluator, logger: TrialLogger, on_trial=None) -> int:

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from evaluation.runs import (TAG_END_REASON, sqlite_path, tracking_uri)
+from experiments.tracking.lock import file_lock
 
 T = TypeVar("T")
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
+MIGRATE_LOCK_SUFFIX = ".wg2-migrate-lock"  # beside a SQLite store: the lock file of its first opening
 
 
 def quiet_mlflow_logs() -> None:
@@ -99,24 +101,11 @@ def ensure_store(uri: str | None = None) -> str:
     return uri
 
 
-@contextlib.contextmanager
 def _migration_lock(db: Path | None):
     """An exclusive lock (beside a local SQLite store) around its creation and migration: commands started
     together on one new store would otherwise run the migrations at once and fail (alembic 'expected to
-    match one row', 'table experiments already exists'). No-op for server stores and where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    if db is None or fcntl is None:
-        yield
-        return
-    with open(db.with_name(db.name + ".wg2-migrate-lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    match one row', 'table experiments already exists'). No-op for server stores."""
+    return file_lock(db.with_name(db.name + MIGRATE_LOCK_SUFFIX)) if db is not None else contextlib.nullcontext()
 
 
 def end_run(mlf, run_id: str, status: str, reason: str | None = None) -> None:

@@ -1,4 +1,5 @@
-"""`wg2 train` and `wg2 eval` outside a grid, each an MLflow run unless `--no-track` (store: evaluation/runs.py).
+"""`wg2 train` outside a grid, an MLflow run unless `--no-track` (store: evaluation/runs.py; `wg2 eval`, the same
+for an evaluation: experiments/infer/command.py).
 
 `wg2 train CONFIG`: experiment "wg2 train" (or `--experiment NAME`), a run per training (tags wg2.kind=train,
 wg2.train_hash = the config hash, wg2.train_key = the run's own key, claimed like a grid cell by its hash):
@@ -11,16 +12,10 @@ a dead owner) and resumes from the store's checkpoint; when the store's copy of 
 later step than the folder's, the store's is taken too. A run being trained by a live process is refused
 (exit 2). Without --resume, a folder holding a checkpoint is refused as before (or found done).
 
-`wg2 eval CKPT|RUN_ID`: experiment "wg2 eval" (or `--experiment NAME`), a new run per evaluation (tag
-wg2.kind=eval; wg2.model_run_id when the model was given as a run ID, wg2.checkpoint the file): params (the
-model's config with the eval settings used), the corpus as a dataset input (context "evaluation"), every
-metric, the output folder as artifacts, system metrics.
-
 The same run machinery serves grid cells: `run_training` (experiments/grid/cell.py calls it for each cell).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import uuid
@@ -28,17 +23,14 @@ from pathlib import Path
 
 from evaluation import runs
 from experiments.corpus.dataset import load_dataset
-from experiments.infer import evaluate, synth
 from experiments.tracking import claims, records, store
+from experiments.tracking.ending import ends_if_stopped
 from experiments.train import loop, store_checkpoints
-from experiments.config.run import InputError, RunConfig, flatten, load_config
+from experiments.config.run import InputError, RunConfig, load_config
 from experiments.config.identity import train_hash
-from experiments.train.precision import set_threads
-from experiments.grid.workers import interrupt_reason
 from experiments.train.runtime import atomic_write_bytes, preflight_run_folder, resolve_device
 
 TRAIN_EXPERIMENT = "wg2 train"
-EVAL_EXPERIMENT = "wg2 eval"
 MARKER = "mlflow_run.json"  # in a tracked run folder: the run that trains there (its ID and key)
 
 log = logging.getLogger(__name__)
@@ -66,13 +58,6 @@ def run_training(mlf, run_id: str, config: RunConfig, out: Path, device: str, da
         figures["train/wall_seconds"] = result.wall_seconds
     store.retry(lambda: store.log_metrics(mlf, run_id, figures, step=result.steps))
     return result
-
-
-def _end(mlf, run_id: str, status: str, reason: str) -> None:
-    try:
-        store.end_run(mlf, run_id, status, reason)
-    except Exception as err:  # noqa: BLE001 - the original error matters more
-        log.warning("run %s not marked %s: %s", run_id, status, err)
 
 
 def _interrupted_run(mlf, experiment_id: str, config_key: str) -> str | None:
@@ -133,16 +118,10 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
     log.info("MLflow run %s (experiment %r, %s) in %s", run_id, experiment, state, uri)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / MARKER, json.dumps({"run_id": run_id, "key": key, "tracking_uri": uri}).encode())
-    try:
+    with ends_if_stopped(mlf, run_id):
         dataset = load_dataset(config.data, progress=progress)
         with claims.Heartbeat(uri, run_id), records.system_metrics(uri, run_id):
             result = run_training(mlf, run_id, config, out, device, dataset, resume=resume, progress=progress)
-    except KeyboardInterrupt as err:
-        _end(mlf, run_id, "KILLED", interrupt_reason(err))
-        raise
-    except BaseException as err:
-        _end(mlf, run_id, "FAILED", f"{type(err).__name__}: {err}")
-        raise
     store.end_run(mlf, run_id, "FINISHED")
     return result, run_id
 
@@ -161,60 +140,4 @@ def cmd_train(args) -> int:
     log.info("trained %d steps: loss %.4f -> %.4f; %.2f steps/s; checkpoint %s%s", result.steps, first, last,
              result.throughput.get("steps_per_sec", float("nan")), result.checkpoint,
              f"; MLflow run {run_id}" if run_id else "")
-    return 0
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment: str = EVAL_EXPERIMENT,
-                 progress: bool = True) -> tuple[evaluate.EvalResult, str]:
-    """`wg2 eval` as a new MLflow run (see the module docstring). Returns (result, run ID)."""
-    uri = store.ensure_store(runs.tracking_uri())
-    experiment_id = store.get_or_create_experiment(experiment, uri=uri)
-    mlf = store.client(uri)
-    device = str(loaded.device)
-    tags = {runs.TAG_KIND: runs.KIND_EVAL, runs.TAG_CHECKPOINT: str(loaded.path),
-            runs.TAG_MODEL_RUN_ID: model_run_id or "", runs.TAG_TRAIN_HASH: train_hash(loaded.config),
-            **records.run_tags(device)}
-    name = f"eval: {model_run_id[:8] if model_run_id else loaded.path.parent.name} step {loaded.step}"
-    run_id = store.retry(lambda: mlf.create_run(experiment_id, run_name=name, tags=tags)).info.run_id
-    log.info("MLflow run %s (experiment %r) in %s", run_id, experiment, uri)
-    try:
-        with records.system_metrics(uri, run_id):
-            dataset = load_dataset(loaded.config.data, progress=progress)
-            params = {**flatten(dataclasses.replace(loaded.config, eval=config)), "checkpoint": str(loaded.path),
-                      "checkpoint_step": loaded.step, "model_run_id": model_run_id or ""}
-            store.retry(lambda: store.log_params(mlf, run_id, params))
-            records.log_corpus_input(mlf, run_id, loaded.config.data.root, dataset.corpus_hash, "evaluation")
-            result = evaluate.evaluate(loaded, config, out, dataset=dataset, progress=progress)
-            store.retry(lambda: store.log_metrics(mlf, run_id, result.metrics, step=loaded.step))
-            store.retry(lambda: mlf.log_artifacts(run_id, str(out)))
-    except KeyboardInterrupt as err:
-        _end(mlf, run_id, "KILLED", interrupt_reason(err))
-        raise
-    except BaseException as err:
-        _end(mlf, run_id, "FAILED", f"{type(err).__name__}: {err}")
-        raise
-    store.end_run(mlf, run_id, "FINISHED")
-    return result, run_id
-
-
-def cmd_eval(args) -> int:
-    set_threads()
-    evaluate.check_eval_numbers(args)
-    checkpoint, model_run_id = store_checkpoints.resolve_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out else checkpoint.parent / "eval"
-    evaluate.check_eval_out(out)
-    loaded = synth.load_checkpoint(checkpoint, args.device)
-    config = evaluate.eval_config(loaded, args)
-    run_id = None
-    if getattr(args, "no_track", False):
-        result = evaluate.evaluate(loaded, config, out)
-    else:
-        result, run_id = tracked_eval(loaded, config, out, model_run_id, args.experiment or EVAL_EXPERIMENT)
-    if getattr(args, "json", False):
-        print(json.dumps({**result.summary, "mlflow_run_id": run_id}, indent=2, default=str))
-    else:
-        print(evaluate.format_summary(result.summary))
-    log.info("wrote %d files to %s%s", len(result.files), out, f"; MLflow run {run_id}" if run_id else "")
     return 0

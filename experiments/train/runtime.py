@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from evaluation.progress import progress_enabled  # noqa: F401 - re-exported: the one progress-bar rule
 from experiments.config.run import InputError
 
 
