@@ -18,6 +18,7 @@ import experiments.infer.synth
 import experiments.train.loop
 from experiments.tracking import records
 from experiments.train import store_checkpoints
+from experiments.train.checkpoint import CHECKPOINT, checkpoint_step
 from experiments.cli import main
 from experiments.config.run import DataConfig
 from experiments.corpus.dataset import load_dataset
@@ -115,7 +116,7 @@ def test_resuming_a_finished_run_trains_nothing_and_keeps_the_folder(tracked, mo
 
 def _no_training_past_the_end(real):
     def train(config, out, *args, **kwargs):
-        assert store_checkpoints.local_step(Path(out) / "checkpoint.pt") == config.train.steps, "would train again"
+        assert checkpoint_step(Path(out) / "checkpoint.pt") == config.train.steps, "would train again"
         return real(config, out, *args, **kwargs)
     return train
 
@@ -186,7 +187,7 @@ def _starting_steps(monkeypatch) -> list[int]:
     real = experiments.train.loop.train
 
     def spy(config, out, *args, **kwargs):
-        starts.append(store_checkpoints.local_step(Path(out) / experiments.train.loop.CHECKPOINT))
+        starts.append(checkpoint_step(Path(out) / CHECKPOINT))
         return real(config, out, *args, **kwargs)
     monkeypatch.setattr(experiments.train.loop, "train", spy)
     return starts

@@ -105,9 +105,9 @@ def _autoencoder_run(result) -> str | None:
     train() found the model already trained (then it does not report it)."""
     info = result.autoencoder_run
     if info is None:
-        from experiments.train.runtime import read_checkpoint
+        from experiments.train.checkpoint import autoencoder_info
 
-        info = read_checkpoint(result.checkpoint, mmap=True).get("autoencoder_info")
+        info = autoencoder_info(result.checkpoint)
     return (info or {}).get("mlflow_run_id")
 
 

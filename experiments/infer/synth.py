@@ -17,10 +17,10 @@ from components.model import WaveGrad2
 from evaluation.conditioning import ConditioningItem
 from experiments.config.run import InputError, RunConfig, config_from_dict
 from experiments.train.precision import autocast, compile_decoder, resolve_precision, set_threads
-from experiments.train.runtime import read_checkpoint, require_keys, resolve_device, weights_error
+from experiments.train.checkpoint import read_model, weights_error
+from experiments.train.runtime import resolve_device
 from experiments.config.schedules import resolve_schedule
 from experiments.train.store_checkpoints import resolve_checkpoint
-from experiments.train.loop import CHECKPOINT_FORMAT
 
 
 @dataclass
@@ -54,10 +54,7 @@ def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema"
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
-    state = read_checkpoint(path)  # a truncated or foreign file: one line naming it
-    if state.get("format") not in (1, CHECKPOINT_FORMAT):
-        raise InputError(f"{path}: not a wg2 checkpoint (format 1 or {CHECKPOINT_FORMAT} expected)")
-    require_keys(path, state, ("config", "vocab", "model", "step", "sample_rate", "hop_length"))
+    state = read_model(path)  # a truncated, foreign or incomplete file: one line naming it
     if weights not in ("ema", "raw"):
         raise InputError(f"weights = {weights!r}; allowed: ema, raw")
     dev = resolve_device(device)

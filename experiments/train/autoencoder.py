@@ -25,7 +25,8 @@ from evaluation.runs import KIND_AUTOENCODER, TAG_AUTOENCODER_KEY, TAG_KIND, tag
 from evaluation.stats import summarize
 from experiments.config.run import InputError, RunConfig, load_config
 from experiments.corpus.dataset import load_dataset
-from experiments.train.runtime import atomic_save, read_checkpoint, resolve_device, weights_error
+from experiments.train.checkpoint import read_checkpoint, weights_error
+from experiments.train.runtime import atomic_save, resolve_device
 from experiments.tracking.store import ensure_store, get_or_create_experiment
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from experiments.corpus.dataset import load_dataset
 from experiments.tracking import claims, records, store
 from experiments.tracking.ending import ends_if_stopped
 from experiments.train import loop, store_checkpoints
+from experiments.train.checkpoint import CHECKPOINT
 from experiments.config.run import InputError, RunConfig, load_config
 from experiments.config.identity import train_hash
 from experiments.train.runtime import atomic_write_bytes, preflight_run_folder, resolve_device
@@ -46,7 +47,7 @@ def run_training(mlf, run_id: str, config: RunConfig, out: Path, device: str, da
     records.log_run_config(mlf, run_id, logged_config or config, str(resolve_device(device)))
     records.log_corpus_input(mlf, run_id, config.data.root, dataset.corpus_hash, "training",
                               {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)})
-    store_checkpoints.fetch_checkpoint(mlf, run_id, Path(out) / loop.CHECKPOINT)
+    store_checkpoints.fetch_checkpoint(mlf, run_id, Path(out) / CHECKPOINT)
     curves = store.CurveLogger(mlf, run_id, store.logged_steps(mlf, run_id))
     upload = store_checkpoints.CheckpointUploader(mlf, run_id)
     result = loop.train(config, out, device=device, resume=resume, progress=progress, on_log=curves.on_log,
@@ -86,7 +87,7 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
     """`wg2 train` as an MLflow run (see the module docstring). Returns (result, run ID or None when nothing
     was tracked: the run folder already held this training, finished)."""
     out = Path(out)
-    ckpt = out / loop.CHECKPOINT
+    ckpt = out / CHECKPOINT
     if ckpt.exists() and not resume:  # done already (returns), or another run's folder (InputError): no run
         return loop.train(config, out, device=device, resume=False, progress=progress), None
     preflight_run_folder(out)

@@ -24,17 +24,14 @@ from evaluation.conditioning import ConditioningItem, conditioning_gain
 from evaluation.progress import LogLines, progress_enabled
 from experiments.train.autoencoder import ensure_autoencoder
 from experiments.train.batches import TrainingItem, batch_indices, make_batch
-from experiments.config.run import ConfigError, InputError, RunConfig, config_from_dict, to_dict
-from experiments.config.identity import config_hash, train_hash
+from experiments.config.run import ConfigError, InputError, RunConfig, config_from_dict
+from experiments.config.identity import train_hash
 from experiments.train.mel_targets import N_MELS, normalized_targets
-from experiments.train.runtime import (atomic_save, peak_memory_mb, preflight_run_folder, read_checkpoint, resolve_device,
-                                 weights_error)
+from experiments.train.checkpoint import CHECKPOINT, read_for_resume, weights_error, write_checkpoint
+from experiments.train.runtime import peak_memory_mb, preflight_run_folder, resolve_device
 from experiments.train.precision import autocast, compile_decoder, eager, precision_name, resolve_precision
 from experiments.config.schedules import resolve_schedule
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 2  # 2: adds "ema" weights and "signal" (gain, clip) beside the raw weights
-RESUME_KEYS = ("config_hash", "step", "history", "model", "optimizer")  # what `train --resume` reads
 
 log = logging.getLogger(__name__)
 # Without a progress bar (stderr not a terminal), a status line at a log step once this many seconds have
@@ -122,7 +119,7 @@ def _trained_hash(existing: dict, path: Path) -> str:
 def existing_checkpoint(config: RunConfig, ckpt_path: Path, resume: bool) -> dict | None:
     """The run folder's checkpoint, read (an unreadable one is an InputError naming it), or None. Refused: a
     checkpoint of another training config (eval settings aside), and an unfinished one without `resume`."""
-    existing = read_checkpoint(ckpt_path, RESUME_KEYS) if ckpt_path.exists() else None
+    existing = read_for_resume(ckpt_path) if ckpt_path.exists() else None
     if existing is not None and _trained_hash(existing, ckpt_path) != train_hash(config):
         raise InputError(f"{ckpt_path}: holds a run with another training config (train hash "
                          f"{_trained_hash(existing, ckpt_path)}, this config {train_hash(config)}); use another --out")
@@ -203,17 +200,11 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
 
     def checkpoint(at_step: int, throughput: dict) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save({
-            "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "signal": scale,
-            "mel_head": mel_head.state_dict() if mel_head is not None else None,
-            "step": at_step, "config": to_dict(config), "config_hash": config_hash(config),
-            "train_hash": train_hash(config),
-            "vocab": dataset.vocab.to_list(), "sample_rate": dataset.sample_rate, "hop_length": hop,
-            "history": history, "throughput": throughput, "precision": precision_name(dtype),
-            "autoencoder": autoencoder.state_dict() if autoencoder is not None else None,
-            "autoencoder_info": ae_info,
-        }, ckpt_path)
+        write_checkpoint(ckpt_path, config=config, step=at_step, model=model, optimizer=optimizer,
+                         ema=ema.state_dict() if ema is not None else None, mel_head=mel_head, signal=scale,
+                         vocab=dataset.vocab.to_list(), sample_rate=dataset.sample_rate, hop_length=hop,
+                         history=history, throughput=throughput, precision=precision_name(dtype),
+                         autoencoder=autoencoder, autoencoder_info=ae_info)
 
     model.train()
     bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress_enabled(progress),

@@ -55,53 +55,6 @@ def atomic_save(obj: dict, path: Path) -> None:
         raise
 
 
-# ----------------------------------------------------------------------------- reading checkpoints
-
-_ADVICE = re.compile(r"weights_only|add_safe_globals|safe_globals|documentation of torch\.load|trust", re.I)
-
-
-def error_text(err: BaseException) -> str:
-    """An exception as one line for our messages: its first sentence, ANSI codes gone, and torch's advice to
-    reload with weights_only=False (it runs arbitrary code from the file) or to allowlist globals dropped."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    if "WeightsUnpickler error:" in text:  # the one part of torch's long message that says what is wrong
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip()
-        text = f"it holds objects other than tensors and plain data: {detail}"
-    parts = [p.strip() for line in text.splitlines() for p in re.split(r"(?<=\.)\s+", line)]
-    kept = [p for p in parts if p and not _ADVICE.search(p)]
-    line = " ".join(kept[:1]) or {"EOFError": "the file ends early (empty or truncated)"}.get(type(err).__name__, "")
-    return f"{type(err).__name__}: {line}" if line else type(err).__name__
-
-
-def read_checkpoint(path: Path, required: tuple[str, ...] = (), mmap: bool = False) -> dict:
-    """torch.load(weights_only=True) of a file we wrote, or an InputError in one line naming the file and
-    what is wrong (unreadable, truncated, foreign objects, not a dict, a required key missing). `mmap` maps
-    the tensors instead of reading them (for a look at a few small entries of a large file)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # noqa: BLE001 - a truncated or foreign file, whatever torch raises for it
-        raise InputError(f"{path}: not a readable checkpoint, truncated or not written by wg2 "
-                         f"({error_text(err)})") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: not a wg2 checkpoint (holds a {type(state).__name__}, expected a dict)")
-    require_keys(path, state, required)
-    return state
-
-
-def require_keys(path: Path, state: dict, keys: tuple[str, ...]) -> None:
-    missing = [key for key in keys if state.get(key) is None]
-    if missing:
-        raise InputError(f"{path}: not a complete wg2 checkpoint: no {', '.join(missing)} in it")
-
-
-def weights_error(path: Path, err: BaseException, what: str = "weights") -> InputError:
-    """load_state_dict's complaint (size mismatches, missing or unexpected keys) as one line naming the file."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    problems = [p.strip() for line in lines[1:] for p in re.split(r"(?<=\.)\s+", line) if p.strip()] or lines
-    shown = "; ".join(problems[:2]) + (f"; and {len(problems) - 2} more" if len(problems) > 2 else "")
-    return InputError(f"{path}: its {what} do not match the model its config describes ({shown})")
-
-
 # ----------------------------------------------------------------------------- preflight
 
 def check_writable(folder: Path, what: str = "output folder") -> None:

@@ -13,22 +13,11 @@ from pathlib import Path
 
 from evaluation.runs import TAG_CHECKPOINT_STEP, tracking_uri
 from experiments.tracking.store import client, retry
+from experiments.train.checkpoint import checkpoint_step
 
 CHECKPOINT_ARTIFACT = "checkpoint.pt"
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 CHECKPOINT_CACHE = Path(".cache/wg2/checkpoints")  # downloads of run IDs' checkpoints, under the working directory
-
-
-def local_step(path: Path) -> int:
-    """The step of a local checkpoint file, 0 when there is none or it cannot be read."""
-    import torch
-
-    if not Path(path).is_file():
-        return 0
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step") or 0)
-    except Exception:  # noqa: BLE001 - a truncated file counts as no checkpoint
-        return 0
 
 
 def stored_step(mlf, run_id: str) -> int:
@@ -60,7 +49,7 @@ def fetch_checkpoint(mlf, run_id: str, path: Path) -> int:
 
     path = Path(path)
     remote = stored_step(mlf, run_id)
-    here = local_step(path)
+    here = checkpoint_step(path)
     if remote <= here:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +93,7 @@ def resolve_checkpoint(model: str | Path, uri: str | None = None) -> tuple[Path,
     local = dest / CHECKPOINT_ARTIFACT
     try:
         remote = stored_step(client(uri), text) if local.is_file() else 0
-        if not local.is_file() or (remote and remote != local_step(local)):
+        if not local.is_file() or (remote and remote != checkpoint_step(local)):
             dest.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
                 got = mlflow.artifacts.download_artifacts(run_id=text, artifact_path=CHECKPOINT_ARTIFACT,
