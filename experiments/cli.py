@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="write the table (markdown) and JSON here")
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
+    p.add_argument("--config", default=None,
+                   help="run config (TOML) whose [train] section the timed training step uses (default: the defaults)")
+    _overrides(p)
     _device(p)
     p.set_defaults(func=_handler("experiments.infer.bench:cmd_bench"))
 

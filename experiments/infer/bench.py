@@ -1,13 +1,16 @@
 """`wg2 bench`: training and inference speed and memory per decoder preset, on the current device.
 
-Method: synthetic inputs of realistic shape (random phonemes with 8-frame durations, random audio), so no
-corpus is needed and every preset sees identical work. Each measurement warms up first (2 training
+Method: synthetic inputs of realistic shape (random phonemes with 8-frame durations, random audio, random mel
+targets), so no corpus is needed and every preset sees identical work. Each measurement warms up first (2 training
 steps; 1 synthesis per preset and precision), synchronizes the device before reading the clock, and
 repeats (5 times on CUDA; on CPU 3 times for tiny and once for the larger presets, whose 50-step
 synthesis takes minutes). Every row is measured in eager fp32 and, in the same run, in the precision
 chosen with --precision (default auto: bf16 autocast where the device computes bf16 natively, see
 experiments/train/precision.py; `precision` names what it resolved to, and the bf16 columns appear only when
-that is bf16). Training: steps/s and audio seconds per second, with the bf16/fp32 speedup. Inference:
+that is bf16). Training: steps/s and audio seconds per second, with the bf16/fp32 speedup, of the step `wg2 train`
+runs (experiments/train/step.py) with the [train] section of --config (default: the defaults, WaveGrad 2's
+losses plus the suite's auxiliary mel loss, weight averaging and gradient clipping), at --batch-size x
+--window-frames. Inference:
 real-time factor (synthesis seconds / audio seconds) for manual-6 and linear-50 at batch 1, only the
 network under autocast as in `wg2 synth`. FLOPs: torch.utils.flop_counter.FlopCounterMode over one
 decoder forward on the utterance, times the schedule's steps, per audio second (GFLOP per audio
@@ -28,9 +31,11 @@ import torch
 
 from components.configs import ModelConfig
 from components.diffusion import Diffusion
-from components.durations import DurationPredictor
 from components.model import WaveGrad2, count_parameters
+from experiments.config.run import TrainConfig, load_config
 from experiments.train.batches import TrainingItem, make_batch
+from experiments.train.mel_targets import N_MELS
+from experiments.train.step import TrainingStep
 from experiments.infer.evaluate import machine_name
 from experiments.train.precision import autocast, precision_name, resolve_precision, set_threads
 from experiments.train.runtime import peak_memory_mb, resolve_device
@@ -60,32 +65,26 @@ def _clock(fn, device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bench_training(model, config: ModelConfig, device, batch_size: int, window: int, dtype: torch.dtype | None,
-                   repeats: int):
+def bench_training(model, train: TrainConfig, device, dtype: torch.dtype | None, repeats: int):
+    """Steps per second and audio seconds per second of the training step (experiments/train/step.py) with
+    `train`'s losses, averaging and clipping, on train.batch_size synthetic utterances cut to train.window_frames."""
     hop = model.hop
     rng = np.random.default_rng(0)
     items = [TrainingItem(rng.integers(1, VOCAB, 40), np.full(40, 8),
-                          rng.uniform(-0.5, 0.5, (1, 320 * hop)).astype(np.float32))
-             for _ in range(batch_size)]
-    batch = make_batch(items, window, hop, 0, 0).to(device)
-    diffusion = Diffusion(resolve_schedule("linear-1000"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+                          rng.uniform(-0.5, 0.5, (model.signal_channels, 320 * hop)).astype(np.float32),
+                          rng.standard_normal((320, N_MELS)).astype(np.float32) if train.mel_loss_weight > 0 else None)
+             for _ in range(train.batch_size)]
+    batch = make_batch(items, train.window_frames, hop, 0, 0).to(device)
+    training_step = TrainingStep(model, train, device, dtype)
     model.train()
+    count = iter(range(10**9))
 
     def step():
-        with autocast(device, dtype):
-            enc, log_d = model.encode(batch.phoneme_ids, batch.token_mask)
-            dur = DurationPredictor.loss(log_d.float(), batch.durations, batch.token_mask)
-            cond = model.condition(enc, batch.durations, batch.token_mask, batch.frames)
-            loss = diffusion.loss(lambda x, lvl: model.denoise(x, cond.states, lvl), batch.signal,
-                                  batch.signal_mask) + dur
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        training_step(batch, next(count))
 
     _clock(step, device, 2)
     seconds = _clock(step, device, repeats)
-    return 1 / seconds, batch_size * window * hop / SAMPLE_RATE / seconds
+    return 1 / seconds, train.batch_size * train.window_frames * hop / SAMPLE_RATE / seconds
 
 
 def _utterance(model, device, seconds_audio: float):
@@ -137,7 +136,10 @@ def decoder_flops(model, device, seconds_audio: float) -> tuple[int, float]:
 
 
 def run_bench(presets: list[str], device: str, seconds_audio: float | None, batch_size: int, window: int,
-              precision: str = "auto"):
+              precision: str = "auto", train: TrainConfig | None = None):
+    """Rows of figures per preset. `train`: the training step's settings (default TrainConfig()); its batch size
+    and window are replaced by `batch_size` and `window`."""
+    train = dataclasses.replace(train or TrainConfig(), batch_size=batch_size, window_frames=window)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     name = precision_name(dtype)
@@ -151,10 +153,9 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
         repeats = 5 if dev.type == "cuda" else 3 if preset == "tiny" else 1
         row = {"preset": preset, "params_M": count_parameters(model) / 1e6,
                "decoder_params_M": count_parameters(model.decoder) / 1e6, "device": dev.type, "precision": name}
-        row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, config, dev, batch_size, window,
-                                                                              None, repeats)
+        row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, train, dev, None, repeats)
         if dtype is not None:
-            row[f"{name}_steps_per_s"], _ = bench_training(model, config, dev, batch_size, window, dtype, repeats)
+            row[f"{name}_steps_per_s"], _ = bench_training(model, train, dev, dtype, repeats)
             row[f"{name}_speedup"] = row[f"{name}_steps_per_s"] / row["train_steps_per_s"]
         seconds = seconds_audio or (10.0 if dev.type == "cuda" else 2.0)
         row["utterance_s"] = seconds
@@ -193,8 +194,10 @@ def cmd_bench(args) -> int:
     if unknown:
         from experiments.config.run import InputError
         raise InputError(f"--presets: unknown {unknown}; allowed: {', '.join(PRESET_MODELS)}")
+    train = load_config(getattr(args, "config", None), getattr(args, "overrides", [])).train
     set_threads()
-    dev, rows = run_bench(presets, args.device, args.seconds, args.batch_size, args.window_frames, args.precision)
+    dev, rows = run_bench(presets, args.device, args.seconds, args.batch_size, args.window_frames, args.precision,
+                          train)
     table = format_table(machine_name(dev), rows, args.batch_size, args.window_frames)
     if getattr(args, "json", False):
         print(json.dumps({"machine": machine_name(dev), "rows": rows}, indent=1))

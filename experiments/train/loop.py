@@ -1,12 +1,10 @@
-"""Training one WaveGrad 2 model (`wg2 train`: experiments/train/command.py runs it as an MLflow run).
-
-Loss = noise loss (L1 on the predicted noise, on a random window) + weight x duration loss (L2 on
-log(1 + frames)). The range predictor learns only through the noise loss (see components/durations.py).
+"""Training one WaveGrad 2 model (`wg2 train`: experiments/train/command.py runs it as an MLflow run): the
+data, the model, resuming, logging and checkpoints around the step of experiments/train/step.py (the loss and
+the update). The range predictor learns only through the noise loss (see components/durations.py).
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +14,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from components.diffusion import Diffusion
-from components.durations import DurationPredictor
 from components.model import WaveGrad2
 from components.spaces import SPACES
 from evaluation.conditioning import ConditioningItem, conditioning_gain
@@ -26,11 +22,11 @@ from experiments.train.autoencoder import ensure_autoencoder
 from experiments.train.batches import TrainingItem, batch_indices, make_batch
 from experiments.config.run import ConfigError, InputError, RunConfig, config_from_dict
 from experiments.config.identity import train_hash
-from experiments.train.mel_targets import N_MELS, normalized_targets
+from experiments.train.mel_targets import normalized_targets
 from experiments.train.checkpoint import CHECKPOINT, read_for_resume, weights_error, write_checkpoint
 from experiments.train.runtime import peak_memory_mb, preflight_run_folder, resolve_device
-from experiments.train.precision import autocast, compile_decoder, eager, precision_name, resolve_precision
-from experiments.config.schedules import resolve_schedule
+from experiments.train.precision import compile_decoder, eager, precision_name, resolve_precision
+from experiments.train.step import EMA, TrainingStep
 
 
 log = logging.getLogger(__name__)
@@ -48,14 +44,6 @@ class TrainResult:
     throughput: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     autoencoder_run: dict | None = None
-
-
-def learning_rate_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def training_items(utterances, vocab, signals: list[np.ndarray]) -> list[TrainingItem]:
@@ -77,32 +65,6 @@ def signal_scale(config: RunConfig, train_audio: list[np.ndarray], latents: list
         gain = target if target > 0 else corpus_std
         clip = gain * max(float(np.abs(z).max()) for z in latents)
     return {"gain": gain, "clip": clip, "corpus_std": corpus_std, "std": gain * (corpus_std if latents is None else 1.0)}
-
-
-class EMA:
-    """Exponential moving average of a model's floating-point weights (buffers copied as they are)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-    def state_dict(self) -> dict:
-        return self.shadow
-
-    def load_state_dict(self, state: dict) -> None:
-        self.shadow = {k: v.clone() for k, v in state.items()}
-
-    def copy_to(self, model: torch.nn.Module) -> None:
-        model.load_state_dict(self.shadow)
 
 
 def _trained_hash(existing: dict, path: Path) -> str:
@@ -175,12 +137,9 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         compile_decoder(model, device, None, "train.compile")
     if model.hop != hop_signal:
         raise InputError(f"hop mismatch: the decoder produces {model.hop} signal steps per frame, the data needs {hop_signal}")
-    diffusion = Diffusion(resolve_schedule(t.schedule), t.noise_loss)
-    # the auxiliary mel head (training only; see experiments/train/mel_targets.py)
-    mel_head = torch.nn.Linear(model.encoder.out_channels, N_MELS).to(device) if t.mel_loss_weight > 0 else None
-    parameters = list(model.parameters()) + (list(mel_head.parameters()) if mel_head is not None else [])
-    optimizer = torch.optim.AdamW(parameters, lr=t.learning_rate, weight_decay=t.weight_decay)
-    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
+    dtype = resolve_precision(t.precision, device)  # None: fp32; torch.bfloat16: the network under autocast
+    training_step = TrainingStep(model, t, device, dtype)  # the mel head, optimizer and EMA; see step.py
+    mel_head, optimizer, ema = training_step.mel_head, training_step.optimizer, training_step.ema
     step, history = 0, []
     if existing is not None:
         try:
@@ -195,7 +154,6 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         except (RuntimeError, ValueError, TypeError, AttributeError, KeyError) as err:
             raise weights_error(ckpt_path, err, "saved weights or optimizer state") from None
         step, history = existing["step"], existing["history"]
-    dtype = resolve_precision(t.precision, device)  # None: fp32; torch.bfloat16: the network under autocast
     audio_per_step = min(t.batch_size, len(items)) * t.window_frames * hop / dataset.sample_rate
 
     def checkpoint(at_step: int, throughput: dict) -> None:
@@ -216,25 +174,8 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     while step < t.steps:
         batch = make_batch([items[i] for i in batch_indices(len(items), t.batch_size, t.seed, step)],
                            t.window_frames, hop_signal, t.seed, step).to(device)
-        torch.manual_seed(t.seed * 1_000_003 + step)  # dropout and ZoneOut masks: a function of the step
-        noise_rng = torch.Generator(device="cpu").manual_seed(t.seed * 1_000_003 + step)
-        for group in optimizer.param_groups:
-            group["lr"] = t.learning_rate * learning_rate_factor(step, t.warmup_steps, t.steps)
-        with autocast(device, dtype):
-            encoded, log_durations = model.encode(batch.phoneme_ids, batch.token_mask)
-            duration_loss = DurationPredictor.loss(log_durations.float(), batch.durations, batch.token_mask)
-            cond = model.condition(encoded, batch.durations, batch.token_mask, batch.frames)
-            noise_loss = diffusion.loss(lambda x, level: model.denoise(x, cond.states, level), batch.signal,
-                                        batch.signal_mask, noise_rng, step)
-            mel_loss = (mel_regression_loss(mel_head, cond.states, batch.mel, batch.frame_mask)
-                        if mel_head is not None else torch.zeros((), device=device))
-        loss = noise_loss + t.duration_loss_weight * duration_loss + t.mel_loss_weight * mel_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, t.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update(model, step)
+        losses = training_step(batch, step)
+        loss, noise_loss, duration_loss, mel_loss = losses.loss, losses.noise_loss, losses.duration_loss, losses.mel_loss
         step, steps_done = step + 1, steps_done + 1
         bar.update(1)
         is_log = step % t.log_every == 0 or step == t.steps
@@ -270,14 +211,6 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
                 on_checkpoint(ckpt_path, step)
     bar.close()
     return TrainResult(ckpt_path, step, history, throughput, time.perf_counter() - started, ae_info)
-
-
-def mel_regression_loss(head: torch.nn.Linear, states: torch.Tensor, target: torch.Tensor,
-                        frame_mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean squared error of head(states) against the standardized log-mel. states (B, C, W);
-    target (B, W, M); frame_mask (B, W)."""
-    err = (head(states.transpose(1, 2)).float() - target) ** 2 * frame_mask[..., None]  # (B, W, M)
-    return err.sum() / (frame_mask.sum() * target.shape[-1]).clamp(min=1)
 
 
 def measure_gain(model: WaveGrad2, ema: EMA | None, items: list[ConditioningItem], loss_kind: str):
