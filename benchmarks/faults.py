@@ -451,10 +451,10 @@ def _study_counts(storage: str, study_name: str, budget: int, uri: str, extra_pa
     from mlflow import MlflowClient
 
     from evaluation.runs import KIND_TRIAL, TAG_KIND, TAG_STUDY, TAG_TRIAL_NUMBER
-    from experiments.search.tracking import EXPERIMENT
+    from evaluation.runs import EXPERIMENT_SEARCH
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp = client.get_experiment_by_name(EXPERIMENT_SEARCH)
     runs = [] if exp is None else client.search_runs([exp.experiment_id], max_results=5000)
     numbers = Counter(r.data.tags.get(TAG_TRIAL_NUMBER) for r in runs
                       if r.data.tags.get(TAG_KIND) == KIND_TRIAL and r.data.tags.get(TAG_STUDY) == study_name)

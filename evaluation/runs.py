@@ -1,5 +1,6 @@
 """What the code that writes MLflow runs (experiments/) and the code that reads them back (evaluation/) share:
-the tracking URI, run search and the names of the wg2 tags. Imports nothing of ours and not mlflow itself.
+the tracking URI, run search, the experiment names and the names of the wg2 tags. Imports nothing of ours and not
+mlflow itself.
 
 Layout: tracking URI from MLFLOW_TRACKING_URI, else a SQLite store `mlflow.db` in the working directory.
 """
@@ -8,6 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+# ----------------------------------------------------------------------------- experiment names
+
+# (a grid's experiment is named after the grid, `name` in its file)
+EXPERIMENT_TRAIN = "wg2 train"  # `wg2 train` outside a grid (default of --experiment)
+EXPERIMENT_EVAL = "wg2 eval"  # `wg2 eval` (default of --experiment)
+EXPERIMENT_SEARCH = "wg2 schedule search"  # `wg2 search`: a parent run per study
+EXPERIMENT_AUTOENCODERS = "wg2 autoencoders"  # a latent space's stage-one autoencoder runs
 
 # ----------------------------------------------------------------------------- tag names
 

@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from evaluation.metrics import DEFAULT_METRIC
+from evaluation.runs import EXPERIMENT_EVAL, EXPERIMENT_TRAIN
 from experiments.tracking.ending import Terminated, interrupt_reason, raise_on_sigterm
 
 DISTRIBUTION = "wavegrad2-ablation"
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default runs/<config hash>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's last checkpoint, or the tracking server's when later")
-    _tracking(p, "wg2 train")
+    _tracking(p, EXPERIMENT_TRAIN)
     p.set_defaults(func=_handler("experiments.train.command:cmd_train"))
 
     p = sub.add_parser("synth", parents=[common], help="synthesize a sentence (or a corpus utterance) to a wav file")
@@ -171,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     _precision(p)
     _device(p)
-    _tracking(p, "wg2 eval")
+    _tracking(p, EXPERIMENT_EVAL)
     p.set_defaults(func=_handler("experiments.infer.command:cmd_eval"))
 
     p = sub.add_parser("grid", parents=[common], help="run an ablation grid tracked in MLflow (resumable)")
@@ -185,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", parents=[common], help="report a grid's MLflow runs: tables, intervals, plots")
     p.add_argument("target", help="grid file or MLflow experiment name")
     p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
-    p.add_argument("--metric", default="pesq_wb", help="headline metric")
+    p.add_argument("--metric", default=DEFAULT_METRIC, help="headline metric")
     p.add_argument("--json", action="store_true", help="print the report's content as JSON on stdout")
     p.set_defaults(func=_handler("experiments.grid.compare:cmd_compare"))
 
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint file or MLflow run ID")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--trials", type=int, default=100)
-    p.add_argument("--objective", default="pesq_wb")
+    p.add_argument("--objective", default=DEFAULT_METRIC)
     p.add_argument("--multi", action="store_true", help="quality (PESQ-wb, STOI) against steps: a Pareto front")
     p.add_argument("--min-steps", type=int, default=3, help="with --multi")
     p.add_argument("--max-steps", type=int, default=12, help="with --multi")

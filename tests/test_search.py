@@ -23,8 +23,8 @@ from experiments.search.evaluator import load_evaluator, per_utterance
 from experiments.search.queue import top_up
 from experiments.search.spec import SearchSpec, default_study_name, spec_from_args
 from experiments.train.store_checkpoints import resolve_checkpoint
-from experiments.search.tracking import EXPERIMENT
-from experiments.search.trial import BASELINE, OWNER, TICKET
+from evaluation.runs import EXPERIMENT_SEARCH
+from experiments.search.keys import BASELINE, OWNER, TICKET
 from experiments.cli import build_parser, main
 from experiments.config.run import InputError
 from experiments.config.schedules import load_schedule_file
@@ -58,7 +58,7 @@ def trial_runs(uri: str, study: str) -> list:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp = client.get_experiment_by_name(EXPERIMENT_SEARCH)
     return client.search_runs([exp.experiment_id], f"tags.`wg2.kind` = 'trial' and tags.`wg2.study` = '{study}'")
 
 
@@ -295,7 +295,7 @@ def test_multi_objective_search_writes_one_schedule_per_step_count_on_the_front(
     from mlflow import MlflowClient
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    parent = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+    parent = client.search_runs([client.get_experiment_by_name(EXPERIMENT_SEARCH).experiment_id],
                                 "tags.`wg2.kind` = 'search'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(parent[0].info.run_id)}

@@ -21,7 +21,7 @@ from evaluation.compare.target import latent_target
 from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNMENT, TAG_AUTOENCODER_RUN, TAG_AXES,
                              TAG_CELL_HASH, TAG_DESCRIPTION, TAG_EXPECTED_CELLS, TAG_GROUP, TAG_HEARTBEAT,
                              TAG_KIND, TAG_SEED, search_all_runs, sqlite_path, tag_is, tracking_uri)
-from evaluation.metrics import Missing
+from evaluation.metrics import DEFAULT_METRIC, Missing
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -190,7 +190,7 @@ def _attach_ceilings(client, rows: list[CellRow], runs: list[RunRecord],
     return list(found.values())
 
 
-def read_grid(client, experiment_name: str, metric: str = "pesq_wb", expected: list[dict] | None = None) -> Grid:
+def read_grid(client, experiment_name: str, metric: str = DEFAULT_METRIC, expected: list[dict] | None = None) -> Grid:
     """Read the grid's runs from MLflow and aggregate them. `expected` (cells from the grid file) is used when
     the parent run does not list its cells itself."""
     experiment = client.get_experiment_by_name(experiment_name)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from evaluation.compare.build import compare
 from evaluation.compare.data import CompareError
+from evaluation.metrics import DEFAULT_METRIC
 from experiments.config.run import InputError
 from experiments.grid.file import expected_cells, load_grid
 
@@ -29,7 +30,7 @@ def cmd_compare(args) -> int:
         name = target
     out = Path(args.out) if getattr(args, "out", None) else Path("results") / name
     try:
-        report = compare(name, out, metric=getattr(args, "metric", None) or "pesq_wb", expected=expected)
+        report = compare(name, out, metric=getattr(args, "metric", None) or DEFAULT_METRIC, expected=expected)
     except CompareError as err:
         raise InputError(str(err)) from err
     log = logging.getLogger(__name__)

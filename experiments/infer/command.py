@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from evaluation import runs
+from evaluation.runs import EXPERIMENT_EVAL
 from experiments.config.identity import train_hash
 from experiments.config.run import flatten
 from experiments.corpus.dataset import load_dataset
@@ -20,12 +21,11 @@ from experiments.tracking.ending import ends_if_stopped
 from experiments.train import store_checkpoints
 from experiments.train.precision import set_threads
 
-EVAL_EXPERIMENT = "wg2 eval"
 
 log = logging.getLogger(__name__)
 
 
-def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment: str = EVAL_EXPERIMENT,
+def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment: str = EXPERIMENT_EVAL,
                  progress: bool = True) -> tuple[evaluate.EvalResult, str]:
     """`wg2 eval` as a new MLflow run (see the module docstring). Returns (result, run ID)."""
     uri = store.ensure_store(runs.tracking_uri())
@@ -63,7 +63,7 @@ def cmd_eval(args) -> int:
     if getattr(args, "no_track", False):
         result = evaluate.evaluate(loaded, config, out)
     else:
-        result, run_id = tracked_eval(loaded, config, out, model_run_id, args.experiment or EVAL_EXPERIMENT)
+        result, run_id = tracked_eval(loaded, config, out, model_run_id, args.experiment or EXPERIMENT_EVAL)
     if getattr(args, "json", False):
         print(json.dumps({**result.summary, "mlflow_run_id": run_id}, indent=2, default=str))
     else:

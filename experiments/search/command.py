@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 from evaluation.progress import progress_enabled
 
-from evaluation.runs import TAG_ERROR
+from evaluation.runs import EXPERIMENT_SEARCH, TAG_ERROR
 from experiments.tracking import store
 from experiments.tracking.lock import file_lock
 from experiments.search.evaluator import load_evaluator, model_info
@@ -19,7 +19,7 @@ from experiments.search.export import export
 from experiments.search.plots import plot_front, plot_history
 from experiments.search.queue import fail_orphans, lock_path, open_study, top_up
 from experiments.search.spec import SPLIT, SearchSpec, redact, slug, spec_from_args
-from experiments.search.tracking import EXPERIMENT, TrialLogger, log_missing_trials, open_parent_run
+from experiments.search.tracking import TrialLogger, log_missing_trials, open_parent_run
 from experiments.search.trial import describe_trial
 from experiments.search.workers import run_workers, work
 
@@ -61,7 +61,7 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
     log.info(f"study {spec.study!r} in {redact(spec.storage)} ({'new' if new else 'resumed'}): "
           f"{len(study.get_trials(deepcopy=False))} trials of --trials {spec.trials}, {waiting} to run on {workers} "
           f"worker(s) ({added} added, {interrupted} interrupted marked failed); {len(ids)} {SPLIT} utterances; "
-          f"MLflow {redact(ctx.uri)}, experiment {EXPERIMENT!r}, parent run {ctx.parent_run_id}")
+          f"MLflow {redact(ctx.uri)}, experiment {EXPERIMENT_SEARCH!r}, parent run {ctx.parent_run_id}")
     bar = tqdm(total=waiting, desc=f"search {spec.study}", unit="trial",
                disable=not progress_enabled(spec.progress) or not waiting,
                dynamic_ncols=True)

@@ -18,7 +18,8 @@ from experiments.train.runtime import atomic_write_bytes
 from experiments.search.evaluator import Evaluator, ModelInfo, per_utterance, summarize_scores
 from experiments.search.spec import PARAMETRIZATION, SPLIT, SearchSpec, baseline_list, redact, slug
 from experiments.search.tracking import TrackingContext
-from experiments.search.trial import BASELINE, PER_UTTERANCE, fail_reason
+from experiments.search import keys
+from experiments.search.trial import fail_reason
 from experiments.infer.synth import conditioning_items
 
 
@@ -30,15 +31,15 @@ def _write_json(path: Path, data: dict) -> Path:
 
 def _trial_summary(t: FrozenTrial) -> dict[str, Any]:
     attrs = t.user_attrs
-    out = {"trial": t.number, "state": t.state.name, "steps": attrs.get("wg2.steps"), "betas": attrs.get("wg2.betas"),
-           "metrics": attrs.get("wg2.metrics", {}), "n_missing": attrs.get("wg2.n_missing", {}),
-           "utterances_scored": attrs.get("wg2.utterances_scored")}
-    if attrs.get("wg2.missing_reasons"):
-        out["missing_reasons"] = attrs["wg2.missing_reasons"]
+    out = {"trial": t.number, "state": t.state.name, "steps": attrs.get(keys.STEPS), "betas": attrs.get(keys.BETAS),
+           "metrics": attrs.get(keys.METRICS, {}), "n_missing": attrs.get(keys.N_MISSING, {}),
+           "utterances_scored": attrs.get(keys.UTTERANCES_SCORED)}
+    if attrs.get(keys.MISSING_REASONS):
+        out["missing_reasons"] = attrs[keys.MISSING_REASONS]
     if t.state == TrialState.FAIL:
         out["reason"] = fail_reason(t)
     if t.state == TrialState.PRUNED:
-        out["reason"] = attrs.get("wg2.prune_reason")
+        out["reason"] = attrs.get(keys.PRUNE_REASON)
     return out
 
 
@@ -49,11 +50,11 @@ def baseline_values(trials: list[FrozenTrial], spec: SearchSpec, ev: Evaluator |
     per-utterance values (for the paired comparisons)."""
     out, values = {}, {}
     for b in baseline_list(spec):
-        t = next((t for t in trials if t.user_attrs.get(BASELINE) == b.name), None)
+        t = next((t for t in trials if t.user_attrs.get(keys.BASELINE) == b.name), None)
         if t is not None:
             out[b.name] = {**_trial_summary(t), "source": f"trial {t.number} of the study",
-                           "adjusted_to_monotone": t.user_attrs.get("wg2.baseline_adjusted", False)}
-            values[b.name] = t.user_attrs.get(PER_UTTERANCE, {})
+                           "adjusted_to_monotone": t.user_attrs.get(keys.BASELINE_ADJUSTED, False)}
+            values[b.name] = t.user_attrs.get(keys.PER_UTTERANCE, {})
         elif ev is not None:
             scores = ev.scores(b.betas)
             summary = summarize_scores(scores)
@@ -69,7 +70,7 @@ def baseline_values(trials: list[FrozenTrial], spec: SearchSpec, ev: Evaluator |
 def paired_against(best: FrozenTrial, baselines: dict[str, dict[str, list]], metric: str) -> dict[str, dict]:
     """The found schedule minus each baseline on `metric`, paired per utterance (same utterance, same noise seed):
     mean difference, 95% t-interval clipped to the metric's range, Wilcoxon signed-rank p (evaluation.stats)."""
-    mine = best.user_attrs.get(PER_UTTERANCE, {}).get(metric)
+    mine = best.user_attrs.get(keys.PER_UTTERANCE, {}).get(metric)
     out = {}
     for name, values in baselines.items():
         theirs = values.get(metric)
@@ -119,7 +120,7 @@ def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: M
         better = max if spec.directions[0] == "maximize" else min
         reference = [b["metrics"].get(spec.objective) for b in common["baselines"].values()]
         reference = [v for v in reference if v is not None]
-        doc = {"betas": best.user_attrs["wg2.betas"], "steps": best.user_attrs["wg2.steps"], "name": spec.study,
+        doc = {"betas": best.user_attrs[keys.BETAS], "steps": best.user_attrs[keys.STEPS], "name": spec.study,
                "objective": spec.objective, "direction": spec.directions[0], "value": best.value,
                "best_baseline_value": better(reference) if reference else None,
                # the found schedule minus each baseline, paired per utterance
@@ -130,7 +131,7 @@ def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: M
     files, entries = [], []
     for steps in sorted({int(t.values[2]) for t in front}):
         best = next(t for t in front if int(t.values[2]) == steps)  # its best PESQ-wb (ties: STOI)
-        doc = {"betas": best.user_attrs["wg2.betas"], "steps": steps, "name": f"{spec.study}-{steps}steps",
+        doc = {"betas": best.user_attrs[keys.BETAS], "steps": steps, "name": f"{spec.study}-{steps}steps",
                "objectives": list(spec.objectives), "values": list(best.values), "best": _trial_summary(best),
                **common}
         files.append(_write_json(out / f"{name}-{steps}steps.json", doc))

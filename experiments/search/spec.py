@@ -114,7 +114,8 @@ def spec_from_args(args) -> SearchSpec:
     if args.multi:
         need(1 <= args.min_steps <= args.max_steps,
              f"--min-steps {args.min_steps} --max-steps {args.max_steps}: need 1 <= min <= max")
-        need(args.objective == "pesq_wb", f"--objective {args.objective}: with --multi the objectives are fixed "
+        need(args.objective == MULTI_OBJECTIVES[0],
+             f"--objective {args.objective}: with --multi the objectives are fixed "
              "(PESQ-wb and STOI against steps)")
         need(args.sampler == "tpe", "--sampler grid is the single-objective baseline; use --sampler tpe with --multi")
     uri = tracking_uri()

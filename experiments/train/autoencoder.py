@@ -21,7 +21,8 @@ from tqdm import tqdm
 from components.autoencoder import AUTOENCODERS
 from evaluation.pool import ScoreJob, score_many
 from evaluation.progress import LogLines, progress_enabled
-from evaluation.runs import KIND_AUTOENCODER, TAG_AUTOENCODER_KEY, TAG_KIND, tag_is, tracking_uri
+from evaluation.runs import (EXPERIMENT_AUTOENCODERS, KIND_AUTOENCODER, TAG_AUTOENCODER_KEY, TAG_KIND, tag_is,
+                             tracking_uri)
 from evaluation.stats import summarize
 from experiments.config.run import InputError, RunConfig, load_config
 from experiments.corpus.dataset import load_dataset
@@ -150,7 +151,7 @@ def record_run(config: RunConfig, info: dict) -> str:
     uri = tracking_uri()
     ensure_store(uri)
     client = mlflow.MlflowClient(uri)
-    exp = get_or_create_experiment("wg2 autoencoders")
+    exp = get_or_create_experiment(EXPERIMENT_AUTOENCODERS)
     query = f"{tag_is(TAG_AUTOENCODER_KEY, info['key'])} and {tag_is(TAG_KIND, KIND_AUTOENCODER)}"
     found = client.search_runs([exp], query)
     if found:

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from evaluation import runs
+from evaluation.runs import EXPERIMENT_TRAIN
 from experiments.corpus.dataset import load_dataset
 from experiments.tracking import claims, records, store
 from experiments.tracking.ending import ends_if_stopped
@@ -31,7 +32,6 @@ from experiments.config.run import InputError, RunConfig, load_config
 from experiments.config.identity import train_hash
 from experiments.train.runtime import atomic_write_bytes, preflight_run_folder, resolve_device
 
-TRAIN_EXPERIMENT = "wg2 train"
 MARKER = "mlflow_run.json"  # in a tracked run folder: the run that trains there (its ID and key)
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _read_marker(out: Path) -> dict | None:
 
 
 def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bool = False,
-                  config_file: str | None = None, experiment: str = TRAIN_EXPERIMENT,
+                  config_file: str | None = None, experiment: str = EXPERIMENT_TRAIN,
                   progress: bool = True) -> tuple[loop.TrainResult, str | None]:
     """`wg2 train` as an MLflow run (see the module docstring). Returns (result, run ID or None when nothing
     was tracked: the run folder already held this training, finished)."""
@@ -135,7 +135,7 @@ def cmd_train(args) -> int:
         result = loop.train(config, out, device=args.device, resume=args.resume, record_autoencoder=False)
     else:
         result, run_id = tracked_train(config, out, args.device, args.resume, args.config,
-                                       args.experiment or TRAIN_EXPERIMENT)
+                                       args.experiment or EXPERIMENT_TRAIN)
     first = result.history[0]["loss"] if result.history else float("nan")
     last = result.history[-1]["loss"] if result.history else float("nan")
     log.info("trained %d steps: loss %.4f -> %.4f; %.2f steps/s; checkpoint %s%s", result.steps, first, last,
