@@ -8,6 +8,7 @@ the file, the key and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tomllib
 import types
@@ -110,9 +111,8 @@ def _expected(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Return value as type tp, or raise ConfigError naming `where`. Ints are accepted as floats."""
-    if isinstance(tp, str):
-        tp = eval(tp, {"list": list, "int": int, "float": float, "str": str, "bool": bool})  # noqa: S307
+    """Return value as type tp (a resolved annotation, see field_types), or raise ConfigError naming `where`.
+    Ints are accepted as floats."""
     origin = typing.get_origin(tp)
     if origin is list or tp is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
@@ -138,12 +138,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {_expected(tp)}, got {value!r} ({type(value).__name__})")
 
 
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """A config section's keys and their types, the annotations resolved (typing.get_type_hints: the modules
+    use `from __future__ import annotations`, so dataclass fields hold them as strings)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 def _section_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = field_types(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
-    kwargs = {k: _coerce(v, fields[k].type, f"{where}.{k}") for k, v in values.items()}
+    kwargs = {k: _coerce(v, fields[k], f"{where}.{k}") for k, v in values.items()}
     return cls(**kwargs)
 
 

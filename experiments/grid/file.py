@@ -32,12 +32,13 @@ config; cells that differ only in `eval.*` share a train hash, hence one trained
 from __future__ import annotations
 
 import itertools
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config.run import (SECTIONS, ConfigError, EvalConfig, RunConfig, config_from_dict, parse_override,
-                                read_toml, set_nested, validate)
+from experiments.config.run import (SECTIONS, ConfigError, EvalConfig, RunConfig, config_from_dict, field_types,
+                                    parse_override, read_toml, set_nested, validate)
 from experiments.config.identity import config_hash, train_hash
 
 GRID_KEYS = ("name", "description", "seeds", "base", "base_file", "axes", "exclude")
@@ -125,8 +126,7 @@ def _dotted(table: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _field_type(dotted: str) -> Any:
     section, name = dotted.split(".")
-    fields = SECTIONS[section].__dataclass_fields__
-    return fields[name].type if name in fields else None
+    return field_types(SECTIONS[section]).get(name)
 
 
 def _read_axes(raw: Any, where: str) -> list[Axis]:
@@ -150,7 +150,7 @@ def _read_axes(raw: Any, where: str) -> list[Axis]:
         if "." in name:
             _dotted({name: None}, where)
             tp = _field_type(name)
-            if tp is not None and "list" in str(tp) and not all(isinstance(v, list) for v in values):
+            if typing.get_origin(tp) is list and not all(isinstance(v, list) for v in values):
                 raise ConfigError(f"{at}: {name} holds a list, so the axis lists one list per cell, "
                                   f"e.g. [[\"a\"], [\"b\"]]; got {values!r}")
             labels = tuple(fmt(v) for v in values)
