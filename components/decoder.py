@@ -154,7 +154,8 @@ class WaveGradDecoder(Decoder):
 
     def forward(self, noisy, condition, noise_level):
         if noisy.shape[-1] != condition.shape[-1] * self.hop:
-            raise ValueError(f"decoder: signal length {noisy.shape[-1]} != frames {condition.shape[-1]} x hop {self.hop}")
+            raise ValueError(f"decoder: signal length {noisy.shape[-1]} != frames {condition.shape[-1]} "
+                             f"x hop {self.hop}")
         features = [self.signal_conv(noisy)]  # fine -> coarse, (B, C_d, T / prod)
         for block in self.downsample:
             features.append(block(features[-1]))

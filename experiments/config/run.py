@@ -57,7 +57,8 @@ class TrainConfig:
     noise_loss: str = "l1"  # "l1" (paper) or "l2"
     duration_loss_weight: float = 1.0
     schedule: str = "linear-1000"  # training noise schedule (any schedule name or file)
-    precision: str = "fp32"  # network arithmetic: "fp32", "bf16" or "auto" (bf16 where native; experiments/train/precision.py)
+    # network arithmetic: "fp32", "bf16" or "auto" (bf16 where native; experiments/train/precision.py)
+    precision: str = "fp32"
     # torch.compile the decoder for training (experiments/train/precision.py, compile_decoder)
     compile: bool = field(default=False, metadata=ADDED_KEY)
     seed: int = 0

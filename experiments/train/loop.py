@@ -64,7 +64,8 @@ def signal_scale(config: RunConfig, train_audio: list[np.ndarray], latents: list
     else:
         gain = target if target > 0 else corpus_std
         clip = gain * max(float(np.abs(z).max()) for z in latents)
-    return {"gain": gain, "clip": clip, "corpus_std": corpus_std, "std": gain * (corpus_std if latents is None else 1.0)}
+    return {"gain": gain, "clip": clip, "corpus_std": corpus_std,
+            "std": gain * (corpus_std if latents is None else 1.0)}
 
 
 def _trained_hash(existing: dict, path: Path) -> str:
@@ -128,15 +129,17 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
     if t.mel_loss_weight > 0:
         for item, mel in zip(items, normalized_targets(dataset.train, dataset.sample_rate, hop)):
             item.mel = mel
-    probe_items = [ConditioningItem(it.phoneme_ids, it.durations, it.signal) for it in
-                   training_items(probe, dataset.vocab, [(s * scale["gain"]).astype(np.float32) for s in probe_signals])]
+    probe_scaled = [(s * scale["gain"]).astype(np.float32) for s in probe_signals]
+    probe_items = [ConditioningItem(it.phoneme_ids, it.durations, it.signal)
+                   for it in training_items(probe, dataset.vocab, probe_scaled)]
 
     torch.manual_seed(t.seed)
     model = WaveGrad2(config.model, len(dataset.vocab.symbols), config.autoencoder).to(device)
     if t.compile:  # in place: state_dict keys, checkpoints and the EMA are unchanged
         compile_decoder(model, device, None, "train.compile")
     if model.hop != hop_signal:
-        raise InputError(f"hop mismatch: the decoder produces {model.hop} signal steps per frame, the data needs {hop_signal}")
+        raise InputError(f"hop mismatch: the decoder produces {model.hop} signal steps per frame, the data needs "
+                         f"{hop_signal}")
     dtype = resolve_precision(t.precision, device)  # None: fp32; torch.bfloat16: the network under autocast
     training_step = TrainingStep(model, t, device, dtype)  # the mel head, optimizer and EMA; see step.py
     mel_head, optimizer, ema = training_step.mel_head, training_step.optimizer, training_step.ema
@@ -175,7 +178,8 @@ def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool =
         batch = make_batch([items[i] for i in batch_indices(len(items), t.batch_size, t.seed, step)],
                            t.window_frames, hop_signal, t.seed, step).to(device)
         losses = training_step(batch, step)
-        loss, noise_loss, duration_loss, mel_loss = losses.loss, losses.noise_loss, losses.duration_loss, losses.mel_loss
+        loss, noise_loss, duration_loss = losses.loss, losses.noise_loss, losses.duration_loss
+        mel_loss = losses.mel_loss
         step, steps_done = step + 1, steps_done + 1
         bar.update(1)
         is_log = step % t.log_every == 0 or step == t.steps
