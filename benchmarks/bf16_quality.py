@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/bench")
     args = parser.parse_args(argv)
     set_threads()
-    runs, speed, gain = {}, {}, None
+    runs: dict = {}
+    speed: dict = {}
+    gain: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ("fp32", "bf16"):
             loaded = load_checkpoint(args.checkpoint, "cpu")

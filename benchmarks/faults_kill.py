@@ -96,7 +96,9 @@ def part_kill(tmp: Path, kills: int, seed: int, quick: bool, workers: int = 2) -
                     *[a for s in sets for a in ("--set", s)])
     low, high = (3.0, 25.0) if quick else (5.0, 90.0)
     log(f"kill: {' '.join(argv[3:])}")
-    events, seen_finished, tracebacks = [], {}, 0
+    events: list[dict] = []
+    seen_finished: dict[str, int] = {}
+    tracebacks = 0
     proc = None
     logs = tmp / "kill-logs"
     logs.mkdir()
@@ -126,7 +128,7 @@ def part_kill(tmp: Path, kills: int, seed: int, quick: bool, workers: int = 2) -
             delay = time.time() - started_wait  # the whole wait, for the log
         if proc.poll() is not None:
             events.append({"kill": None, "exited": proc.returncode, "after_s": round(delay, 1)})
-            if sum(e["kill"] is None and e["exited"] for e in events[-3:]) == 3:
+            if sum(bool(e["kill"] is None and e["exited"]) for e in events[-3:]) == 3:
                 raise RuntimeError(f"the grid failed 3 times in a row by itself; see {logs}")
             continue
         target = rng.choice(["command", "command", "parent", "worker"])

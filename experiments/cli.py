@@ -85,7 +85,7 @@ def configure_logging(level: int) -> None:
         root.removeHandler(handler)
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._wg2 = True
+    handler._wg2 = True  # type: ignore[attr-defined]  # ours to remove on the next call
     root.addHandler(handler)
     root.setLevel(level)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from components.configs import ADDED_KEY
@@ -43,7 +44,7 @@ def _identity_items(config: RunConfig) -> dict[str, Any]:
     return items
 
 
-def config_hash(config: RunConfig, exclude: set[str] = frozenset()) -> str:
+def config_hash(config: RunConfig, exclude: AbstractSet[str] = frozenset()) -> str:
     """A short stable hash of the resolved config: the identity of a run (device and paths excluded)."""
     exclude = set(exclude) | ({"train.bf16"} if "train.precision" in exclude else set())
     items = {k: v for k, v in _identity_items(config).items() if k not in NON_IDENTITY_KEYS | exclude}

@@ -15,6 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from components.configs import ADDED_KEY, AutoencoderConfig, ModelConfig
@@ -234,7 +235,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a TOML run config (or defaults when path is None) and apply --set overrides, all checked."""
     raw = read_toml(path) if path else {}
     assignments = {}
@@ -315,12 +316,13 @@ def validate(config: RunConfig, where: str = "config") -> None:
             raise ConfigError(f"{where}: {key} = {value!r}; allowed: {', '.join(PRECISIONS)}")
     if t.noise_loss not in ("l1", "l2"):
         raise ConfigError(f"{where}: train.noise_loss = {t.noise_loss!r}; allowed: l1, l2")
-    for key, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size),
-                       ("train.window_frames", t.window_frames), ("train.checkpoint_every", t.checkpoint_every),
-                       ("train.log_every", t.log_every), ("data.sample_rate", d.sample_rate),
-                       ("data.hop_length", d.hop_length), ("eval.batch_size", e.batch_size)):
-        if value <= 0:
-            raise ConfigError(f"{where}: {key} = {value}; expected a positive integer")
+    counts: tuple[tuple[str, int], ...] = (
+        ("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.window_frames", t.window_frames),
+        ("train.checkpoint_every", t.checkpoint_every), ("train.log_every", t.log_every),
+        ("data.sample_rate", d.sample_rate), ("data.hop_length", d.hop_length), ("eval.batch_size", e.batch_size))
+    for key, count in counts:
+        if count <= 0:
+            raise ConfigError(f"{where}: {key} = {count}; expected a positive integer")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"{where}: train.ema_decay = {t.ema_decay}; expected 0 <= ema_decay < 1 (0 = off)")
     if not (math.isfinite(t.mel_loss_weight) and t.mel_loss_weight >= 0):

@@ -103,7 +103,8 @@ class _Engine:
         if rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed (returned {rate}) with data at "
                                f"{espeakng_loader.get_data_path()}")
-        self.lib, self.sample_rate, self.voice = lib, rate, None
+        self.lib, self.sample_rate = lib, rate
+        self.voice: str | None = None
         self.version = lib.espeak_Info(None).decode()
         self.template_voice: str | None = None  # set by prepare(): the state children fork from
         self.spoken = False  # True once this process has synthesized other than the warm-up
@@ -209,7 +210,7 @@ def _segments(text: str, audio: np.ndarray, events: list) -> tuple[list[Segment]
                 phones[-1] = (SILENCE, phones[-1][1], end, -1)
                 continue
         phones.append((label, start, end, word))
-    word_segments: list[Segment] = []
+    word_segments: list[tuple[int, int, int]] = []  # (word index, start, end)
     for _phone, start, end, word in phones:
         if word < 0:
             continue

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 
 # Praat's text formats are one token stream: the long format is the short one with comments
@@ -80,7 +81,7 @@ def read_phone_tier(path: Path) -> tuple[list[tuple[float, float, str]], float]:
             width = 3 if kind == "IntervalTier" else 2  # TextTier points: time, mark
             if kind not in ("IntervalTier", "TextTier"):
                 raise ValueError(f"unknown tier class {kind!r}")
-            items = tokens[i + 5:i + 5 + width * n]
+            items: list[Any] = tokens[i + 5:i + 5 + width * n]
             if len(items) != width * n:
                 raise IndexError
             if kind == "IntervalTier":

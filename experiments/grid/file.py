@@ -153,10 +153,10 @@ def _read_axes(raw: Any, where: str) -> list[Axis]:
             if typing.get_origin(tp) is list and not all(isinstance(v, list) for v in values):
                 raise ConfigError(f"{at}: {name} holds a list, so the axis lists one list per cell, "
                                   f"e.g. [[\"a\"], [\"b\"]]; got {values!r}")
-            labels = tuple(fmt(v) for v in values)
-            axes.append(Axis(name, tuple(values), labels))
+            axes.append(Axis(name, tuple(values), tuple(fmt(v) for v in values)))
             continue
-        tables, labels = [], []
+        tables: list[dict[str, Any]] = []
+        labels = []
         for i, value in enumerate(values):
             if not isinstance(value, dict) or not value:
                 raise ConfigError(f"{at}[{i}]: a multi-key axis (no dot in its name) takes tables of "

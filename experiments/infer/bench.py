@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,13 +146,14 @@ def run_bench(presets: list[str], device: str, seconds_audio: float | None, batc
     name = precision_name(dtype)
     rows = []
     for preset in presets:
-        config = dataclasses.replace(ModelConfig(decoder_preset=preset), **PRESET_MODELS.get(preset, {}))
+        sizes: dict[str, Any] = PRESET_MODELS.get(preset, {})
+        config = dataclasses.replace(ModelConfig(decoder_preset=preset), **sizes)
         torch.manual_seed(0)
         model = WaveGrad2(config, VOCAB).to(dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         repeats = 5 if dev.type == "cuda" else 3 if preset == "tiny" else 1
-        row = {"preset": preset, "params_M": count_parameters(model) / 1e6,
+        row: dict[str, Any] = {"preset": preset, "params_M": count_parameters(model) / 1e6,
                "decoder_params_M": count_parameters(model.decoder) / 1e6, "device": dev.type, "precision": name}
         row["train_steps_per_s"], row["train_audio_s_per_s"] = bench_training(model, train, dev, None, repeats)
         if dtype is not None:

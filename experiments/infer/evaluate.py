@@ -28,6 +28,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,20 +133,22 @@ def evaluate(loaded: LoadedModel, config: EvalConfig, out_dir: Path | None, data
             jobs.append(ScoreJob(u.id, u.audio, f.audio, sr, aligned=False, tag=label))
     scores = score_many(jobs, config.metric_workers, progress=progress)
 
-    rows, per_metric = [], {}
+    rows: list[dict[str, Any]] = []
+    per_metric: dict[tuple[str, str], list] = {}
     for job, score in zip(jobs, scores):
-        row = {"utterance": job.id, "schedule": job.tag, "durations": "true" if job.aligned else "predicted"}
+        row: dict[str, Any] = {"utterance": job.id, "schedule": job.tag,
+                               "durations": "true" if job.aligned else "predicted"}
         for metric, value in score.items():
             if job.aligned == (metric in FREE_RUNNING):
                 continue  # each metric belongs to one pass: aligned (true durations) or free-running
             row[metric] = value.reason if isinstance(value, Missing) else value
-            per_metric.setdefault((job.tag, metric), []).append(value)
+            per_metric.setdefault((job.tag or "", metric), []).append(value)  # every job here has its tag
         rows.append(row)
     for label, (_, free) in outputs.items():
         errors = [float(np.abs(f.durations.astype(float) - d).mean()) for f, d in zip(free, true_durations)]
         per_metric[(label, "duration_error_frames")] = errors
 
-    summary = {"checkpoint": str(loaded.path), "step": loaded.step, "split": config.split,
+    summary: dict[str, Any] = {"checkpoint": str(loaded.path), "step": loaded.step, "split": config.split,
                "utterances": [u.id for u in utterances], "device": str(loaded.device),
                "machine": machine_name(loaded.device), "speed": speed, "weights": loaded.weights,
                "signal": loaded.signal,
@@ -228,7 +231,7 @@ def write_outputs(out_dir: Path, rows, summary, utterances, outputs, config: Eva
 
 def eval_config(loaded: LoadedModel, args) -> EvalConfig:
     """The checkpoint's eval settings with the command line's changes (schedules checked against training)."""
-    changes = {}
+    changes: dict[str, Any] = {}
     if args.schedules:
         changes["schedules"] = [s.strip() for s in args.schedules.split(",") if s.strip()]
         if not changes["schedules"]:

@@ -11,11 +11,13 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from components.autoencoder import WaveformAutoencoder
 from components.diffusion import Diffusion
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
 from evaluation.conditioning import ConditioningItem
 from experiments.config.run import InputError, RunConfig, config_from_dict
+from experiments.corpus.types import PhonemeVocab
 from experiments.train.precision import autocast, compile_decoder, resolve_precision, set_threads
 from experiments.train.checkpoint import read_model, weights_error
 from experiments.train.runtime import resolve_device
@@ -27,11 +29,11 @@ from experiments.train.store_checkpoints import resolve_checkpoint
 class LoadedModel:
     model: WaveGrad2
     config: RunConfig
-    vocab: object  # experiments.corpus.dataset.PhonemeVocab
+    vocab: PhonemeVocab
     sample_rate: int
     hop_length: int
     device: torch.device
-    autoencoder: torch.nn.Module | None
+    autoencoder: WaveformAutoencoder | None
     path: Path
     step: int
     signal: dict  # "gain": diffusion signal = gain x waveform (or latent); "clip": its range when sampling
@@ -49,8 +51,6 @@ class Synthesis:
 def load_checkpoint(path: str | Path, device: str = "auto", weights: str = "ema") -> LoadedModel:
     """A trained model for synthesis. weights = "ema" takes the moving average when the run kept one
     (train.ema_decay > 0), else the raw weights; "raw" always takes the raw weights."""
-    from experiments.corpus.types import PhonemeVocab
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")

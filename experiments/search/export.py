@@ -97,7 +97,7 @@ def export(study: optuna.Study, spec: SearchSpec, ev: Evaluator | None, model: M
         return []
     counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
     baselines, baseline_utterances = baseline_values(trials, spec, ev)
-    common = {
+    common: dict[str, Any] = {
         "model": asdict(model),
         # does the model read its text? (the schedule's quality numbers compare noise if not)
         "conditioning_gain": model_gain(ev),

@@ -63,7 +63,8 @@ def plot_history(study: optuna.Study, spec: SearchSpec, stem: Path) -> list[Path
         ax = _optuna_plot(plot_optimization_history, study, target=target, target_name=name)
         pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
         if pruned:
-            ax.scatter([t.number for t in pruned], [t.intermediate_values[t.last_step] for t in pruned], marker="x",
+            ax.scatter([t.number for t in pruned], [t.intermediate_values[t.last_step or 0]
+                                                           for t in pruned], marker="x",
                        color="grey", label="pruned (running mean)", zorder=3)
         failed = [t.number for t in trials if t.state == TrialState.FAIL]
         if failed:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.engine import make_url
 
@@ -51,7 +51,7 @@ class SearchSpec:
         return (*MULTI_OBJECTIVES, "steps") if self.multi else (self.objective,)
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
         if self.multi:
             return ["maximize", "maximize", "minimize"]
         return ["maximize" if METRICS[self.objective].better == "higher" else "minimize"]

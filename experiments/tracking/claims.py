@@ -80,7 +80,7 @@ def earliest(runs: list):
 
 
 def claim_run(mlf, experiment_id: str, key_tag: str, key_value: str, create: Callable[[dict[str, str]], str],
-              stale_seconds: float = STALE_SECONDS) -> tuple[str | None, str]:
+              stale_seconds: float = STALE_SECONDS) -> tuple[str, str]:
     """Find or create the one run for `key_value` and claim it for this process.
 
     Returns (run_id, state): "finished" (a FINISHED run exists; do nothing), "busy" (a live owner is

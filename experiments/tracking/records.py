@@ -109,7 +109,7 @@ def log_corpus_input(mlf, run_id: str, root: str, corpus_hash: str, context: str
     with warnings.catch_warnings():  # a local folder resolves to MLflow's "local" source, with a notice
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(folder))
-    dataset = MetaDataset(source, name=folder.name or str(folder), digest=corpus_hash[:36])
+    dataset = MetaDataset(source, name=folder.name or str(folder), digest=corpus_hash[:36])  # type: ignore[abstract]
     described = dataset.to_dict()
     entity = DatasetEntity(described["name"], described["digest"], described["source_type"], described["source"],
                            schema=described.get("schema"),

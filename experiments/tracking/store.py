@@ -16,7 +16,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from evaluation.runs import (TAG_END_REASON, sqlite_path, tracking_uri)
 from experiments.tracking.lock import file_lock
@@ -228,7 +228,7 @@ class CurveLogger:
                 self._last = time.monotonic()
                 logging.getLogger(__name__).warning("training curve not logged yet (will retry): %s", err)
 
-    def flush(self, history: list[dict] = ()) -> None:
+    def flush(self, history: Sequence[dict] = ()) -> None:
         entries = self.buffer + [h for h in history if h["step"] not in self.logged]
         entries = list({int(e["step"]): e for e in entries}.values())  # one entry per step
         if entries:

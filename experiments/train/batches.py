@@ -68,6 +68,6 @@ def make_batch(items: list[TrainingItem], window_frames: int, hop_signal: int, s
         signal_mask[b, :, :piece.shape[1]] = 1.0
         real = min(window_frames, total - start)
         frame_mask[b, :real] = 1.0
-        if bands:
+        if item.mel is not None:  # every item has targets when the first has (bands > 0)
             mel[b, :real] = item.mel[start:start + real]
     return Batch(*(torch.from_numpy(a) for a in (ids, mask, durations, frames, signal, signal_mask, mel, frame_mask)))

@@ -91,7 +91,8 @@ def existing_checkpoint(config: RunConfig, ckpt_path: Path, resume: bool) -> dic
     return existing
 
 
-def train(config: RunConfig, out_dir: Path, device: str = "auto", resume: bool = False, progress: bool = True,
+def train(config: RunConfig, out_dir: Path, device: str | torch.device = "auto", resume: bool = False,
+          progress: bool = True,
           on_log: Callable[[int, dict[str, float]], None] | None = None, dataset=None,
           record_autoencoder: bool = True,
           on_checkpoint: Callable[[Path, int], None] | None = None) -> TrainResult:

@@ -99,6 +99,8 @@ def compile_decoder(model: torch.nn.Module, device: torch.device | str, dynamic:
     windows. Raises InputError naming `key` where compiling does not work on this machine. Returns whether
     it compiled now (False: it already was)."""
     decoder = model.decoder
+    if not isinstance(decoder, torch.nn.Module):
+        raise TypeError(f"model.decoder is a {type(decoder).__name__}, not a module")
     if getattr(decoder, "_compiled_call_impl", None) is not None:
         return False
     why = compile_unavailable(torch.device(device).type)
