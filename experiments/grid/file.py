@@ -26,7 +26,7 @@ whole grid (`--set train.steps=50`); setting an axis key or a seed key that way 
 axis keys (also keys inside a multi-key axis), a multi-key axis name (matched against its labels) or `seed`.
 
 Every cell is resolved and validated here, before anything trains; the one data-dependent check (each
-training window against the corpus) is grid_cell.check_windows. A cell's cell hash covers its whole resolved
+training window against the corpus) is experiments.grid.cell.check_windows. A cell's cell hash covers its whole resolved
 config; cells that differ only in `eval.*` share a train hash, hence one trained model.
 """
 from __future__ import annotations
