@@ -13,6 +13,7 @@ from evaluation.progress import progress_enabled
 
 from evaluation.runs import EXPERIMENT_SEARCH, TAG_ERROR
 from experiments.tracking import store
+from experiments.tracking.ending import end_stopped_run
 from experiments.tracking.lock import file_lock
 from experiments.search.evaluator import load_evaluator, model_info
 from experiments.search.export import export
@@ -76,8 +77,8 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
             work(study, spec, ev, TrialLogger(ctx, spec), report)
         elif waiting:
             errors = run_workers(spec, ctx, study, workers, report)
-    except KeyboardInterrupt:  # the running trials were marked failed; a rerun resumes the rest
-        store.retry(lambda: store.client(ctx.uri).set_terminated(ctx.parent_run_id, "KILLED"))
+    except KeyboardInterrupt as err:  # the running trials were marked failed; a rerun resumes the rest
+        end_stopped_run(store.client(ctx.uri), ctx.parent_run_id, err)  # KILLED, the signal as its end reason
         raise
     finally:
         bar.close()
