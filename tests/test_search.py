@@ -382,7 +382,7 @@ def test_backfill_leaves_a_trial_of_a_live_worker_to_it(tmp_path, monkeypatch):
     logged: list[int] = []
     monkeypatch.setattr(search_tracking.TrialLogger, "log", lambda self, t: logged.append(t.number))
     monkeypatch.setattr(search_tracking, "search_all_runs", lambda *args, **kwargs: [])
-    monkeypatch.setattr(search_tracking.tracking, "client", lambda uri: None)
+    monkeypatch.setattr(search_tracking.store, "client", lambda uri: None)
     ctx = search_tracking.TrackingContext("sqlite:///unused.db", "0", "parent", "key")
     assert search_tracking.log_missing_trials(study, ctx, None) == 2
     assert logged == [1, 2]
