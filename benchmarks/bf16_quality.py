@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
 from evaluation.stats import paired_difference
-from experiments.evaluate import evaluate, machine_name
-from experiments.precision import set_threads
-from experiments.synth import load_checkpoint
+from experiments.infer.evaluate import evaluate, machine_name
+from experiments.train.precision import set_threads
+from experiments.infer.synth import load_checkpoint
 
 METRICS = ("pesq_wb", "stoi", "mel_cd")
 TARGETS = {"pesq_wb": 0.02, "stoi": 0.005}  # issue targets: |bf16 - fp32| within these
@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/bench")
     args = parser.parse_args(argv)
     set_threads()
-    runs, speed, gain = {}, {}, None
+    runs: dict = {}
+    speed: dict = {}
+    gain: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ("fp32", "bf16"):
             loaded = load_checkpoint(args.checkpoint, "cpu")

@@ -345,13 +345,16 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             n = args.cases or defaults[part]
             started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            cases: list[dict] | str
             if part == "foreign":
                 cases = part_foreign(work, n, rng)
             elif part == "server":
+                assert model is not None and corpus is not None
                 cases = part_server(work, n, rng, model, corpus)
             elif part == "database":
                 cases = part_database(work, n, rng)
             else:
+                assert model is not None and corpus is not None
                 cases = part_disk(work, n, rng, model, corpus)
             out = Path(args.out) / part
             out.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,9 @@ import numpy as np
 from evaluation.metrics import Missing, headline_metrics
 from evaluation.scoring import score_pair
 from evaluation.stats import summarize
-from experiments.config import load_config
-from experiments.corpus import load_dataset
-from experiments.evaluate import pick_utterances
+from experiments.config.run import load_config
+from experiments.corpus.dataset import load_dataset
+from experiments.infer.evaluate import pick_utterances
 
 FLOORS = ("white noise", "speech-shaped noise")
 

@@ -1,14 +1,17 @@
 """Typed, frozen configs of the model's parts. Defaults are the paper's sizes; tiny runs override.
 Checking them against the registries: components/validation.py. Each registry entry reads its own section
-of these keys: its frozen `Config`, filled by key name (components/registry.py, config_section)."""
+of these keys: its frozen `Config`, filled by key name (components/registry.py, config_section), whose
+defaults are read from here (model_default)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 
 # Field metadata of a key added after runs were recorded: the key is left out of a run's identity (its config
-# hash) while it holds its default, so those runs keep their hashes (experiments/config_identity.py, config_hash).
+# hash) while it holds its default, so those runs keep their hashes (experiments/config/identity.py, config_hash).
 ADDED_KEY = {"identity": "when not default"}
 
 
@@ -42,6 +45,15 @@ class ModelConfig:
     def decoder_hop(self) -> int:
         """Samples (or latent steps) per frame the decoder produces: the product of its factors."""
         return math.prod(self.upsample_factors)
+
+
+def model_default(name: str) -> Any:
+    """The dataclass field of a variant's own Config (components/registry.py) for the [model] key `name`: its
+    default is ModelConfig's, so each default is declared once, here."""
+    declared = ModelConfig.__dataclass_fields__[name]
+    if declared.default_factory is not dataclasses.MISSING:
+        return field(default_factory=declared.default_factory)
+    return field(default=declared.default)
 
 
 @dataclass(frozen=True)

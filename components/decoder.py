@@ -9,13 +9,14 @@ predicted noise. The network knows nothing else about diffusion.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.configs import model_default
 from components.registry import Registry
 
 
@@ -124,8 +125,8 @@ class WaveGradDecoder(Decoder):
     @dataclass(frozen=True)
     class Config:
         """The [model] keys it reads (defaults: components/configs.py, ModelConfig)."""
-        decoder_preset: str = "base"
-        upsample_factors: list[int] = field(default_factory=lambda: [5, 5, 3, 2, 2])  # coarse -> fine
+        decoder_preset: str = model_default("decoder_preset")
+        upsample_factors: list[int] = model_default("upsample_factors")  # coarse -> fine
 
     def __init__(self, config: Config, cond_channels: int, signal_channels: int):
         super().__init__()
@@ -153,7 +154,8 @@ class WaveGradDecoder(Decoder):
 
     def forward(self, noisy, condition, noise_level):
         if noisy.shape[-1] != condition.shape[-1] * self.hop:
-            raise ValueError(f"decoder: signal length {noisy.shape[-1]} != frames {condition.shape[-1]} x hop {self.hop}")
+            raise ValueError(f"decoder: signal length {noisy.shape[-1]} != frames {condition.shape[-1]} "
+                             f"x hop {self.hop}")
         features = [self.signal_conv(noisy)]  # fine -> coarse, (B, C_d, T / prod)
         for block in self.downsample:
             features.append(block(features[-1]))

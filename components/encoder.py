@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.configs import model_default
 from components.registry import Registry
 
 
@@ -90,11 +91,11 @@ class WaveGrad2Encoder(Encoder):
     @dataclass(frozen=True)
     class Config:
         """The [model] keys it reads (defaults and the paper's numbers: components/configs.py, ModelConfig)."""
-        encoder_channels: int = 512
-        encoder_kernel_size: int = 5
-        encoder_conv_layers: int = 3
-        encoder_dropout: float = 0.5
-        zoneout: float = 0.1
+        encoder_channels: int = model_default("encoder_channels")
+        encoder_kernel_size: int = model_default("encoder_kernel_size")
+        encoder_conv_layers: int = model_default("encoder_conv_layers")
+        encoder_dropout: float = model_default("encoder_dropout")
+        zoneout: float = model_default("zoneout")
 
     def __init__(self, config: Config, vocab_size: int):
         super().__init__()

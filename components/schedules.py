@@ -4,7 +4,7 @@ Nothing here holds state or reads files. A schedule is a 1-D float64 array of be
 of refinement steps is len(betas). Named schedules are `FAMILY-N` (registry `SCHEDULES`): `linear-N` (the
 training ramp spread over N steps; `linear-1000` is the training schedule), `cosine-N`, `fibonacci-N`
 (`fibonacci-25` in WaveGrad) and `manual-6`, a family with a fixed step count. Schedule files (TOML/JSON
-holding `betas = [...]`) are read by experiments/schedule_files.py.
+holding `betas = [...]`) are read by experiments/config/schedules.py.
 """
 from __future__ import annotations
 

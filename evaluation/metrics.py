@@ -87,6 +87,7 @@ INF = math.inf
 # One entry per metric; everything else (what score_pair computes and returns, eval's passes, report columns,
 # directions, interval clipping, the README's table) is derived from it. `compute` gets the `Pair` being scored
 # (evaluation.scoring.Pair, with the work metrics share).
+DEFAULT_METRIC = "pesq_wb"  # what reports rank by and searches optimise unless told otherwise (--metric, --objective)
 METRICS: dict[str, MetricInfo] = {
     "pesq_wb": MetricInfo(
         description="PESQ wide-band (ITU-T P.862.2) at 16 kHz: perceived quality", low=1.0, high=4.64,

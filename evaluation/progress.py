@@ -1,5 +1,5 @@
-"""When to draw progress bars: the one rule every tqdm bar in the suite goes through (experiments.runtime re-exports
-it). A bar is drawn only where someone watches it: stderr is a terminal, or bars are forced with WG2_PROGRESS=1.
+"""When to draw progress bars: the one rule every tqdm bar in the suite goes through. A bar is drawn only where
+someone watches it: stderr is a terminal, or bars are forced with WG2_PROGRESS=1.
 TQDM_DISABLE=1 turns every bar off. Redirected to a file or a pipe, stderr gets no bar lines."""
 from __future__ import annotations
 

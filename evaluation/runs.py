@@ -1,5 +1,6 @@
 """What the code that writes MLflow runs (experiments/) and the code that reads them back (evaluation/) share:
-the tracking URI, run search and the names of the wg2 tags. Imports nothing of ours and not mlflow itself.
+the tracking URI, run search, the experiment names and the names of the wg2 tags. Imports nothing of ours and not
+mlflow itself.
 
 Layout: tracking URI from MLFLOW_TRACKING_URI, else a SQLite store `mlflow.db` in the working directory.
 """
@@ -8,6 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+# ----------------------------------------------------------------------------- experiment names
+
+# (a grid's experiment is named after the grid, `name` in its file)
+EXPERIMENT_TRAIN = "wg2 train"  # `wg2 train` outside a grid (default of --experiment)
+EXPERIMENT_EVAL = "wg2 eval"  # `wg2 eval` (default of --experiment)
+EXPERIMENT_SEARCH = "wg2 schedule search"  # `wg2 search`: a parent run per study
+EXPERIMENT_AUTOENCODERS = "wg2 autoencoders"  # a latent space's stage-one autoencoder runs
 
 # ----------------------------------------------------------------------------- tag names
 
@@ -42,7 +51,7 @@ TAG_TRAIN_KEY = "wg2.train_key"  # `wg2 train`: the run's own key (claimed by it
 TAG_CHECKPOINT = "wg2.checkpoint"  # `wg2 eval`: the checkpoint file evaluated
 # the autoencoder stage
 TAG_AUTOENCODER_KEY = "wg2.autoencoder_key"
-# claiming runs (experiments/claims.py)
+# claiming runs (experiments/tracking/claims.py)
 TAG_OWNER = "wg2.owner"
 TAG_HEARTBEAT = "wg2.heartbeat"
 # where and with what a run was made

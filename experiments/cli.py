@@ -7,8 +7,11 @@ import importlib
 import logging
 import sys
 
-from experiments.grid_file import MAX_CELLS
-from experiments.workers import Terminated, interrupt_reason, raise_on_sigterm
+from experiments.grid.file import MAX_CELLS
+from experiments.tracking.ending import Terminated, interrupt_reason, raise_on_sigterm
+from evaluation.metrics import DEFAULT_METRIC
+from evaluation.runs import EXPERIMENT_EVAL
+from evaluation.runs import EXPERIMENT_TRAIN
 
 DISTRIBUTION = "wavegrad2-ablation"
 
@@ -94,7 +97,7 @@ def configure_logging(level: int) -> None:
         root.removeHandler(handler)
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._wg2 = True
+    handler._wg2 = True  # type: ignore[attr-defined]  # ours to remove on the next call
     root.addHandler(handler)
     root.setLevel(level)
 
@@ -114,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", default="en-us", help="espeak-ng voice")
     p.add_argument("--limit", type=int, default=0, help="only the first N sentences (0 = all 720)")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = one per core)")
-    p.set_defaults(func=_handler("experiments.corpus_build:cmd_build"))
+    p.set_defaults(func=_handler("experiments.corpus.command:cmd_build"))
     p = corpus_sub.add_parser("check", parents=[common],
                               help="read an LJSpeech-layout corpus with TextGrids and report on it")
     p.add_argument("dir", help="corpus folder (metadata.csv, wavs/)")
@@ -123,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop-length", type=int, default=300, help="frame hop in samples for durations")
     p.add_argument("--sample-rate", type=int, default=22050, help="rate audio is resampled to")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_handler("experiments.corpus_cmd:cmd_check"))
+    p.set_defaults(func=_handler("experiments.corpus.command:cmd_check"))
 
     config = sub.add_parser("config", help="inspect run configs")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -132,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="TOML run config")
     _overrides(p)
     p.add_argument("--json", action="store_true", help='print {"config": {...}, "departures": [...]}')
-    p.set_defaults(func=_handler("experiments.departures:cmd_config_show"))
+    p.set_defaults(func=_handler("experiments.config.departures:cmd_config_show"))
 
     p = sub.add_parser("train", parents=[common], help="train one WaveGrad 2 model from a TOML config")
     p.add_argument("config", help="run config (TOML)")
@@ -141,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default runs/<config hash>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's last checkpoint, or the tracking server's when later")
-    _tracking(p, "wg2 train")
-    p.set_defaults(func=_handler("experiments.tracked_runs:cmd_train"))
+    _tracking(p, EXPERIMENT_TRAIN)
+    p.set_defaults(func=_handler("experiments.train.command:cmd_train"))
 
     p = sub.add_parser("synth", parents=[common], help="synthesize a sentence (or a corpus utterance) to a wav file")
     p.add_argument("checkpoint", help="checkpoint file (.pt) or MLflow run ID")
@@ -155,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _precision(p)
     _device(p)
-    p.set_defaults(func=_handler("experiments.synth:cmd_synth"))
+    p.set_defaults(func=_handler("experiments.infer.synth:cmd_synth"))
 
     p = sub.add_parser("bench", parents=[common], help="measure training and inference speed and memory per preset")
     p.add_argument("--presets", default="tiny,base", help="comma-separated decoder presets")
@@ -168,14 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="write the table (markdown) and JSON here")
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout instead of the table")
+    p.add_argument("--config", default=None,
+                   help="run config (TOML) whose [train] section the timed training step uses (default: the defaults)")
+    _overrides(p)
     _device(p)
-    p.set_defaults(func=_handler("experiments.bench:cmd_bench"))
+    p.set_defaults(func=_handler("experiments.infer.bench:cmd_bench"))
 
     p = sub.add_parser("score", parents=[common], help="score a degraded wav against a reference with every metric")
     p.add_argument("reference")
     p.add_argument("degraded")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_handler("experiments.score_cmd:cmd_score"))
+    p.set_defaults(func=_handler("experiments.infer.score:cmd_score"))
 
     p = sub.add_parser("eval", parents=[common],
                        help="synthesize a split with a checkpoint and score quality and speed")
@@ -189,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     _skip_unknown(p)
     _precision(p)
     _device(p)
-    _tracking(p, "wg2 eval")
-    p.set_defaults(func=_handler("experiments.tracked_runs:cmd_eval"))
+    _tracking(p, EXPERIMENT_EVAL)
+    p.set_defaults(func=_handler("experiments.infer.command:cmd_eval"))
 
     p = sub.add_parser("grid", parents=[common], help="run an ablation grid tracked in MLflow (resumable)")
     p.add_argument("grid", help="grid file (TOML)")
@@ -204,23 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utilisation", type=float, default=None,
                    help="fraction of the GPU's peak a FLOP-derived price assumes (default 0.10)")
     _max_cells(p)
-    p.set_defaults(func=_handler("experiments.grid:cmd_grid"))
+    p.set_defaults(func=_handler("experiments.grid.run:cmd_grid"))
 
     p = sub.add_parser("compare", parents=[common], help="report a grid's MLflow runs: tables, intervals, plots")
     p.add_argument("target", help="grid file or MLflow experiment name")
     p.add_argument("--out", default=None, help="report folder (default results/<grid name>)")
-    p.add_argument("--metric", default="pesq_wb", help="headline metric")
+    p.add_argument("--metric", default=DEFAULT_METRIC, help="headline metric")
     p.add_argument("--json", action="store_true", help="print the report's content as JSON on stdout")
     p.add_argument("--force", action="store_true",
                    help="replace files in --out that an earlier `wg2 compare` did not write (refused otherwise)")
     _max_cells(p)
-    p.set_defaults(func=_handler("experiments.compare_cmd:cmd_compare"))
+    p.set_defaults(func=_handler("experiments.grid.compare:cmd_compare"))
 
     p = sub.add_parser("search", parents=[common], help="search an inference noise schedule with Optuna")
     p.add_argument("model", help="checkpoint file or MLflow run ID")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--trials", type=int, default=100)
-    p.add_argument("--objective", default="pesq_wb")
+    p.add_argument("--objective", default=DEFAULT_METRIC)
     p.add_argument("--multi", action="store_true", help="quality (PESQ-wb, STOI) against steps: a Pareto front")
     p.add_argument("--min-steps", type=int, default=3, help="with --multi")
     p.add_argument("--max-steps", type=int, default=12, help="with --multi")
@@ -241,12 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="run config (TOML) with [autoencoder] and [data]")
     _overrides(p)
     _device(p)
-    p.set_defaults(func=_handler("experiments.autoencoder_stage:cmd_autoencoder_train"))
+    p.set_defaults(func=_handler("experiments.train.autoencoder:cmd_autoencoder_train"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.config import InputError
+    from experiments.config.run import InputError
 
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", logging.INFO))

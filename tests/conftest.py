@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from components.configs import ModelConfig
-from experiments.config import DataConfig, EvalConfig, RunConfig, TrainConfig, load_config, read_toml
+from experiments.config.run import DataConfig, EvalConfig, RunConfig, TrainConfig, load_config, read_toml
 
 torch.set_num_threads(1)
 
@@ -47,7 +47,7 @@ def private_mlflow_store(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default corpus (`wg2 corpus build --limit 24`): metadata.csv, wavs/, alignments/."""
-    from experiments.corpus_build import build_corpus
+    from experiments.corpus.build import build_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "harvard"
     return build_corpus(out, limit=CORPUS_SENTENCES, workers=2, progress=False)
@@ -57,7 +57,7 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_checkpoint(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model trained long enough (60 steps, ~12 s) that sampling beats pure noise on log-mel distance;
     its eval settings score 3 utterances inline and keep audio. Shared: tests must not write beside it."""
-    from experiments.train import train
+    from experiments.train.loop import train
 
     root = tmp_path_factory.mktemp("tiny-model")
     data = DataConfig(root=str(corpus_dir), cache_dir=str(root / "cache"), val_fraction=0.3, test_fraction=0.1)

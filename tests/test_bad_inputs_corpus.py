@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from experiments.cli import main
-from experiments.textgrid import read_phone_tier
+from experiments.corpus.textgrid import read_phone_tier
 from test_corpus import copy_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +70,8 @@ def test_a_malformed_words_tier_is_a_warning_naming_file_and_tier(corpus_dir: Pa
 
 
 def test_corpus_check_writes_nothing_where_it_runs(corpus_dir: Path, tmp_path: Path, monkeypatch, capsys):
-    from experiments.config import DataConfig
-    from experiments.corpus import load_dataset
+    from experiments.config.run import DataConfig
+    from experiments.corpus.dataset import load_dataset
 
     root = copy_corpus(corpus_dir, tmp_path / "c", n=3)
     work = tmp_path / "work"
@@ -101,7 +101,7 @@ def _build(out: Path, limit: int, workers: int = 1) -> subprocess.Popen:
 
 
 def test_two_corpus_builds_of_one_folder_run_one_after_the_other(tmp_path: Path):
-    from experiments.corpus_build import MARKER, corpus_content_hash
+    from experiments.corpus.build import MARKER, corpus_content_hash
 
     out = tmp_path / "harvard"
     first, second = _build(out, 6), _build(out, 6)
@@ -173,8 +173,8 @@ def test_eval_and_search_name_utterances_with_unknown_phonemes_and_can_skip_them
 # ----------------------------------------------------------------------------- two trainings, one folder
 
 def test_a_second_train_on_a_busy_run_folder_is_exit_2(tmp_path: Path, capsys):
-    from experiments.disk import folder_lock
-    from experiments.tracked_runs import RUN_LOCK
+    from experiments.config.disk import folder_lock
+    from experiments.train.command import RUN_LOCK
 
     run = tmp_path / "run"
     config = tmp_path / "run.toml"

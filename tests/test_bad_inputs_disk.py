@@ -69,8 +69,8 @@ def test_eval_outputs_on_a_full_disk_name_device_and_file(tiny_checkpoint: Path,
 
 def test_the_dataset_cache_on_a_full_disk_leaves_no_orphan_and_a_rerun_works(corpus_dir: Path, small_fs,
                                                                             tmp_path: Path):
-    from experiments.config import DataConfig, InputError
-    from experiments.corpus import load_dataset
+    from experiments.config.run import DataConfig, InputError
+    from experiments.corpus.dataset import load_dataset
 
     fs = small_fs("1m")
     cache = fs / "cache"

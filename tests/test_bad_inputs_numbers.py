@@ -61,7 +61,7 @@ def test_bad_schedule_files_are_named(content, expected: str, tmp_path: Path, ca
 
 def test_synth_refuses_text_with_nothing_to_say_and_texts_over_the_limit(tiny_checkpoint: Path, tmp_path: Path,
                                                                           capsys):
-    from experiments.synth import MAX_PHONEMES
+    from experiments.infer.synth import MAX_PHONEMES
 
     out = tmp_path / "x.wav"
     _exit_2(["synth", str(tiny_checkpoint), "... ?!", "-o", str(out), "--device", "cpu"], capsys,
@@ -105,7 +105,7 @@ def test_corpus_check_numbers(option: str, value: str, tmp_path: Path, capsys):
 
 
 def test_a_bad_stale_seconds_variable_is_exit_2_naming_it(tmp_path: Path, monkeypatch, capsys):
-    import experiments.claims  # importing it with the bad value set used to raise ValueError
+    import experiments.tracking.claims  # importing it with the bad value set used to raise ValueError
 
     monkeypatch.setenv("WG2_STALE_SECONDS", "abc")
     config = tmp_path / "run.toml"
@@ -137,7 +137,7 @@ def test_a_huge_grid_is_refused_from_its_axis_counts_within_seconds(tmp_path: Pa
 
 
 def test_an_axis_given_quoted_and_unquoted_is_refused(tmp_path: Path, capsys):
-    from experiments.grid_file import load_grid
+    from experiments.grid.file import load_grid
 
     grid = _grid(tmp_path, '"model.upsampler" = ["gaussian", "repeat"]\nmodel.upsampler = ["repeat"]')
     _exit_2(["grid", str(grid), "--dry-run"], capsys, "axes.model.upsampler is given twice")
@@ -146,7 +146,7 @@ def test_an_axis_given_quoted_and_unquoted_is_refused(tmp_path: Path, capsys):
 
 
 def test_ctrl_c_during_a_dry_run_does_not_say_rerun_to_resume(tmp_path: Path, monkeypatch, capsys):
-    import experiments.grid as grid_module
+    import experiments.grid.run as grid_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -9,10 +9,10 @@ import torch
 
 from conftest import tiny_model
 from components.model import WaveGrad2
-from experiments.config import EvalConfig, RunConfig, TrainConfig
-from experiments.evaluate import evaluate, format_summary
-from experiments.synth import load_checkpoint
-from experiments.train import train
+from experiments.config.run import EvalConfig, RunConfig, TrainConfig
+from experiments.infer.evaluate import evaluate, format_summary
+from experiments.infer.synth import load_checkpoint
+from experiments.train.loop import train
 
 TINY = tiny_model(encoder_dropout=0.0)
 
@@ -56,7 +56,7 @@ def test_padding_changes_only_the_last_frames_of_a_shorter_utterance():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, corpus_dir):
-    from experiments.config import DataConfig
+    from experiments.config.run import DataConfig
 
     root = tmp_path_factory.mktemp("batched")
     data = DataConfig(root=str(corpus_dir), cache_dir=str(root / "cache"), val_fraction=0.3, test_fraction=0.1)

@@ -78,14 +78,14 @@ def test_bench_json_is_the_only_stdout(monkeypatch, capsys):
     """--json prints the measured rows as one JSON document instead of the table (measuring itself stubbed)."""
     import torch
 
-    import experiments.bench
+    import experiments.infer.bench
 
     row = {"preset": "tiny", "params_M": 1.5, "train_steps_per_s": 3.0}
 
     def measured(*args, **kwargs):
         return torch.device("cpu"), [row]
 
-    monkeypatch.setattr(experiments.bench, "run_bench", measured)
+    monkeypatch.setattr(experiments.infer.bench, "run_bench", measured)
     assert main(["bench", "--presets", "tiny", "--device", "cpu", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rows"] == [row]

@@ -12,8 +12,8 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
-from evaluation.compare import compare  # noqa: E402
-from evaluation.compare_data import CompareError  # noqa: E402
+from evaluation.compare.build import compare  # noqa: E402
+from evaluation.compare.data import CompareError  # noqa: E402
 
 SCHEDULES = ["manual-6", "linear-50"]
 UPS, WINDOWS, SEEDS = ["gaussian", "repeat"], [64, 256], [0, 1]
@@ -310,14 +310,14 @@ def test_schedule_axis_one_table(store, tmp_path):
 
 
 def _row(label: str, assignment: dict, params: dict, means: dict[str, float]):
-    from evaluation.compare_data import CellRow, Stat
+    from evaluation.compare.data import CellRow, Stat
     return CellRow(group=label, label=label, assignment=assignment, seeds=[0], run_ids=[label], params=params,
                    stats={k: Stat(v, n=1) for k, v in means.items()})
 
 
 def test_latent_target_matching_and_undecided():
     """A multi-key space axis is matched on the other axes (steps here); no 6-step schedule: undecided."""
-    from evaluation.compare_target import latent_target
+    from evaluation.compare.target import latent_target
 
     rows = []
     for steps, (w_rtf, l_rtf) in ((1000, (0.5, 0.05)), (2000, (0.5, 0.2))):
@@ -342,7 +342,7 @@ def test_cli_grid_file_with_a_multi_key_axis(store, tmp_path, monkeypatch, capsy
     from pathlib import Path
 
     from experiments.cli import main
-    from experiments.grid_file import load_grid
+    from experiments.grid.file import load_grid
 
     uri, client, _ = store
     grid_file = Path(__file__).resolve().parents[1] / "experiments" / "grids" / "latent.toml"

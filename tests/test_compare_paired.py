@@ -15,7 +15,7 @@ import test_compare
 from test_compare import _cell, _experiment, _parent
 from test_listen import _Refs
 
-from evaluation.compare import compare
+from evaluation.compare.build import compare
 from evaluation.stats import PAIRED, SEED_T, mean_difference, summarize
 
 store = test_compare.store  # the same real MLflow store fixture (SQLite in a temp dir)

@@ -7,11 +7,11 @@ import torch
 
 from conftest import tiny_model
 from components.schedules import resolve_schedule_name
-from experiments import precision
-from experiments.config import EvalConfig, InputError, RunConfig, TrainConfig, flatten, load_config
-from experiments.config_identity import config_hash
-from experiments.synth import load_checkpoint, synthesize
-from experiments.train import train
+from experiments.train import precision
+from experiments.config.run import EvalConfig, InputError, RunConfig, TrainConfig, flatten, load_config
+from experiments.config.identity import config_hash
+from experiments.infer.synth import load_checkpoint, synthesize
+from experiments.train.loop import train
 
 TINY = tiny_model(encoder_dropout=0.0)
 
@@ -50,7 +50,7 @@ def test_compiled_tiny_model_trains_and_samples_finite_audio(data_config, tmp_pa
     assert not any("_orig_mod" in k for k in state["model"]), "compiled in place: checkpoint keys unchanged"
 
     loaded = load_checkpoint(result.checkpoint, device="cpu")
-    from experiments.corpus import load_dataset
+    from experiments.corpus.dataset import load_dataset
     utterances = load_dataset(data_config, progress=False).val[:2]
     ids = [loaded.vocab.encode(u.phonemes) for u in utterances]
     out = synthesize(loaded, ids, resolve_schedule_name("manual-6"), [u.durations for u in utterances])

@@ -20,7 +20,7 @@ from components.schedules import (SCHEDULES, fibonacci, noise_levels, resolve_sc
 from components.spaces import SPACES
 from components.upsampler import UPSAMPLERS, GaussianUpsampler, RepeatUpsampler
 from components.validation import validate_model_config
-from experiments.schedule_files import load_schedule_file, resolve_schedule
+from experiments.config.schedules import load_schedule_file, resolve_schedule
 
 
 

@@ -11,13 +11,13 @@ import soundfile
 from praatio import textgrid
 from scipy.signal import resample_poly
 
-from experiments.textgrid import read_phone_intervals
-from experiments import corpus_read
+from experiments.corpus.textgrid import read_phone_intervals
+from experiments.corpus import read
 from experiments.cli import main
-from experiments.config import DataConfig, InputError
-from experiments.corpus import load_dataset
-from experiments.corpus_read import read_corpus
-from experiments.corpus_types import PAD, SILENCE, Dataset, PhonemeVocab, split_of
+from experiments.config.run import DataConfig, InputError
+from experiments.corpus.dataset import load_dataset
+from experiments.corpus.read import read_corpus
+from experiments.corpus.types import PAD, SILENCE, Dataset, PhonemeVocab, split_of
 
 SR, HOP = 22050, 300
 
@@ -302,8 +302,8 @@ def test_cache_is_reused_and_invalidated(corpus_dir: Path, tmp_path: Path, monke
     assert isinstance(first, Dataset) and uncached == first  # from cache == from scratch
 
     reads = []
-    real = corpus_read._read_one
-    monkeypatch.setattr(corpus_read, "_read_one", lambda *a: reads.append(a) or real(*a))
+    real = read._read_one
+    monkeypatch.setattr(read, "_read_one", lambda *a: reads.append(a) or real(*a))
     assert load_dataset(cfg, progress=False) == first and reads == []  # served from the cache
 
     path = root / "wavs" / f"{uid(1)}.wav"

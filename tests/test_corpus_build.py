@@ -10,13 +10,13 @@ import pytest
 import soundfile
 from praatio import textgrid
 
-from experiments import corpus_build
+from experiments.corpus import build
 from experiments.cli import main
-from experiments.config import InputError
-from experiments.corpus_read import read_corpus
-from experiments.corpus_types import SILENCE
-from experiments.corpus_build import MARKER, build_corpus, corpus_content_hash, harvard_sentences
-from experiments.espeak import LINK, synthesize, text_to_phonemes
+from experiments.config.run import InputError
+from experiments.corpus.read import read_corpus
+from experiments.corpus.types import SILENCE
+from experiments.corpus.build import MARKER, build_corpus, corpus_content_hash, harvard_sentences
+from experiments.corpus.espeak import LINK, synthesize, text_to_phonemes
 
 
 def test_segments_cover_the_audio_exactly():
@@ -105,13 +105,13 @@ def test_quiet_silences_info_messages(corpus_dir: Path, capsys):
 
 def test_interrupted_rebuild_never_looks_complete_and_resumes(tmp_path: Path, monkeypatch):
     out = build_corpus(tmp_path / "c", limit=2, workers=1, progress=False)
-    real = corpus_build._synthesize
+    real = build._synthesize
 
     def interrupted(jobs, voice, workers, progress):
         real(jobs[:2], voice, workers, progress)
         raise KeyboardInterrupt  # as if Ctrl-C arrived after two utterances
 
-    monkeypatch.setattr(corpus_build, "_synthesize", interrupted)
+    monkeypatch.setattr(build, "_synthesize", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_corpus(out, limit=5, workers=1, progress=False)
     # the old corpus is untouched and complete; the new one is only a .partial without a marker
@@ -125,7 +125,7 @@ def test_interrupted_rebuild_never_looks_complete_and_resumes(tmp_path: Path, mo
         done.append(len(jobs))
         real(jobs, voice, workers, progress)
 
-    monkeypatch.setattr(corpus_build, "_synthesize", counting)
+    monkeypatch.setattr(build, "_synthesize", counting)
     build_corpus(out, limit=5, workers=1, progress=False)
     assert done == [3]  # only what the interrupted run had not finished
     marker = json.loads((out / MARKER).read_text())

@@ -12,8 +12,8 @@ import soundfile
 
 from conftest import tiny_tables
 from experiments.cli import main
-from experiments.corpus_read import read_corpus
-from experiments.textgrid import read_phone_tier
+from experiments.corpus.read import read_corpus
+from experiments.corpus.textgrid import read_phone_tier
 from test_corpus import copy_corpus as copy_three  # the same copier, one place
 
 SR = 22050
@@ -191,7 +191,7 @@ def tiny_grid(corpus_dir: Path, tmp_path: Path, monkeypatch) -> Path:
     """A one-cell grid of the tiny model on the session corpus, with its own MLflow SQLite store and runs folder."""
     import json
 
-    from experiments.config_identity import _toml_value
+    from experiments.config.identity import _toml_value
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -249,7 +249,7 @@ def test_cell_whose_artifact_upload_fails_ends_failed_and_so_does_the_parent(tin
 
 def test_parent_whose_artifact_upload_fails_ends_failed_with_the_reason(tiny_grid: Path, monkeypatch):
     from evaluation.runs import TAG_END_REASON
-    from experiments.grid import run_grid
+    from experiments.grid.run import run_grid
 
     _refuse_uploads(monkeypatch, "grid")
     with pytest.raises(OSError, match="artifact store refused"):
@@ -262,14 +262,15 @@ def test_parent_whose_artifact_upload_fails_ends_failed_with_the_reason(tiny_gri
 
 def test_interrupted_grid_ends_cell_and_parent_killed(tiny_grid: Path, monkeypatch):
     from evaluation.runs import TAG_END_REASON
-    from experiments import grid, grid_cell
+    import experiments.grid.cell
+    from experiments.grid.run import run_grid
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(grid_cell, "_execute", interrupt)
+    monkeypatch.setattr(experiments.grid.cell, "_execute", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        grid.run_grid(tiny_grid, device="cpu", progress=False)
+        run_grid(tiny_grid, device="cpu", progress=False)
     (cell,) = _runs_by_kind("cell")
     (parent,) = _runs_by_kind("grid")
     for run in (cell, parent):
@@ -278,14 +279,15 @@ def test_interrupted_grid_ends_cell_and_parent_killed(tiny_grid: Path, monkeypat
 
 
 def test_compare_names_how_and_why_unfinished_cells_and_the_parent_ended(tiny_grid: Path, monkeypatch, capsys):
-    from experiments import grid, grid_cell
+    import experiments.grid.cell
+    from experiments.grid.run import run_grid
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(grid_cell, "_execute", interrupt)
+    monkeypatch.setattr(experiments.grid.cell, "_execute", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        grid.run_grid(tiny_grid, device="cpu", progress=False)
+        run_grid(tiny_grid, device="cpu", progress=False)
     assert main(["compare", str(tiny_grid), "--out", "report"]) == 0
     assert "1 failed" in capsys.readouterr().err  # status lines go through logging to stderr
     md = (Path("report") / "report.md").read_text()
@@ -296,15 +298,15 @@ def test_compare_names_how_and_why_unfinished_cells_and_the_parent_ended(tiny_gr
 # ----------------------------------------------------------------------------- MLflow: a store that cannot be written
 
 def test_unwritable_store_exits_2_before_any_training(tiny_grid: Path, tmp_path: Path, monkeypatch, capsys):
-    import experiments.grid
-    import experiments.train
+    import experiments.grid.run
+    import experiments.train.loop
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a regular file where the store's folder should be")  # root ignores permissions; this not
     db = blocker / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    monkeypatch.setattr(experiments.train, "train", lambda *a, **k: pytest.fail("trained before the preflight"))
-    monkeypatch.setattr(experiments.grid, "check_windows", lambda *a, **k: pytest.fail("read data first"))
+    monkeypatch.setattr(experiments.train.loop, "train", lambda *a, **k: pytest.fail("trained before the preflight"))
+    monkeypatch.setattr(experiments.grid.run, "check_windows", lambda *a, **k: pytest.fail("read data first"))
     assert main(["grid", str(tiny_grid), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert f"cannot write the MLflow store at {db} (set MLFLOW_TRACKING_URI or fix permissions)" in err, err
@@ -312,27 +314,27 @@ def test_unwritable_store_exits_2_before_any_training(tiny_grid: Path, tmp_path:
 
 
 def test_sqlite_unable_to_open_becomes_the_store_message(tmp_path: Path, monkeypatch):
-    from experiments import tracking
-    from experiments.config import InputError
+    from experiments.tracking import store
+    from experiments.config.run import InputError
 
     db = tmp_path / "mlflow.db"
     db.mkdir()  # sqlite: "unable to open database file"
-    monkeypatch.setattr(tracking, "check_store_writable", lambda uri=None: None)  # reach sqlalchemy's own error
+    monkeypatch.setattr(store, "check_store_writable", lambda uri=None: None)  # reach sqlalchemy's own error
     with pytest.raises(InputError, match=r"cannot write the MLflow store at .*mlflow\.db \(set MLFLOW_TRACKING_URI"):
-        tracking.ensure_store(f"sqlite:///{db}")
+        store.ensure_store(f"sqlite:///{db}")
     monkeypatch.undo()
     with pytest.raises(InputError, match="cannot write the MLflow store at"):
-        tracking.check_store_writable(f"sqlite:///{db}")
+        store.check_store_writable(f"sqlite:///{db}")
 
 
 def _open_store(uri: str, start: float) -> str:
     import time
 
-    from experiments import tracking
+    from experiments.tracking import store
 
     time.sleep(max(0.0, start - time.time()))  # all at once
     try:
-        tracking.ensure_store(uri)
+        store.ensure_store(uri)
     except Exception as err:  # noqa: BLE001 - reported to the test
         return f"{type(err).__name__}: {str(err).splitlines()[0]}"
     return "ok"
@@ -359,11 +361,11 @@ def test_two_cells_recording_one_corpus_at_once_both_get_it_as_their_input(tmp_p
     lookup and insert. The loser links the row that exists; the plain call (the code before) fails."""
     from mlflow.exceptions import MlflowException
 
-    from experiments import run_records, tracking
+    from experiments.tracking import records, store
 
-    uri = tracking.ensure_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = tracking.get_or_create_experiment("race", uri=uri)
-    mlf = tracking.client(uri)
+    uri = store.ensure_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = store.get_or_create_experiment("race", uri=uri)
+    mlf = store.client(uri)
     real, corpus = mlf.log_inputs, str(tmp_path / "harvard")
 
     def race(winner: str, loser: str):
@@ -373,7 +375,7 @@ def test_two_cells_recording_one_corpus_at_once_both_get_it_as_their_input(tmp_p
             if run_id == loser and not state["raced"]:  # the winner's insert lands first; this one collides
                 state["raced"] = True
                 mlf.log_inputs = real
-                run_records.log_corpus_input(mlf, winner, corpus, "ab" * 32)
+                records.log_corpus_input(mlf, winner, corpus, "ab" * 32)
                 mlf.log_inputs = log_inputs
                 raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
                                       "datasets.name, datasets.digest")
@@ -382,7 +384,7 @@ def test_two_cells_recording_one_corpus_at_once_both_get_it_as_their_input(tmp_p
 
     winner, loser = (mlf.create_run(exp).info.run_id for _ in range(2))
     mlf.log_inputs = race(winner, loser)
-    run_records.log_corpus_input(mlf, loser, corpus, "ab" * 32)
+    records.log_corpus_input(mlf, loser, corpus, "ab" * 32)
     for run_id in (winner, loser):
         (given,) = mlf.get_run(run_id).inputs.dataset_inputs
         assert given.dataset.digest == ("ab" * 32)[:36]

@@ -6,7 +6,7 @@ import json
 
 
 from experiments.cli import main
-from experiments.evaluate import FREE_RUNNING, pick_utterances
+from experiments.infer.evaluate import FREE_RUNNING, pick_utterances
 
 
 def test_eval_scores_every_utterance_once_per_metric_and_writes_its_files(tiny_checkpoint, tmp_path, capsys):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import corpus_build
+from experiments.corpus import build
 from experiments.cli import main
-from experiments.corpus_build import IN_PROGRESS, MARKER
+from experiments.corpus.build import IN_PROGRESS, MARKER
 
 
 # ----------------------------------------------------------------------------- `wg2 corpus build`: folders in the way
@@ -19,7 +19,7 @@ from experiments.corpus_build import IN_PROGRESS, MARKER
 def _no_synthesis(monkeypatch) -> list:
     """Replace synthesis with a recorder: a refused build must stop before any of it."""
     calls: list = []
-    monkeypatch.setattr(corpus_build, "_synthesize", lambda jobs, *a: calls.append(len(jobs)))
+    monkeypatch.setattr(build, "_synthesize", lambda jobs, *a: calls.append(len(jobs)))
     return calls
 
 
@@ -56,17 +56,17 @@ def test_our_partial_folder_is_marked_from_its_creation_and_replaced_for_other_s
         seen.append(sorted(p.name for p in partial.iterdir()))  # what a crash here would leave
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(corpus_build, "_synthesize", interrupted)
+    monkeypatch.setattr(build, "_synthesize", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        corpus_build.build_corpus(out, limit=2, workers=1, progress=False)
+        build.build_corpus(out, limit=2, workers=1, progress=False)
     assert seen == [sorted([IN_PROGRESS, "wavs", "alignments"])]
     assert json.loads((partial / IN_PROGRESS).read_text())["count"] == 2
     (partial / "wavs" / "harvard-001.wav").write_bytes(b"half")  # a leftover of the interrupted build
     calls = _no_synthesis(monkeypatch)
-    corpus_build.build_corpus(out, limit=1, workers=1, progress=False)  # other settings: the partial is ours
+    build.build_corpus(out, limit=1, workers=1, progress=False)  # other settings: the partial is ours
     assert calls == [1] and not partial.exists()
     marker = json.loads((out / MARKER).read_text())
-    assert marker["count"] == 1 and marker["content_hash"] == corpus_build.corpus_content_hash(out)
+    assert marker["count"] == 1 and marker["content_hash"] == build.corpus_content_hash(out)
     assert not (out / IN_PROGRESS).exists() and not (out / "wavs" / "harvard-001.wav").exists()
 
 
@@ -121,12 +121,15 @@ def _one_line_naming(err: str, path: Path) -> str:
 
 def _no_data(monkeypatch) -> None:
     """Reading the corpus is the first expensive step: a preflight failure must come before it."""
-    import experiments.corpus
+    import experiments.corpus.dataset
+    import experiments.infer.command
+    import experiments.train.command
 
     def refuse(*args, **kwargs):
         raise AssertionError("the corpus was read before the preflight checks")
 
-    monkeypatch.setattr(experiments.corpus, "load_dataset", refuse)
+    for module in (experiments.corpus.dataset, experiments.infer.command, experiments.train.command):  # imported by name
+        monkeypatch.setattr(module, "load_dataset", refuse)
 
 
 def test_train_refuses_an_unwritable_run_folder_before_reading_data(trained, tmp_path: Path, monkeypatch, capsys):
@@ -142,19 +145,19 @@ def test_train_refuses_an_unwritable_run_folder_before_reading_data(trained, tmp
 
 
 def test_eval_refuses_an_unwritable_out_folder_before_loading(trained, tmp_path: Path, monkeypatch, capsys):
-    import experiments.synth
+    import experiments.infer.synth
 
     _, checkpoint = trained
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me")
-    monkeypatch.setattr(experiments.synth, "load_checkpoint", lambda *a, **k: pytest.fail("loaded first"))
+    monkeypatch.setattr(experiments.infer.synth, "load_checkpoint", lambda *a, **k: pytest.fail("loaded first"))
     assert main(["eval", str(checkpoint), "--device", "cpu", "--out", str(blocker / "eval")]) == 2
     line = _one_line_naming(capsys.readouterr().err, blocker / "eval")
     assert "--out folder is not writable" in line and blocker.read_text() == "keep me"
 
 
 def test_check_writable_leaves_no_trace(tmp_path: Path):
-    from experiments.runtime import check_writable
+    from experiments.train.runtime import check_writable
 
     check_writable(tmp_path / "a" / "b" / "c")
     check_writable(tmp_path)
@@ -163,12 +166,12 @@ def test_check_writable_leaves_no_trace(tmp_path: Path):
 
 def test_grid_refuses_a_cell_with_an_empty_eval_split_before_any_training(corpus_dir: Path, tmp_path: Path,
                                                                           monkeypatch, capsys):
-    import experiments.train
+    import experiments.train.loop
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("WG2_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setattr(experiments.train, "train", lambda *a, **k: pytest.fail("trained before the check"))
+    monkeypatch.setattr(experiments.train.loop, "train", lambda *a, **k: pytest.fail("trained before the check"))
     base = run_toml(str(corpus_dir), str(tmp_path / "cache")).replace("test_fraction = 0.1", "test_fraction = 0.0")
     base = base.replace("[data]", "[base.data]").replace("[model]", "[base.model]").replace(
         "[train]", "[base.train]").replace("[eval]", "[base.eval]")
@@ -353,7 +356,7 @@ def test_search_download_killed_midway_leaves_no_truncated_cached_checkpoint(tmp
     under the cached name and take it for the model."""
     import mlflow.artifacts
 
-    from experiments.store_checkpoints import resolve_checkpoint as resolve_model
+    from experiments.train.store_checkpoints import resolve_checkpoint as resolve_model
 
     monkeypatch.chdir(tmp_path)
 
@@ -380,8 +383,8 @@ def test_search_download_killed_midway_leaves_no_truncated_cached_checkpoint(tmp
 def test_grid_reading_a_truncated_checkpoint_for_its_autoencoder_run_names_the_file(trained, tmp_path: Path):
     from types import SimpleNamespace
 
-    from experiments.config import InputError
-    from experiments.grid_cell import _autoencoder_run
+    from experiments.config.run import InputError
+    from experiments.grid.cell import _autoencoder_run
 
     bad = _truncated(trained[1], tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(InputError) as caught:
@@ -400,8 +403,8 @@ def test_cached_autoencoder_that_is_damaged_is_refused_in_one_line_naming_it(dam
 
     from components.autoencoder import AUTOENCODERS
     from components.configs import AutoencoderConfig
-    from experiments.autoencoder_stage import autoencoder_key, ensure_autoencoder
-    from experiments.config import InputError, RunConfig, load_config
+    from experiments.train.autoencoder import autoencoder_key, ensure_autoencoder
+    from experiments.config.run import InputError, RunConfig, load_config
 
     base = load_config(None, [])
     config = dataclasses.replace(base, data=dataclasses.replace(base.data, cache_dir=str(tmp_path / "cache")),

@@ -15,10 +15,10 @@ import torch
 
 from conftest import tiny_tables
 from experiments.cli import main
-from experiments.config import ConfigError
-from experiments.config_identity import _toml_value
-from experiments.grid import run_grid
-from experiments.grid_file import load_grid
+from experiments.config.run import ConfigError
+from experiments.config.identity import _toml_value
+from experiments.grid.run import run_grid
+from experiments.grid.file import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -276,7 +276,7 @@ def test_sigterm_ends_the_parent_and_its_cells_killed_with_the_signal_as_reason(
 
     # the check fails without the handler: SIGTERM kills the parent outright, its workers follow it, and
     # the parent and the cells stay RUNNING until a rerun
-    broken = ("import sys, experiments.workers as w; w.raise_on_sigterm = lambda: None; "
+    broken = ("import sys, experiments.tracking.ending as w; w.raise_on_sigterm = lambda: None; "
               "from experiments.cli import main; sys.exit(main(sys.argv[1:]))")
     base = tiny_base(data_table, train={"steps": 400, "learning_rate": 2e-3})  # other cells, other run folders
     path = write(workdir / "h.toml", grid_text("unhandled", base, {"model.upsampler": ["gaussian", "repeat"]}))
@@ -291,12 +291,12 @@ def test_claims_skip_live_holders_take_over_dead_ones_and_settle_races(workdir: 
     import socket
 
     from evaluation.runs import TAG_HEARTBEAT, TAG_OWNER
-    from experiments import claims, tracking
+    from experiments.tracking import claims, store
 
-    uri = tracking.ensure_store()
-    exp = tracking.get_or_create_experiment("claims", uri=uri)
-    assert tracking.get_or_create_experiment("claims", uri=uri) == exp
-    mlf = tracking.client(uri)
+    uri = store.ensure_store()
+    exp = store.get_or_create_experiment("claims", uri=uri)
+    assert store.get_or_create_experiment("claims", uri=uri) == exp
+    mlf = store.client(uri)
 
     def create(tags: dict, start_time: int | None = None) -> str:
         return mlf.create_run(exp, start_time=start_time, tags=tags).info.run_id

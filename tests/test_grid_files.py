@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
-from experiments.grid_file import load_grid
+from experiments.grid.file import load_grid
 
 GRIDS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "grids").glob("*.toml"))
 PAPER_GRIDS = ("quickstart", "upsampling", "window", "decoder-width", "zoneout", "schedules")

@@ -1,5 +1,5 @@
 """`wg2 grid --dry-run` prices a grid in GPU-hours per cell and in total, naming each price's source; the FLOP
-counts behind it follow the real training step's shapes (experiments/step_flops.py, experiments/grid_pricing.py)."""
+counts behind it follow the real training step's shapes (experiments/infer/step_flops.py, experiments/grid/pricing.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,11 +16,11 @@ from components.durations import DurationPredictor
 from components.model import WaveGrad2
 from evaluation.signal_features import N_MELS
 from experiments.cli import main
-from experiments.config import RunConfig
-from experiments.grid_file import load_grid
-from experiments.grid_pricing import GPUS, Pricing, price_grid
-from experiments.schedule_files import resolve_schedule
-from experiments.step_flops import FRAMES_PER_TOKEN, UTTERANCE_TOKENS, VOCAB, training_step_flops
+from experiments.config.run import RunConfig
+from experiments.grid.file import load_grid
+from experiments.grid.pricing import GPUS, Pricing, price_grid
+from experiments.config.schedules import resolve_schedule
+from experiments.infer.step_flops import FRAMES_PER_TOKEN, UTTERANCE_TOKENS, VOCAB, training_step_flops
 from tests.conftest import tiny_model
 
 GRIDS = Path(__file__).resolve().parents[1] / "experiments" / "grids"
@@ -118,7 +118,7 @@ def test_cells_sharing_a_training_are_charged_it_once(tmp_path: Path):
 
 
 def _real_step_flops(config: RunConfig) -> int:
-    """FLOPs of the real training step on CPU tensors (the calls of experiments/train.py), for comparison."""
+    """FLOPs of the real training step on CPU tensors (the calls of experiments/train/loop.py), for comparison."""
     torch.manual_seed(0)
     model = WaveGrad2(config.model, VOCAB).train()
     batch, window = config.train.batch_size, config.train.window_frames

@@ -63,7 +63,7 @@ def test_empty_schedule_list_is_refused(tmp_path: Path, capsys):
 
 
 def test_shipped_configs_pass_the_numeric_checks():
-    from experiments.config import load_config
+    from experiments.config.run import load_config
 
     paths = sorted((Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.toml"))
     assert paths, "no shipped run configs found"
@@ -72,8 +72,8 @@ def test_shipped_configs_pass_the_numeric_checks():
 
 
 def test_a_retired_key_is_read_and_dropped(tmp_path: Path):
-    from experiments.config import load_config
-    from experiments.config_identity import config_hash
+    from experiments.config.run import load_config
+    from experiments.config.identity import config_hash
 
     old = tmp_path / "old.toml"  # a config (or checkpoint) from when train.num_workers existed
     old.write_text("[train]\nsteps = 7\nnum_workers = 2\n")

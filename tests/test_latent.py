@@ -7,10 +7,10 @@ import pytest
 
 from conftest import tiny_model
 from components.configs import AutoencoderConfig
-from experiments.config import ConfigError, EvalConfig, RunConfig, TrainConfig, load_config, validate
-from experiments.evaluate import evaluate
-from experiments.synth import load_checkpoint
-from experiments.train import train
+from experiments.config.run import ConfigError, EvalConfig, RunConfig, TrainConfig, load_config, validate
+from experiments.infer.evaluate import evaluate
+from experiments.infer.synth import load_checkpoint
+from experiments.train.loop import train
 
 
 @pytest.fixture

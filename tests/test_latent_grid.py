@@ -7,9 +7,9 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from conftest import tiny_tables
-from evaluation.compare import compare
-from experiments.config_identity import _toml_value
-from experiments.grid import run_grid
+from evaluation.compare.build import compare
+from experiments.config.identity import _toml_value
+from experiments.grid.run import run_grid
 
 REPO = Path(__file__).resolve().parents[1]
 

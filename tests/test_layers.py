@@ -2,7 +2,10 @@
 cycles. Read with `ast` (nothing is imported), so every import counts, also those inside functions: a cycle
 closed by a function-level import is a cycle too. Importing a.b.c runs the __init__ of a and a.b first, so an
 import also reaches the packages above what it names (those that do not hold the importing module), and a
-module that imports names from its own package's __init__ reaches that __init__."""
+module that imports names from its own package's __init__ reaches that __init__.
+
+Inside experiments/ the jobs are packages in one order, each importing only those before it (cli.py, at the top,
+imports any): config <- corpus <- tracking <- train <- infer <- grid <- search."""
 from __future__ import annotations
 
 import ast
@@ -13,6 +16,8 @@ PACKAGES = ("components", "evaluation", "experiments")
 # what each package must not import, anywhere in it (inside functions too)
 FORBIDDEN = {"components": ("evaluation", "experiments", "mlflow", "optuna"),
              "evaluation": ("experiments",)}
+# experiments' job packages, lowest first: each may import only itself and those before it
+JOBS = ("config", "corpus", "tracking", "train", "infer", "grid", "search")
 
 
 INIT = ".__init__"  # our_sources' suffix for a package's __init__ when a test names it (see _package_of)
@@ -80,6 +85,16 @@ def _reached(module: str, name: str, known: set[str]) -> set[str]:
     return out
 
 
+def _later_job(module: str, name: str) -> str | None:
+    """The job package `name` belongs to when it comes after `module`'s own job (see JOBS), else None."""
+    mine, theirs = module.split("."), name.split(".")
+    if len(mine) < 2 or len(theirs) < 2 or mine[0] != "experiments" or theirs[0] != "experiments":
+        return None
+    if mine[1] not in JOBS or theirs[1] not in JOBS:
+        return None
+    return theirs[1] if JOBS.index(theirs[1]) > JOBS.index(mine[1]) else None
+
+
 def check(sources: dict[str, str]) -> list[str]:
     """Problems: forbidden imports (by layer) and cycles in the import graph of these modules, function-level
     imports and the package __init__s an import runs included."""
@@ -94,6 +109,10 @@ def check(sources: dict[str, str]) -> list[str]:
             if bad:
                 problems.append(f"{module} imports {name} ({'module level' if top else 'inside a function'}); "
                                 f"{module.split('.')[0]} must not import {bad}")
+            late = _later_job(module, name)
+            if late:
+                problems.append(f"{module} imports {name}: {module.split('.')[1]} must not import {late}, a later "
+                                f"job ({' <- '.join(JOBS)})")
             graph[module] |= _reached(module, name, known)
     problems.extend(f"import cycle: {' -> '.join(c)}" for c in _cycles(graph))
     return problems
@@ -161,6 +180,10 @@ def test_the_checker_finds_bad_imports_and_cycles():
         "experiments.d": "import experiments.c\n",
         "experiments.e": "def f():\n    import experiments.f\n",  # a cycle closed inside a function
         "experiments.f": "import experiments.e\n",
+        # job order: train may import tracking, not infer (not even inside a function)
+        "experiments.train.loop": "from experiments.tracking.store import client\n\ndef f():\n"
+                                  "    from experiments.infer.synth import x\n",
+        "experiments.infer.synth": "x = 1\n",
     }
     problems = check(sources)
     assert "components.a imports mlflow (module level); components must not import mlflow" in problems
@@ -170,7 +193,9 @@ def test_the_checker_finds_bad_imports_and_cycles():
             in problems)
     assert "import cycle: experiments.c -> experiments.d -> experiments.c" in problems
     assert "import cycle: experiments.e -> experiments.f -> experiments.e" in problems
-    assert len(problems) == 5, problems
+    assert ("experiments.train.loop imports experiments.infer.synth: train must not import infer, a later job "
+            "(config <- corpus <- tracking <- train <- infer <- grid <- search)") in problems
+    assert len(problems) == 6, problems
 
 
 def test_the_checker_finds_cycles_through_package_inits():
@@ -196,5 +221,5 @@ def test_the_checker_finds_cycles_through_package_inits():
 
 def test_layers_point_one_way_and_there_are_no_cycles():
     sources = our_sources()
-    assert {"components.model", "evaluation.compare", "experiments.cli"} <= set(sources)
+    assert {"components.model", "evaluation.compare.build", "experiments.cli"} <= set(sources)
     assert check(sources) == []

@@ -19,10 +19,10 @@ from components.configs import ModelConfig
 from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
 from evaluation.scoring import score_pair
-from experiments.config import RunConfig, TrainConfig
-from experiments.corpus import load_dataset
-from experiments.synth import load_checkpoint, synthesize
-from experiments.train import train
+from experiments.config.run import RunConfig, TrainConfig
+from experiments.corpus.dataset import load_dataset
+from experiments.infer.synth import load_checkpoint, synthesize
+from experiments.train.loop import train
 
 STEPS = 500
 GAIN_BAR = 1.1  # conditioning gain on the utterance itself (EMA weights)

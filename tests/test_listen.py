@@ -1,4 +1,4 @@
-"""listen.html (evaluation/listen.py): every file it references exists and plays, and in a real headless browser
+"""listen.html (evaluation/compare/listen.py): every file it references exists and plays, and in a real headless browser
 (chromium) every <audio> loads its metadata and the blind A/B labels stay hidden until Reveal is clicked."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from evaluation.listen import FREE, GT, ListenCell, write_listen_page
+from evaluation.compare.listen import FREE, GT, ListenCell, write_listen_page
 
 RATE = 16000
 UTTS = ["harvard-01-01", "harvard-01-02"]

@@ -10,8 +10,8 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 
-from evaluation.compare_data import current_metric_name  # noqa: E402
-from evaluation.compare_mlflow import read_grid  # noqa: E402
+from evaluation.compare.data import current_metric_name  # noqa: E402
+from evaluation.compare.mlflow import read_grid  # noqa: E402
 from evaluation.metrics import METRICS  # noqa: E402
 
 

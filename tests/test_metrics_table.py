@@ -45,10 +45,10 @@ def test_a_changed_table_entry_makes_the_readme_check_fail(monkeypatch):
 
 
 def test_everything_derived_follows_the_tables():
-    from evaluation.compare_report import QUALITY
-    from evaluation.compare_data import direction
+    from evaluation.compare.report import QUALITY
+    from evaluation.compare.data import direction
     from evaluation.conditioning import GAIN_KEY
-    from experiments.evaluate import FREE_RUNNING
+    from experiments.infer.evaluate import FREE_RUNNING
 
     assert QUALITY == ("pesq_wb", "stoi", "estoi", "mel_cd", "mel_cd_dtw")
     assert FREE_RUNNING == {"mel_cd_dtw", "length_ratio"}
@@ -67,7 +67,7 @@ def test_a_metric_is_one_table_entry(monkeypatch):
     import numpy as np
 
     from evaluation import metrics, scoring
-    from evaluation.compare_data import direction
+    from evaluation.compare.data import direction
 
     peak = metrics.MetricInfo(description="peak level", low=0.0, high=1.0, better="lower",
                               eval_pass=metrics.ON_FREE_RUNNING, compute=lambda p: float(np.max(np.abs(p.degraded))))

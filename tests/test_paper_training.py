@@ -17,12 +17,12 @@ from components import schedules
 from components.model import WaveGrad2
 from components.schedules import check_schedule, noise_levels, resolve_schedule_name, start_snr_db
 from experiments.cli import main
-from experiments.config import DataConfig, RunConfig, load_config, signal_std_of
-from experiments.corpus import load_dataset
-from experiments.grid_file import load_grid
-from experiments.schedule_files import resolve_schedule
-from experiments.synth import LoadedModel, load_checkpoint, synthesize
-from experiments.train import EMA, signal_scale, train
+from experiments.config.run import DataConfig, RunConfig, load_config, signal_std_of
+from experiments.corpus.dataset import load_dataset
+from experiments.grid.file import load_grid
+from experiments.config.schedules import resolve_schedule
+from experiments.infer.synth import LoadedModel, load_checkpoint, synthesize
+from experiments.train.loop import EMA, signal_scale, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "experiments" / "configs" / "base.toml"
@@ -130,7 +130,7 @@ def test_ema_update_warms_up_its_decay_and_copies_integer_buffers():
 def runs(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two runs of the tiny preset, 2 steps each, from one dataset: the paper's loss (mel_loss_weight 0, no EMA) and
     the departures (mel_loss_weight 1, EMA 0.999). Records how often mel targets were computed for each."""
-    import experiments.train as train_module
+    import experiments.train.loop as train_module
 
     root = tmp_path_factory.mktemp("paper-loss")
     data = DataConfig(root=str(corpus_dir), cache_dir=str(root / "cache"), val_fraction=0.3, test_fraction=0.1)
@@ -185,7 +185,7 @@ def test_eval_loads_the_weights_asked_for_and_falls_back_to_raw_without_an_ema(r
         check_loads(lambda path, device, weights: load_checkpoint(path, device, "raw"), ema_run)  # raw when ema asked
     with pytest.raises(AssertionError):  # `wg2 eval` ignoring the checkpoint's eval.weights (logged as raw, ran ema)
         check_loads(lambda path, device, weights: load_checkpoint(path, device, weights or "ema"), raw_run)
-    # a grid cell passes its eval.weights (experiments/grid_cell.py); the key is checked at load
+    # a grid cell passes its eval.weights (experiments/grid/cell.py); the key is checked at load
     assert load_config(TINY_PRESET, ["eval.weights=raw"]).eval.weights == "raw"
     with pytest.raises(ValueError, match=r"eval.weights = 'average'; allowed: ema, raw"):
         load_config(TINY_PRESET, ["eval.weights=average"])

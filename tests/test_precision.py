@@ -12,11 +12,11 @@ import torch
 
 from conftest import tiny_model
 from components.schedules import resolve_schedule_name
-from experiments.config import ConfigError, EvalConfig, RunConfig, TrainConfig, config_from_dict, flatten, load_config, to_dict, validate
-from experiments.config_identity import config_hash
-from experiments.precision import (CPU_BF16_FLAGS, cpu_flags, precision_name, resolve_precision, set_threads)
-from experiments.synth import load_checkpoint, synthesize
-from experiments.train import train
+from experiments.config.run import ConfigError, EvalConfig, RunConfig, TrainConfig, config_from_dict, flatten, load_config, to_dict, validate
+from experiments.config.identity import config_hash
+from experiments.train.precision import (CPU_BF16_FLAGS, cpu_flags, precision_name, resolve_precision, set_threads)
+from experiments.infer.synth import load_checkpoint, synthesize
+from experiments.train.loop import train
 
 TINY_MODEL = tiny_model(zoneout=0.1)  # the ZoneOut path trained too
 
@@ -36,7 +36,7 @@ def test_bf16_tiny_model_trains_and_samples_finite_audio_on_cpu(data_config, tmp
     assert state["precision"] == "bf16"
 
     loaded = load_checkpoint(result.checkpoint, device="cpu")
-    from experiments.corpus import load_dataset
+    from experiments.corpus.dataset import load_dataset
     dataset = load_dataset(data_config, progress=False)
     utterances = dataset.val[:2]
     ids = [loaded.vocab.encode(u.phonemes) for u in utterances]

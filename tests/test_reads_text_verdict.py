@@ -1,8 +1,8 @@
 """The report's verdict on whether a cell reads its text: per seed's model, not on the across-seed interval."""
 from __future__ import annotations
 
-from evaluation.compare_data import CellRow, Stat
-from evaluation.compare_report import cell_reads_text
+from evaluation.compare.data import CellRow, Stat
+from evaluation.compare.report import cell_reads_text
 from evaluation.conditioning import GAIN_KEY, reads_text
 
 

@@ -22,12 +22,12 @@ from evaluation.stats import paired_difference
 from experiments.search.evaluator import REPORT_NOISE_OFFSET, Evaluator, load_evaluators, per_utterance
 from experiments.search.queue import top_up
 from experiments.search.spec import SearchSpec, default_study_name, spec_from_args
-from experiments.store_checkpoints import resolve_checkpoint
-from experiments.search.tracking import EXPERIMENT
-from experiments.search.trial import BASELINE, OWNER, TICKET
+from experiments.train.store_checkpoints import resolve_checkpoint
+from evaluation.runs import EXPERIMENT_SEARCH
+from experiments.search.keys import BASELINE, OWNER, TICKET
 from experiments.cli import build_parser, main
-from experiments.config import InputError
-from experiments.schedule_files import load_schedule_file
+from experiments.config.run import InputError
+from experiments.config.schedules import load_schedule_file
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -58,7 +58,7 @@ def trial_runs(uri: str, study: str) -> list:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp = client.get_experiment_by_name(EXPERIMENT_SEARCH)
     return client.search_runs([exp.experiment_id], f"tags.`wg2.kind` = 'trial' and tags.`wg2.study` = '{study}'")
 
 
@@ -189,7 +189,7 @@ def test_reported_numbers_are_measured_on_the_held_out_utterances_only(searched)
     `reported_on`, a set disjoint from `selected_on` (where the trials chose) with noise seeds of its own: each number
     is reproduced by scoring there again, and the same numbers taken on the selection set (the biased report this
     replaces) do not match them. The trials' own values are kept, labelled, under "selection"."""
-    from experiments.synth import diagnose
+    from experiments.infer.synth import diagnose
 
     doc = json.loads(searched.file.read_text())
     ev, reporter = load_evaluators(searched.spec)
@@ -253,7 +253,7 @@ def test_resume_with_other_settings_is_refused(searched, tiny_checkpoint, capsys
 # ----------------------------------------------------------------------------- failures and pruning
 
 def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tiny_checkpoint, workdir, monkeypatch):
-    from experiments import synth
+    from experiments.infer import synth
 
     real = synth.synthesize
     schedules = {b.name: b.betas for b in space.baselines(6)}
@@ -293,7 +293,7 @@ def test_median_pruner_stops_trials_in_a_region_of_tiny_betas(tiny_checkpoint, w
     """Three good enqueued baselines complete; then schedules whose betas are all tiny (the output stays the
     initial noise) are worse on log-mel distance after their first utterance and get pruned there. (The schedule
     check would prune these before scoring them, test_search_sets.py; here it is off: the pruner is the subject.)"""
-    from experiments import synth
+    from experiments.infer import synth
 
     monkeypatch.setattr(synth, "check_loaded_schedule", lambda loaded, betas, source: None)
     spec = make_spec(tiny_checkpoint, "--steps", "6", "--trials", "3", "--objective", "log_mel_distance",
@@ -332,7 +332,7 @@ def test_multi_objective_search_writes_one_schedule_per_step_count_on_the_front(
     from mlflow import MlflowClient
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    parent = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+    parent = client.search_runs([client.get_experiment_by_name(EXPERIMENT_SEARCH).experiment_id],
                                 "tags.`wg2.kind` = 'search'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
@@ -419,7 +419,7 @@ def test_backfill_leaves_a_trial_of_a_live_worker_to_it(tmp_path, monkeypatch):
     logged: list[int] = []
     monkeypatch.setattr(search_tracking.TrialLogger, "log", lambda self, t: logged.append(t.number))
     monkeypatch.setattr(search_tracking, "search_all_runs", lambda *args, **kwargs: [])
-    monkeypatch.setattr(search_tracking.tracking, "client", lambda uri: None)
+    monkeypatch.setattr(search_tracking.store, "client", lambda uri: None)
     ctx = search_tracking.TrackingContext("sqlite:///unused.db", "0", "parent", "key")
     assert search_tracking.log_missing_trials(study, ctx, None) == 2
     assert logged == [1, 2]

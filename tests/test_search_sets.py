@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from experiments.config import InputError
+from experiments.config.run import InputError
 from experiments.search import space
 from experiments.search.command import run_search
 from experiments.search.evaluator import choose_sets, load_evaluators
@@ -43,7 +43,7 @@ def test_selection_and_report_sets_are_disjoint_and_fixed_by_the_seed():
         assert len(selected) == len(reported) == (limit or 5)
     assert ids(choose_sets(val, [], 0, 3, "corpus"))[1] != ids(choose_sets(val, [], 0, 4, "corpus"))[1]
     # a broken variant, two independent seeded picks of val (pick_utterances) instead of halves, overlaps
-    from experiments.evaluate import pick_utterances
+    from experiments.infer.evaluate import pick_utterances
 
     assert {u.id for u in pick_utterances(val, 5, 3)} & {u.id for u in pick_utterances(val, 5, 4)}
     with pytest.raises(InputError, match="corpus: 3 val and 1 test utterances"):
@@ -57,7 +57,7 @@ def test_schedule_check_drops_failing_baselines_and_prunes_failing_candidates(ti
     a candidate that fails is pruned with its reason before any synthesis. A 25 dB start limit makes manual-6 fail on
     the tiny model (it starts at -21 dB); all-tiny betas start almost at the clean signal."""
     from components import schedules
-    from experiments import synth
+    from experiments.infer import synth
 
     monkeypatch.setattr(schedules, "START_SNR_LIMIT_DB", -25.0)
     spec = make_spec(tiny_checkpoint, "--steps", "6", "--trials", "3", "--study", "checked")

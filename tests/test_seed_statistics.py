@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import evaluation.compare_effects as compare_effects
-from evaluation.compare_data import CLEAR, NO_CLEAR, TOO_FEW_SEEDS, UNIT_SEED, UNIT_UTTERANCE, RunRecord
-from evaluation.compare_effects import axis_effects
+import evaluation.compare.effects as compare_effects
+from evaluation.compare.data import CLEAR, NO_CLEAR, TOO_FEW_SEEDS, UNIT_SEED, UNIT_UTTERANCE, RunRecord
+from evaluation.compare.effects import axis_effects
 
 UTTERANCES = [f"u{i:02d}" for i in range(20)]
 KEY = "linear-6/estoi"

@@ -14,12 +14,14 @@ import torch
 from mlflow import MlflowClient
 
 import experiments.search.spec
-import experiments.synth
-import experiments.train
-from experiments import run_records, store_checkpoints
+import experiments.infer.synth
+import experiments.train.loop
+from experiments.tracking import records
+from experiments.train import store_checkpoints
+from experiments.train.checkpoint import CHECKPOINT, checkpoint_step
 from experiments.cli import main
-from experiments.config import DataConfig
-from experiments.corpus import load_dataset
+from experiments.config.run import DataConfig
+from experiments.corpus.dataset import load_dataset
 from test_grid import grid_text, tiny_base
 
 pytestmark = pytest.mark.slow
@@ -76,7 +78,7 @@ def tracked(corpus_dir: Path, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(home)
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setattr(run_records, "SYSTEM_METRICS_SECONDS", 0.2)  # samples even in a run this short
+        patch.setattr(records, "SYSTEM_METRICS_SECONDS", 0.2)  # samples even in a run this short
         assert main(["train", str(config), "--device", "cpu", "--out", str(home / "A")]) == 0
         mlf = MlflowClient(uri)
         yield {"home": home, "uri": uri, "config": config, "mlf": mlf, "run": only_run(mlf, "wg2 train")}
@@ -103,7 +105,7 @@ def test_train_alone_is_a_run_with_params_curves_checkpoint_corpus_input_and_sys
 def test_resuming_a_finished_run_trains_nothing_and_keeps_the_folder(tracked, monkeypatch):
     monkeypatch.chdir(tracked["home"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked["uri"])
-    monkeypatch.setattr(experiments.train, "train", _no_training_past_the_end(experiments.train.train))
+    monkeypatch.setattr(experiments.train.loop, "train", _no_training_past_the_end(experiments.train.loop.train))
     folder = tracked["home"] / "A"
     assert json.loads((folder / "mlflow_run.json").read_text())["run_id"] == tracked["run"].info.run_id
     before = (folder / "checkpoint.pt").read_bytes()
@@ -114,7 +116,7 @@ def test_resuming_a_finished_run_trains_nothing_and_keeps_the_folder(tracked, mo
 
 def _no_training_past_the_end(real):
     def train(config, out, *args, **kwargs):
-        assert store_checkpoints.local_step(Path(out) / "checkpoint.pt") == config.train.steps, "would train again"
+        assert checkpoint_step(Path(out) / "checkpoint.pt") == config.train.steps, "would train again"
         return real(config, out, *args, **kwargs)
     return train
 
@@ -142,19 +144,19 @@ def test_eval_and_synth_take_a_run_id_and_eval_is_a_run(tracked, monkeypatch, ca
     assert rate == 22050 and len(audio) > 0
     # one resolver, not copies
     assert experiments.search.spec.resolve_checkpoint is store_checkpoints.resolve_checkpoint
-    assert experiments.synth.resolve_checkpoint is store_checkpoints.resolve_checkpoint
+    assert experiments.infer.synth.resolve_checkpoint is store_checkpoints.resolve_checkpoint
 
 
 def test_no_track_writes_nothing_and_batch_logs_show_progress(tracked, monkeypatch, caplog):
     monkeypatch.chdir(tracked["home"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked["uri"])
-    monkeypatch.setattr(experiments.train, "HEARTBEAT_LOGS", 2)
+    monkeypatch.setattr(experiments.train.loop, "HEARTBEAT_LOGS", 2)
     before = {r.info.run_id for r in all_runs(tracked["mlf"])}
     caplog.set_level("INFO")
     assert main(["train", str(tracked["config"]), "--set", "train.steps=4", "--no-track", "--device", "cpu",
                  "--out", str(tracked["home"] / "untracked")]) == 0
     assert {r.info.run_id for r in all_runs(tracked["mlf"])} == before
-    lines = [r.getMessage() for r in caplog.records if r.name == "experiments.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "experiments.train.loop"]
     assert [line.split(":")[0] for line in lines if "steps/s" in line] == ["step 2/4", "step 4/4"], lines
 
 
@@ -182,12 +184,12 @@ def _as_if_its_machine_died(mlf: MlflowClient, run_id: str) -> None:
 def _starting_steps(monkeypatch) -> list[int]:
     """The step of the run folder's checkpoint each time training starts."""
     starts: list[int] = []
-    real = experiments.train.train
+    real = experiments.train.loop.train
 
     def spy(config, out, *args, **kwargs):
-        starts.append(store_checkpoints.local_step(Path(out) / experiments.train.CHECKPOINT))
+        starts.append(checkpoint_step(Path(out) / CHECKPOINT))
         return real(config, out, *args, **kwargs)
-    monkeypatch.setattr(experiments.train, "train", spy)
+    monkeypatch.setattr(experiments.train.loop, "train", spy)
     return starts
 
 
@@ -224,7 +226,7 @@ def test_train_taken_over_in_another_runs_folder_resumes_from_the_uploaded_step(
 
 def test_grid_cell_taken_over_in_another_runs_folder_resumes_from_the_uploaded_step(corpus_dir, tmp_path,
                                                                                     monkeypatch):
-    from experiments.grid import run_grid
+    from experiments.grid.run import run_grid
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -11,12 +11,12 @@ import torch
 
 from conftest import tiny_model
 from components.schedules import resolve_schedule_name
-from experiments.batches import batch_indices
+from experiments.train.batches import batch_indices
 from experiments.cli import main
-from experiments.config import ConfigError, RunConfig, TrainConfig, load_config, replace
-from experiments.corpus import load_dataset
-from experiments.synth import load_checkpoint, synthesize
-from experiments.train import train
+from experiments.config.run import ConfigError, RunConfig, TrainConfig, load_config, replace
+from experiments.corpus.dataset import load_dataset
+from experiments.infer.synth import load_checkpoint, synthesize
+from experiments.train.loop import train
 
 TINY_MODEL = tiny_model(zoneout=0.1)  # the ZoneOut path trained too
 
@@ -34,7 +34,7 @@ def test_resume_reaches_the_same_loss_as_an_uninterrupted_run(data_config, tmp_p
     first = train(replace(config, train__steps=3), tmp_path / "cut", device="cpu", progress=False)
     state = torch.load(first.checkpoint, weights_only=True)
     state["config"]["train"]["steps"] = config.train.steps  # the same run, cut short
-    from experiments.config_identity import config_hash
+    from experiments.config.identity import config_hash
     state["config_hash"] = config_hash(config)
     torch.save(state, first.checkpoint)
     resumed = train(config, tmp_path / "cut", device="cpu", resume=True, progress=False)

@@ -11,16 +11,17 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 from evaluation.progress import progress_enabled
 
-from evaluation.runs import TAG_ERROR
-from experiments import tracking
+from evaluation.runs import EXPERIMENT_SEARCH, TAG_ERROR
 from experiments.search.evaluator import checked_baselines, load_evaluators, model_info, sets_identity
 from experiments.search.export import export
 from experiments.search.plots import plot_front, plot_history
 from experiments.search.queue import fail_orphans, file_lock, lock_path, open_study, top_up
 from experiments.search.spec import SearchSpec, redact, slug, spec_from_args
-from experiments.search.tracking import EXPERIMENT, TrialLogger, log_missing_trials, open_parent_run
+from experiments.search.tracking import TrialLogger, log_missing_trials, open_parent_run
 from experiments.search.trial import describe_trial
 from experiments.search.workers import run_workers, work
+from experiments.tracking import store
+from experiments.tracking.ending import end_stopped_run
 
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
           f"{len(study.get_trials(deepcopy=False))} trials of --trials {spec.trials}, {waiting} to run on {workers} "
           f"worker(s) ({added} added, {interrupted} interrupted marked failed); selecting on {len(ev.utterances)} "
           f"{ev.source} utterances, reporting on {len(reporter.utterances)} {reporter.source} utterances; "
-          f"MLflow {redact(ctx.uri)}, experiment {EXPERIMENT!r}, parent run {ctx.parent_run_id}")
+          f"MLflow {redact(ctx.uri)}, experiment {EXPERIMENT_SEARCH!r}, parent run {ctx.parent_run_id}")
     bar = tqdm(total=waiting, desc=f"search {spec.study}", unit="trial",
                disable=not progress_enabled(spec.progress) or not waiting,
                dynamic_ncols=True)
@@ -79,8 +80,8 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
             work(study, spec, ev, TrialLogger(ctx, spec), report)
         elif waiting:
             errors = run_workers(spec, ctx, study, workers, report)
-    except KeyboardInterrupt:  # the running trials were marked failed; a rerun resumes the rest
-        tracking.retry(lambda: tracking.client(ctx.uri).set_terminated(ctx.parent_run_id, "KILLED"))
+    except KeyboardInterrupt as err:  # the running trials were marked failed; a rerun resumes the rest
+        end_stopped_run(store.client(ctx.uri), ctx.parent_run_id, err)  # KILLED, the signal as its end reason
         raise
     finally:
         bar.close()
@@ -92,13 +93,13 @@ def run_search(spec: SearchSpec) -> SearchOutcome:
     pictures = plot_history(study, spec, stem)
     if spec.multi and any(t.state == TrialState.COMPLETE for t in trials):
         pictures += plot_front(study, stem)
-    mlf = tracking.client(ctx.uri)
+    mlf = store.client(ctx.uri)
     for path in [*files, *pictures]:
-        tracking.retry(lambda: mlf.log_artifact(ctx.parent_run_id, str(path)))
+        store.retry(lambda: mlf.log_artifact(ctx.parent_run_id, str(path)))
     counts = {s.name: n for s in TrialState if (n := sum(1 for t in trials if t.state == s))}
     if errors:
-        tracking.retry(lambda: mlf.set_tag(ctx.parent_run_id, TAG_ERROR, "; ".join(errors)[:5000]))
-    tracking.retry(lambda: mlf.set_terminated(ctx.parent_run_id, "FAILED" if errors else "FINISHED"))
+        store.retry(lambda: mlf.set_tag(ctx.parent_run_id, TAG_ERROR, "; ".join(errors)[:5000]))
+    store.retry(lambda: mlf.set_terminated(ctx.parent_run_id, "FAILED" if errors else "FINISHED"))
     if backfilled:
         log.info("logged %d trial(s) to MLflow that had no run yet", backfilled)
     return SearchOutcome(spec.study, redact(spec.storage), counts, waiting - counts.get("WAITING", 0),

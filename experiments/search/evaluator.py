@@ -11,11 +11,11 @@ import numpy as np
 
 from evaluation.metrics import Missing
 from evaluation.pool import ScoreJob, score_many
-from experiments import synth
-from experiments.config import InputError
-from experiments.config_identity import config_hash
-from experiments.corpus import load_dataset
-from experiments.evaluate import known_utterances, pick_utterances
+from experiments.infer import synth
+from experiments.config.run import InputError
+from experiments.config.identity import config_hash
+from experiments.corpus.dataset import load_dataset
+from experiments.infer.evaluate import known_utterances, pick_utterances
 from experiments.search import space
 from experiments.search.spec import MIN_REPORTED, REPORT_SPLIT, SELECTION_SPLIT, SearchSpec, baseline_list
 

@@ -22,13 +22,14 @@ from optuna.trial import FrozenTrial, TrialState
 from evaluation.metrics import value_range
 from evaluation.scoring import describe_error
 from evaluation.stats import paired_difference, summarize
-from experiments.runtime import atomic_write_bytes
+from experiments.train.runtime import atomic_write_bytes
 from experiments.search.evaluator import REPORT_NOISE_OFFSET, Evaluator, ModelInfo, per_utterance
 from experiments.search.space import Baseline
 from experiments.search.spec import PARAMETRIZATION, SELECTION_SPLIT, SearchSpec, redact, slug
 from experiments.search.tracking import TrackingContext
-from experiments.search.trial import BASELINE, PER_UTTERANCE, fail_reason
-from experiments.synth import diagnose
+from experiments.search import keys
+from experiments.search.trial import fail_reason
+from experiments.infer.synth import diagnose
 
 SELECTION_NOTE = ("the trials' values on selected_on, where the search chose this schedule: biased in its favour, "
                   "kept for reference; the reported numbers are the ones measured on reported_on")
@@ -42,15 +43,15 @@ def _write_json(path: Path, data: dict) -> Path:
 
 def _trial_summary(t: FrozenTrial) -> dict[str, Any]:
     attrs = t.user_attrs
-    out = {"trial": t.number, "state": t.state.name, "steps": attrs.get("wg2.steps"), "betas": attrs.get("wg2.betas"),
-           "metrics": attrs.get("wg2.metrics", {}), "n_missing": attrs.get("wg2.n_missing", {}),
-           "utterances_scored": attrs.get("wg2.utterances_scored")}
-    if attrs.get("wg2.missing_reasons"):
-        out["missing_reasons"] = attrs["wg2.missing_reasons"]
+    out = {"trial": t.number, "state": t.state.name, "steps": attrs.get(keys.STEPS), "betas": attrs.get(keys.BETAS),
+           "metrics": attrs.get(keys.METRICS, {}), "n_missing": attrs.get(keys.N_MISSING, {}),
+           "utterances_scored": attrs.get(keys.UTTERANCES_SCORED)}
+    if attrs.get(keys.MISSING_REASONS):
+        out["missing_reasons"] = attrs[keys.MISSING_REASONS]
     if t.state == TrialState.FAIL:
         out["reason"] = fail_reason(t)
     if t.state == TrialState.PRUNED:
-        out["reason"] = attrs.get("wg2.prune_reason")
+        out["reason"] = attrs.get(keys.PRUNE_REASON)
     return out
 
 
@@ -95,13 +96,13 @@ def selection_values(best: FrozenTrial, trials: list[FrozenTrial], baselines: li
     """The trials' values on selected_on (SELECTION_NOTE): the best trial, the baselines' trials (a baseline
     outside the trial budget has none) and the paired differences between them."""
     def keyed(t: FrozenTrial) -> dict[str, dict]:
-        values = t.user_attrs.get(PER_UTTERANCE, {})
+        values = t.user_attrs.get(keys.PER_UTTERANCE, {})
         return {m: dict(zip(selected_on, values[m])) for m in metrics if m in values}
 
     mine = {"per_utterance": keyed(best)}
     theirs = {}
     for b in baselines:
-        t = next((t for t in trials if t.user_attrs.get(BASELINE) == b.name), None)
+        t = next((t for t in trials if t.user_attrs.get(keys.BASELINE) == b.name), None)
         if t is not None:
             theirs[b.name] = {**_trial_summary(t), "per_utterance": keyed(t)}
     out: dict[str, Any] = {"note": SELECTION_NOTE, "best": _trial_summary(best),

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization.matplotlib import plot_optimization_history, plot_pareto_front
 
 from experiments.search.spec import MULTI_OBJECTIVES, SearchSpec
-from experiments.search.trial import BASELINE
+from experiments.search import keys
 
 
 def _save_figure(fig, path: Path) -> Path:
@@ -44,10 +44,11 @@ def _optuna_plot(plot, study: optuna.Study, **kwargs):
 
 def _label_baselines(ax, trials: list[FrozenTrial], x, y) -> None:
     for t in trials:
-        if t.state == TrialState.COMPLETE and BASELINE in t.user_attrs:
+        if t.state == TrialState.COMPLETE and keys.BASELINE in t.user_attrs:
             ax.scatter([x(t)], [y(t)], marker="*", s=220, facecolors="none", edgecolors="orange", linewidths=1.5,
                        zorder=4)  # hollow: the trial's own colour (front or not) shows through
-            ax.annotate(t.user_attrs[BASELINE], (x(t), y(t)), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.annotate(t.user_attrs[keys.BASELINE], (x(t), y(t)), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
 
 
 def plot_history(study: optuna.Study, spec: SearchSpec, stem: Path) -> list[Path]:
@@ -62,7 +63,8 @@ def plot_history(study: optuna.Study, spec: SearchSpec, stem: Path) -> list[Path
         ax = _optuna_plot(plot_optimization_history, study, target=target, target_name=name)
         pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
         if pruned:
-            ax.scatter([t.number for t in pruned], [t.intermediate_values[t.last_step] for t in pruned], marker="x",
+            ax.scatter([t.number for t in pruned], [t.intermediate_values[t.last_step or 0]
+                                                           for t in pruned], marker="x",
                        color="grey", label="pruned (running mean)", zorder=3)
         failed = [t.number for t in trials if t.state == TrialState.FAIL]
         if failed:

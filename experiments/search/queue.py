@@ -3,7 +3,6 @@ budget; workers claim waiting trials under a file lock and never create one; tri
 worker of this machine are marked failed on resume. Sampler, pruner and storage are set up here."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import socket
 import tempfile
@@ -16,31 +15,15 @@ import optuna
 from optuna.trial import TrialState
 
 from evaluation.runs import TAG_OWNER, sqlite_path
-from experiments import claims
-from experiments.config import InputError
-from experiments.search import space
+from experiments.tracking import claims
+from experiments.tracking.lock import file_lock
+from experiments.config.run import InputError
+from experiments.search import keys, space
 from experiments.search.evaluator import ModelInfo
 from experiments.search.spec import SearchSpec, redact
-from experiments.search.trial import BASELINE, OWNER, TICKET
 
 PRUNER_STARTUP = 3
 TPE_STARTUP = 5
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock between processes of this machine (no-op where fcntl does not exist)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def lock_path(spec: SearchSpec) -> Path:
@@ -57,8 +40,8 @@ def claim(study, lock: Path):
         if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return None
         trial = study.ask()  # pops a waiting trial: the lock makes check-and-pop atomic for this machine
-    if TICKET not in trial.user_attrs:  # a worker elsewhere took the last one in between: run it anyway
-        trial.set_user_attr("wg2.over_budget", True)
+    if keys.TICKET not in trial.user_attrs:  # a worker elsewhere took the last one in between: run it anyway
+        trial.set_user_attr(keys.OVER_BUDGET, True)
     return trial
 
 
@@ -114,7 +97,7 @@ def open_study(spec: SearchSpec, model: ModelInfo, sets: dict,
     if spec.study in optuna.study.get_all_study_names(storage):
         study = optuna.load_study(study_name=spec.study, storage=storage, sampler=make_sampler(spec),
                                   pruner=make_pruner(spec))
-        stored = study.user_attrs.get("wg2.identity")
+        stored = study.user_attrs.get(keys.IDENTITY)
         if stored is not None:
             for key, value in identity.items():
                 if stored.get(key) != value:
@@ -128,11 +111,11 @@ def open_study(spec: SearchSpec, model: ModelInfo, sets: dict,
     if [d.name.lower() for d in study.directions] != spec.directions:
         raise InputError(f"study {spec.study!r} in {redact(spec.storage)} has directions "
                          f"{[d.name.lower() for d in study.directions]}, not {spec.directions}; use another --study")
-    new = "wg2.identity" not in study.user_attrs
+    new = keys.IDENTITY not in study.user_attrs
     if new:
-        study.set_user_attr("wg2.identity", identity)
-        study.set_user_attr("wg2.model", asdict(model))
-        study.set_user_attr("wg2.created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        study.set_user_attr(keys.IDENTITY, identity)
+        study.set_user_attr(keys.MODEL, asdict(model))
+        study.set_user_attr(keys.CREATED, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return study, new
 
 
@@ -141,7 +124,7 @@ def fail_orphans(study: optuna.Study) -> int:
     Trials owned by other machines are left alone: they may well be running."""
     host, n = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get(OWNER, "")
+        owner = t.user_attrs.get(keys.OWNER, "")
         if owner.split(":")[0] == host and not claims.owner_alive({TAG_OWNER: owner}):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             n += 1
@@ -157,13 +140,14 @@ def top_up(study: optuna.Study, spec: SearchSpec, new: bool, baselines: list[spa
     if new:
         for b in baselines[:max(0, spec.trials - have)]:
             study.enqueue_trial(space.to_params(b.betas, with_steps=spec.multi),
-                                user_attrs={TICKET: "baseline", BASELINE: b.name, "wg2.baseline_adjusted": b.adjusted})
+                                user_attrs={keys.TICKET: "baseline", keys.BASELINE: b.name,
+                                            keys.BASELINE_ADJUSTED: b.adjusted})
             added += 1
     free = spec.trials - have - added
     if spec.sampler == "grid":  # more trials than grid points would only repeat points
-        on_grid = sum(1 for t in study.get_trials(deepcopy=False) if BASELINE not in t.user_attrs)
+        on_grid = sum(1 for t in study.get_trials(deepcopy=False) if keys.BASELINE not in t.user_attrs)
         free = min(free, len(space.grid_values(spec.steps)) ** spec.steps - on_grid)
     for _ in range(max(0, free)):
-        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={TICKET: "sampler"}))
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={keys.TICKET: "sampler"}))
         added += 1
     return added

@@ -6,15 +6,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.engine import make_url
 
 from evaluation.metrics import METRICS, metric_names
 from evaluation.runs import sqlite_path, tracking_uri
-from experiments.config import InputError
-from experiments.runtime import check_writable
-from experiments.store_checkpoints import resolve_checkpoint
+from experiments.config.run import InputError
+from experiments.train.runtime import check_writable
+from experiments.train.store_checkpoints import resolve_checkpoint
 from experiments.search import space
 
 PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search/space.py)
@@ -56,7 +56,7 @@ class SearchSpec:
         return (*MULTI_OBJECTIVES, "steps") if self.multi else (self.objective,)
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
         if self.multi:
             return ["maximize", "maximize", "minimize"]
         return ["maximize" if METRICS[self.objective].better == "higher" else "minimize"]
@@ -119,7 +119,8 @@ def spec_from_args(args) -> SearchSpec:
     if args.multi:
         need(1 <= args.min_steps <= args.max_steps,
              f"--min-steps {args.min_steps} --max-steps {args.max_steps}: need 1 <= min <= max")
-        need(args.objective == "pesq_wb", f"--objective {args.objective}: with --multi the objectives are fixed "
+        need(args.objective == MULTI_OBJECTIVES[0],
+             f"--objective {args.objective}: with --multi the objectives are fixed "
              "(PESQ-wb and STOI against steps)")
         need(args.sampler == "tpe", "--sampler grid is the single-objective baseline; use --sampler tpe with --multi")
     check_writable(Path(args.out), "--out folder")  # now, not after the whole search

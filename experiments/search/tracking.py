@@ -16,16 +16,17 @@ import optuna
 from mlflow.entities import Metric
 from optuna.trial import FrozenTrial, TrialState
 
-from evaluation.runs import (KIND_SEARCH, KIND_TRIAL, TAG_BASELINE, TAG_ERROR, TAG_GIT_COMMIT, TAG_KIND, TAG_MACHINE,
-                             TAG_MODEL, TAG_MODEL_CONFIG_HASH, TAG_MODEL_RUN_ID, TAG_MODEL_SHA256, TAG_OBJECTIVES,
-                             TAG_OWNER, TAG_PRUNE_REASON, TAG_SAMPLER, TAG_STATE, TAG_STORAGE, TAG_STUDY,
-                             TAG_STUDY_KEY, TAG_TRIAL_NUMBER, TAG_TRIALS_REQUESTED, search_all_runs, tag_is)
-from experiments import claims, run_records, tracking
+from evaluation.runs import (EXPERIMENT_SEARCH, KIND_SEARCH, KIND_TRIAL, TAG_BASELINE, TAG_ERROR, TAG_GIT_COMMIT,
+                             TAG_KIND, TAG_MACHINE, TAG_MODEL, TAG_MODEL_CONFIG_HASH, TAG_MODEL_RUN_ID,
+                             TAG_MODEL_SHA256, TAG_OBJECTIVES, TAG_OWNER, TAG_PRUNE_REASON, TAG_SAMPLER, TAG_STATE,
+                             TAG_STORAGE, TAG_STUDY, TAG_STUDY_KEY, TAG_TRIAL_NUMBER, TAG_TRIALS_REQUESTED,
+                             search_all_runs, tag_is)
+from experiments.tracking import claims, records, store
 from experiments.search.evaluator import ModelInfo
 from experiments.search.spec import SearchSpec, redact
-from experiments.search.trial import BASELINE, OWNER, fail_reason
+from experiments.search import keys
+from experiments.search.trial import fail_reason
 
-EXPERIMENT = "wg2 schedule search"
 
 
 @dataclass(frozen=True)
@@ -42,29 +43,29 @@ def study_key(spec: SearchSpec) -> str:
 
 def open_parent_run(spec: SearchSpec, model: ModelInfo, sets: dict) -> TrackingContext:
     """The study's parent run: found by tag wg2.study_key (reused on resume) or created once."""
-    uri = tracking.ensure_store(spec.tracking_uri)
-    experiment_id = tracking.get_or_create_experiment(EXPERIMENT, uri=uri)
-    mlf = tracking.client(uri)
+    uri = store.ensure_store(spec.tracking_uri)
+    experiment_id = store.get_or_create_experiment(EXPERIMENT_SEARCH, uri=uri)
+    mlf = store.client(uri)
     key = study_key(spec)
     tags = {TAG_KIND: KIND_SEARCH, TAG_STUDY: spec.study, TAG_STUDY_KEY: key, TAG_STORAGE: redact(spec.storage),
             TAG_MODEL: model.checkpoint, TAG_MODEL_SHA256: model.sha256, TAG_MODEL_CONFIG_HASH: model.config_hash,
             TAG_MODEL_RUN_ID: model.mlflow_run_id or "", TAG_OBJECTIVES: json.dumps(list(spec.objectives)),
             TAG_SAMPLER: spec.sampler, TAG_TRIALS_REQUESTED: str(spec.trials),
-            TAG_GIT_COMMIT: run_records.git_commit(), TAG_MACHINE: run_records.machine(spec.device)}
+            TAG_GIT_COMMIT: records.git_commit(), TAG_MACHINE: records.machine(spec.device)}
     query = f"{tag_is(TAG_STUDY_KEY, key)} and {tag_is(TAG_KIND, KIND_SEARCH)}"
-    runs = tracking.retry(lambda: search_all_runs(mlf, [experiment_id], query))
+    runs = store.retry(lambda: search_all_runs(mlf, [experiment_id], query))
     if not runs:
-        mine = tracking.retry(lambda: mlf.create_run(experiment_id, run_name=f"search: {spec.study}", tags=tags))
-        runs = tracking.retry(lambda: search_all_runs(mlf, [experiment_id], query))
+        mine = store.retry(lambda: mlf.create_run(experiment_id, run_name=f"search: {spec.study}", tags=tags))
+        runs = store.retry(lambda: search_all_runs(mlf, [experiment_id], query))
         if claims.earliest(runs).info.run_id != mine.info.run_id:  # another command created it meanwhile
-            tracking.retry(lambda: mlf.delete_run(mine.info.run_id))
+            store.retry(lambda: mlf.delete_run(mine.info.run_id))
     run_id = claims.earliest(runs).info.run_id
-    tracking.retry(lambda: tracking.log_tags(mlf, run_id, tags))
+    store.retry(lambda: store.log_tags(mlf, run_id, tags))
     params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in spec.identity().items()}
     params.update({"model_sha256": model.sha256, **{k: json.dumps(v) if isinstance(v, list) else v
                                                     for k, v in sets.items()}})
-    tracking.retry(lambda: tracking.log_params(mlf, run_id, params))  # identical on resume (checked)
-    tracking.retry(lambda: mlf.update_run(run_id, status="RUNNING"))
+    store.retry(lambda: store.log_params(mlf, run_id, params))  # identical on resume (checked)
+    store.retry(lambda: mlf.update_run(run_id, status="RUNNING"))
     return TrackingContext(uri, experiment_id, run_id, key)
 
 
@@ -80,7 +81,7 @@ class TrialLogger:
     STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
 
     def __init__(self, ctx: TrackingContext, spec: SearchSpec):
-        self.ctx, self.spec, self.mlf = ctx, spec, tracking.client(ctx.uri)
+        self.ctx, self.spec, self.mlf = ctx, spec, store.client(ctx.uri)
 
     def __call__(self, t: FrozenTrial) -> str | None:
         try:
@@ -91,37 +92,37 @@ class TrialLogger:
             return None
 
     def log(self, t: FrozenTrial) -> str:
-        mlf, attrs, retry = self.mlf, t.user_attrs, tracking.retry
+        mlf, attrs, retry = self.mlf, t.user_attrs, store.retry
         tags = {"mlflow.parentRunId": self.ctx.parent_run_id, TAG_KIND: KIND_TRIAL, TAG_STUDY: self.spec.study,
                 TAG_STUDY_KEY: self.ctx.study_key, TAG_TRIAL_NUMBER: str(t.number), TAG_STATE: t.state.name}
-        for tag, value in ((TAG_ERROR, fail_reason(t)), (TAG_PRUNE_REASON, attrs.get("wg2.prune_reason")),
-                           (TAG_BASELINE, attrs.get(BASELINE)), (TAG_OWNER, attrs.get(OWNER))):
+        for tag, value in ((TAG_ERROR, fail_reason(t)), (TAG_PRUNE_REASON, attrs.get(keys.PRUNE_REASON)),
+                           (TAG_BASELINE, attrs.get(keys.BASELINE)), (TAG_OWNER, attrs.get(keys.OWNER))):
             if value:
                 tags[tag] = str(value)[:5000]
-        name = f"trial {t.number}" + (f" ({attrs[BASELINE]})" if BASELINE in attrs else "")
+        name = f"trial {t.number}" + (f" ({attrs[keys.BASELINE]})" if keys.BASELINE in attrs else "")
         run = retry(lambda: mlf.create_run(self.ctx.experiment_id, start_time=_ms(t.datetime_start), tags=tags,
                                            run_name=name))
         run_id = run.info.run_id
         params: dict[str, Any] = dict(t.params)
-        if "wg2.betas" in attrs:
-            params.update({"steps": attrs["wg2.steps"], "betas": json.dumps(attrs["wg2.betas"])})
-        retry(lambda: tracking.log_params(mlf, run_id, params))
-        metrics = {k: v for k, v in attrs.get("wg2.metrics", {}).items() if v is not None}
-        metrics.update({f"n_missing/{k}": v for k, v in attrs.get("wg2.n_missing", {}).items()})
+        if keys.BETAS in attrs:
+            params.update({"steps": attrs[keys.STEPS], "betas": json.dumps(attrs[keys.BETAS])})
+        retry(lambda: store.log_params(mlf, run_id, params))
+        metrics = {k: v for k, v in attrs.get(keys.METRICS, {}).items() if v is not None}
+        metrics.update({f"n_missing/{k}": v for k, v in attrs.get(keys.N_MISSING, {}).items()})
         metrics.update({f"objective/{k}": v for k, v in zip(self.spec.objectives, t.values or [])})
-        for key in ("seconds", "utterances_scored"):
-            if f"wg2.{key}" in attrs:
-                metrics[key] = attrs[f"wg2.{key}"]
-        retry(lambda: tracking.log_metrics(mlf, run_id, metrics))
+        for name, key in (("seconds", keys.SECONDS), ("utterances_scored", keys.UTTERANCES_SCORED)):
+            if key in attrs:
+                metrics[name] = attrs[key]
+        retry(lambda: store.log_metrics(mlf, run_id, metrics))
         now = int(time.time() * 1000)
         curve = [Metric(f"running/{self.spec.objective}", v, now, int(step))
                  for step, v in t.intermediate_values.items()]
         if curve:
             retry(lambda: mlf.log_batch(run_id, metrics=curve))
-        if "wg2.betas" in attrs:
+        if keys.BETAS in attrs:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "schedule.json"
-                path.write_text(json.dumps({"betas": attrs["wg2.betas"], "steps": attrs["wg2.steps"],
+                path.write_text(json.dumps({"betas": attrs[keys.BETAS], "steps": attrs[keys.STEPS],
                                             "trial": t.number, "study": self.spec.study, "state": t.state.name}))
                 retry(lambda: mlf.log_artifact(run_id, str(path)))
         retry(lambda: mlf.set_terminated(run_id, self.STATUS.get(t.state, "FAILED"), end_time=_ms(t.datetime_complete)))
@@ -131,13 +132,13 @@ class TrialLogger:
 def log_missing_trials(study: optuna.Study, ctx: TrackingContext, spec: SearchSpec) -> int:
     """Log every finished trial that has no child run yet (a worker died, or its logging failed). A trial
     whose worker is still alive is left to it: another command on the study may be logging it right now."""
-    mlf = tracking.client(ctx.uri)
+    mlf = store.client(ctx.uri)
     query = f"{tag_is(TAG_STUDY_KEY, ctx.study_key)} and {tag_is(TAG_KIND, KIND_TRIAL)}"
-    logged = {r.data.tags.get(TAG_TRIAL_NUMBER) for r in tracking.retry(
+    logged = {r.data.tags.get(TAG_TRIAL_NUMBER) for r in store.retry(
         lambda: search_all_runs(mlf, [ctx.experiment_id], query))}
     logger, n = TrialLogger(ctx, spec), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        if str(t.number) not in logged and not claims.owner_alive({TAG_OWNER: t.user_attrs.get(OWNER, "")}):
+        if str(t.number) not in logged and not claims.owner_alive({TAG_OWNER: t.user_attrs.get(keys.OWNER, "")}):
             logger.log(t)
             n += 1
     return n

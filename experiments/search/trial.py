@@ -8,15 +8,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.scoring import describe_error
-from experiments import claims, synth
-from experiments.config import InputError
+from experiments.infer import synth
+from experiments.tracking import claims
+from experiments.config.run import InputError
 from experiments.search import space
 from experiments.search.evaluator import Evaluator, MetricSummary, per_utterance, summarize_scores
 from experiments.search.spec import SearchSpec
-from experiments.workers import interrupt_reason
+from experiments.tracking.ending import interrupt_reason
+from experiments.search import keys
 
-TICKET, BASELINE, OWNER = "wg2.ticket", "wg2.baseline", "wg2.owner"
-PER_UTTERANCE = "wg2.per_utterance"
 SCHEDULE_CHECK = "schedule check"  # how the prune reason of a candidate refused by the check starts
 INTERRUPTED = "interrupted: the worker running this trial died; marked failed when the study was resumed"
 
@@ -26,11 +26,11 @@ class TrialFailed(Exception):
 
 
 def _record(trial, summary: dict[str, MetricSummary], done: int, scores: list[dict]) -> None:
-    trial.set_user_attr("wg2.metrics", {k: s.mean for k, s in summary.items()})
-    trial.set_user_attr(PER_UTTERANCE, per_utterance(scores))  # the schedule file's paired comparisons
-    trial.set_user_attr("wg2.n_missing", {k: s.n_missing for k, s in summary.items() if s.n_missing})
-    trial.set_user_attr("wg2.missing_reasons", {k: s.reason for k, s in summary.items() if s.reason})
-    trial.set_user_attr("wg2.utterances_scored", done)
+    trial.set_user_attr(keys.METRICS, {k: s.mean for k, s in summary.items()})
+    trial.set_user_attr(keys.PER_UTTERANCE, per_utterance(scores))  # the schedule file's paired comparisons
+    trial.set_user_attr(keys.N_MISSING, {k: s.n_missing for k, s in summary.items() if s.n_missing})
+    trial.set_user_attr(keys.MISSING_REASONS, {k: s.reason for k, s in summary.items() if s.reason})
+    trial.set_user_attr(keys.UTTERANCES_SCORED, done)
 
 
 def objective(trial, spec: SearchSpec, ev: Evaluator) -> float | tuple[float, ...]:
@@ -69,39 +69,39 @@ def objective(trial, spec: SearchSpec, ev: Evaluator) -> float | tuple[float, ..
 def run_trial(study, trial, spec: SearchSpec, ev: Evaluator):
     """Run one claimed trial and tell the study how it ended; returns the FrozenTrial."""
     started = time.perf_counter()
-    trial.set_user_attr(OWNER, claims.owner_id())
+    trial.set_user_attr(keys.OWNER, claims.owner_id())
     try:
         values = objective(trial, spec, ev)
     except optuna.TrialPruned as err:
-        trial.set_user_attr("wg2.prune_reason", str(err))
-        trial.set_user_attr("wg2.seconds", time.perf_counter() - started)
+        trial.set_user_attr(keys.PRUNE_REASON, str(err))
+        trial.set_user_attr(keys.SECONDS, time.perf_counter() - started)
         return study.tell(trial, state=TrialState.PRUNED)
     except (Exception, KeyboardInterrupt) as err:
         reason = str(err) if isinstance(err, TrialFailed) else describe_error(err)
-        trial.set_user_attr("wg2.fail_reason", interrupt_reason(err) if isinstance(err, KeyboardInterrupt) else reason)
-        trial.set_user_attr("wg2.seconds", time.perf_counter() - started)
+        trial.set_user_attr(keys.FAIL_REASON, interrupt_reason(err) if isinstance(err, KeyboardInterrupt) else reason)
+        trial.set_user_attr(keys.SECONDS, time.perf_counter() - started)
         frozen = study.tell(trial, state=TrialState.FAIL)
         if isinstance(err, KeyboardInterrupt):
             raise
         return frozen
-    trial.set_user_attr("wg2.seconds", time.perf_counter() - started)
+    trial.set_user_attr(keys.SECONDS, time.perf_counter() - started)
     return study.tell(trial, values)
 
 
 def fail_reason(t: FrozenTrial) -> str | None:
     if t.state != TrialState.FAIL:
         return None
-    return t.user_attrs.get("wg2.fail_reason") or INTERRUPTED
+    return t.user_attrs.get(keys.FAIL_REASON) or INTERRUPTED
 
 
 def describe_trial(t: FrozenTrial, spec: SearchSpec) -> str:
     attrs = t.user_attrs
-    label = f"trial {t.number}" + (f" ({attrs[BASELINE]})" if BASELINE in attrs else "")
-    steps = f"{attrs['wg2.steps']} steps" if "wg2.steps" in attrs else ""
-    seconds = f"{attrs.get('wg2.seconds', 0.0):.1f} s"
+    label = f"trial {t.number}" + (f" ({attrs[keys.BASELINE]})" if keys.BASELINE in attrs else "")
+    steps = f"{attrs[keys.STEPS]} steps" if keys.STEPS in attrs else ""
+    seconds = f"{attrs.get(keys.SECONDS, 0.0):.1f} s"
     if t.state == TrialState.COMPLETE:
         values = ", ".join(f"{k} {v:.4f}" for k, v in zip(spec.objectives, t.values) if k != "steps")
         return f"{label}: {values} ({steps}, {seconds})"
     if t.state == TrialState.PRUNED:
-        return f"{label}: pruned ({steps}, {seconds}): {attrs.get('wg2.prune_reason', '')}"
+        return f"{label}: pruned ({steps}, {seconds}): {attrs.get(keys.PRUNE_REASON, '')}"
     return f"{label}: {t.state.name.lower()} ({seconds}): {fail_reason(t)}"

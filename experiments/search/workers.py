@@ -9,13 +9,14 @@ import time
 import optuna
 import torch
 
-from experiments import tracking
+from experiments.tracking import store
 from experiments.search.evaluator import Evaluator, load_evaluators
 from experiments.search.queue import claim, load_study, lock_path
 from experiments.search.spec import SearchSpec
 from experiments.search.tracking import TrackingContext, TrialLogger
 from experiments.search.trial import run_trial
-from experiments.workers import raise_on_sigterm, start_workers, stop_workers, watch_parent
+from experiments.grid.workers import start_workers, stop_workers, watch_parent
+from experiments.tracking.ending import raise_on_sigterm
 
 
 def work(study: optuna.Study, spec: SearchSpec, ev: Evaluator, logger: TrialLogger, on_trial=None) -> int:
@@ -36,7 +37,7 @@ def _worker_main(spec: SearchSpec, ctx: TrackingContext, index: int) -> None:
     # more torch threads than cores makes the convolutions spin (measured 8x slower on 2 cores)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.workers))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tracking.quiet_mlflow_logs()
+    store.quiet_mlflow_logs()
     work(load_study(spec, index), spec, load_evaluators(spec)[0], TrialLogger(ctx, spec))
 
 
