@@ -173,13 +173,13 @@ def test_eval_and_search_name_utterances_with_unknown_phonemes_and_can_skip_them
 # ----------------------------------------------------------------------------- two trainings, one folder
 
 def test_a_second_train_on_a_busy_run_folder_is_exit_2(tmp_path: Path, capsys):
-    from experiments.config.disk import folder_lock
+    from experiments.config.disk import file_lock
     from experiments.train.command import RUN_LOCK
 
     run = tmp_path / "run"
     config = tmp_path / "run.toml"
     config.write_text(f'[data]\nroot = "{tmp_path / "none"}"\n')
-    with folder_lock(run / RUN_LOCK, "held by this test"):  # a first `wg2 train --out run` at work
+    with file_lock(run / RUN_LOCK, "held by this test"):  # a first `wg2 train --out run` at work
         assert main(["train", str(config), "--no-track", "--out", str(run)]) == 2
         assert "another `wg2 train` is writing this run folder now" in capsys.readouterr().err
     assert [p.name for p in run.iterdir()] == [RUN_LOCK]  # the refused train wrote nothing

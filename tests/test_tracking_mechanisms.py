@@ -1,4 +1,4 @@
-"""The one lock (experiments/tracking/lock.py) and the one way a run ends when its work stops
+"""The one lock (experiments/config/disk.py file_lock) and the one way a run ends when its work stops
 (experiments/tracking/ending.py), on a real MLflow SQLite store."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from evaluation.runs import TAG_END_REASON
 from experiments.tracking import store
 from experiments.tracking.ending import Terminated, end_stopped_run, ends_if_stopped
-from experiments.tracking.lock import file_lock
+from experiments.config.disk import file_lock
 
 
 def _waited(lock, hold: float = 0.6) -> float:

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from experiments.config.run import InputError
@@ -45,22 +46,28 @@ def device_of(path: Path | str) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(lock_file: Path, busy: str, wait: bool = False):
-    """An exclusive lock on `lock_file` (created beside what it guards) while the block runs: a second command
-    on the same output waits for it (`wait`) or stops with InputError(`busy`). No-op where fcntl is missing."""
+def file_lock(path: Path | str, busy: str | None = None, wait: bool = True) -> Iterator[None]:
+    """The one lock between processes of this machine: an exclusive fcntl.flock on `path` (created, with its
+    folder, when missing) while the block runs. It guards the first opening (migration) of a new SQLite store, a
+    run folder while a model trains there, a corpus build's output and the queue of an Optuna study. A second
+    process asking for it waits (`wait`, logging `busy` when given) or stops with InputError(`busy`). The OS drops
+    the lock when its process dies, kill -9 included. Where fcntl does not exist (Windows) it is a no-op: one
+    command per store, run folder or study at a time there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
-    except ImportError:
+    except ImportError:  # Windows
         yield
         return
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
+    with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
-                raise InputError(busy) from None
-            logging.getLogger(__name__).info("%s; waiting for it", busy)
+                raise InputError(busy or f"{path}: held by another process") from None
+            if busy:
+                logging.getLogger(__name__).info("%s; waiting for it", busy)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

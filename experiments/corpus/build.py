@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from experiments.config.run import InputError
-from experiments.config.disk import device_full, folder_lock, no_space_error
+from experiments.config.disk import device_full, file_lock, no_space_error
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def build_corpus(out: str | Path, voice: str = "en-us", limit: int = 0, workers:
         why = "not a folder" if not above.is_dir() else "not writable"
         raise InputError(f"--out {out}: cannot be created there ({above} is {why})")
     lock = out.with_name(out.name + ".wg2-lock")
-    with folder_lock(lock, f"another `wg2 corpus build` is building {out}", wait=True):
+    with file_lock(lock, f"another `wg2 corpus build` is building {out}", wait=True):
         try:
             return _build(out, voice, limit, workers, progress)
         except OSError as err:

@@ -18,7 +18,7 @@ from typing import Any
 from evaluation import runs
 from experiments.tracking import claims, records, store
 from experiments.tracking.ending import end_stopped_run
-from experiments.tracking.lock import file_lock
+from experiments.config.disk import file_lock
 from experiments.config.run import ConfigError, RunConfig
 from experiments.grid.file import Cell, Grid
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment: str = EXPERIMENT_EVAL,
-                 progress: bool = True) -> tuple[evaluate.EvalResult, str]:
+                 progress: bool = True, skip_unknown: bool = False) -> tuple[evaluate.EvalResult, str]:
     """`wg2 eval` as a new MLflow run (see the module docstring). Returns (result, run ID)."""
     uri = store.ensure_store(runs.tracking_uri())
     experiment_id = store.get_or_create_experiment(experiment, uri=uri)
@@ -44,7 +44,8 @@ def tracked_eval(loaded, config, out: Path, model_run_id: str | None, experiment
                   "checkpoint_step": loaded.step, "model_run_id": model_run_id or ""}
         store.retry(lambda: store.log_params(mlf, run_id, params))
         records.log_corpus_input(mlf, run_id, loaded.config.data.root, dataset.corpus_hash, "evaluation")
-        result = evaluate.evaluate(loaded, config, out, dataset=dataset, progress=progress)
+        result = evaluate.evaluate(loaded, config, out, dataset=dataset, progress=progress,
+                                   skip_unknown=skip_unknown)
         store.retry(lambda: store.log_metrics(mlf, run_id, result.metrics, step=loaded.step))
         store.retry(lambda: mlf.log_artifacts(run_id, str(out)))
     store.end_run(mlf, run_id, "FINISHED")
@@ -59,11 +60,12 @@ def cmd_eval(args) -> int:
     evaluate.check_eval_out(out)
     loaded = synth.load_checkpoint(checkpoint, args.device)
     config = evaluate.eval_config(loaded, args)
-    run_id = None
+    run_id, skip = None, bool(getattr(args, "skip_unknown_phonemes", False))
     if getattr(args, "no_track", False):
-        result = evaluate.evaluate(loaded, config, out)
+        result = evaluate.evaluate(loaded, config, out, skip_unknown=skip)
     else:
-        result, run_id = tracked_eval(loaded, config, out, model_run_id, args.experiment or EXPERIMENT_EVAL)
+        result, run_id = tracked_eval(loaded, config, out, model_run_id, args.experiment or EXPERIMENT_EVAL,
+                                      skip_unknown=skip)
     if getattr(args, "json", False):
         print(json.dumps({**result.summary, "mlflow_run_id": run_id}, indent=2, default=str))
     else:

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from evaluation.runs import TAG_OWNER, sqlite_path
 from experiments.tracking import claims
-from experiments.tracking.lock import file_lock
+from experiments.config.disk import file_lock
 from experiments.config.run import InputError
 from experiments.search import keys, space
 from experiments.search.evaluator import ModelInfo

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from evaluation.runs import TAG_END_REASON, sqlite_path, store_problem, tracking_uri
-from experiments.tracking.lock import file_lock
+from experiments.config.disk import file_lock
 
 T = TypeVar("T")
 

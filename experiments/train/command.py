@@ -30,7 +30,8 @@ from experiments.train import loop, store_checkpoints
 from experiments.train.checkpoint import CHECKPOINT
 from experiments.config.run import InputError, RunConfig, load_config
 from experiments.config.identity import train_hash
-from experiments.train.runtime import atomic_write_bytes, preflight_run_folder, resolve_device
+from experiments.config.disk import file_lock
+from experiments.train.runtime import atomic_write_bytes, check_writable, preflight_run_folder, resolve_device
 
 MARKER = "mlflow_run.json"  # in a tracked run folder: the run that trains there (its ID and key)
 
@@ -129,15 +130,29 @@ def tracked_train(config: RunConfig, out: Path, device: str = "auto", resume: bo
     return result, run_id
 
 
+RUN_LOCK = ".wg2-lock"  # in a run folder: held by the `wg2 train` writing it
+
+
 def cmd_train(args) -> int:
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / train_hash(config)
     run_id = None
-    if getattr(args, "no_track", False):
-        result = loop.train(config, out, device=args.device, resume=args.resume, record_autoencoder=False)
-    else:
-        result, run_id = tracked_train(config, out, args.device, args.resume, args.config,
-                                       args.experiment or EXPERIMENT_TRAIN)
+    check_writable(out, "run folder")
+    made, lock = not out.exists(), out / RUN_LOCK
+    # one training per run folder at a time: a second would make a second MLflow run or overwrite the checkpoint
+    try:
+        with file_lock(lock, f"--out {out}: another `wg2 train` is writing this run folder now; wait for it to "
+                       "end or choose another --out", wait=False):
+            if getattr(args, "no_track", False):
+                result = loop.train(config, out, device=args.device, resume=args.resume, record_autoencoder=False)
+            else:
+                claims.stale_seconds()  # a bad $WG2_STALE_SECONDS: exit 2 now
+                result, run_id = tracked_train(config, out, args.device, args.resume, args.config,
+                                               args.experiment or EXPERIMENT_TRAIN)
+    finally:
+        if made and out.is_dir() and [p.name for p in out.iterdir()] == [RUN_LOCK]:  # stopped before any output
+            lock.unlink(missing_ok=True)
+            out.rmdir()
     first = result.history[0]["loss"] if result.history else float("nan")
     last = result.history[-1]["loss"] if result.history else float("nan")
     log.info("trained %d steps: loss %.4f -> %.4f; %.2f steps/s; checkpoint %s%s", result.steps, first, last,
