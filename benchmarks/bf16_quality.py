@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
 from evaluation.stats import paired_difference
 from experiments.infer.evaluate import evaluate, machine_name
-from experiments.train.precision import set_threads
 from experiments.infer.synth import load_checkpoint
+from experiments.train.precision import set_threads
 
 METRICS = ("pesq_wb", "stoi", "mel_cd")
 TARGETS = {"pesq_wb": 0.02, "stoi": 0.005}  # issue targets: |bf16 - fp32| within these

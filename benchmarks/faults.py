@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 
 import faults_common
-from faults_common import log, REPO
+from faults_common import REPO, log
 from faults_corpus import part_corpus
 from faults_kill import part_kill
 from faults_search import part_search, start_postgres, train_model
+
 
 def markdown(results: dict) -> str:
     rows = ["| part | measure | value | target |", "|---|---|---|---|"]

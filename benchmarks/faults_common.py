@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "corpora" / "harvard"
 GRID = REPO / "experiments" / "grids" / "quickstart.toml"

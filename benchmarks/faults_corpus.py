@@ -10,7 +10,8 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from faults_common import CORPUS, has_traceback, log, REPO, wg2_argv, wg2_env
+from faults_common import CORPUS, REPO, has_traceback, log, wg2_argv, wg2_env
+
 
 def make_subset(dest: Path, n: int = 60) -> list[str]:
     """The first n utterances of the corpus (metadata lines, wavs, TextGrids) copied to dest."""

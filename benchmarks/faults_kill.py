@@ -9,7 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from faults_common import CORPUS, GRID, has_traceback, log, REPO, wg2_argv, wg2_env
+from faults_common import CORPUS, GRID, REPO, has_traceback, log, wg2_argv, wg2_env
+
 
 def _children(pid: int) -> list[int]:
     """Direct child processes of pid (Linux /proc)."""

@@ -11,7 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from faults_common import CORPUS, has_traceback, log, REPO, wg2_argv, wg2_env
+from faults_common import CORPUS, REPO, has_traceback, log, wg2_argv, wg2_env
+
 
 def train_model(tmp: Path, steps: int) -> Path:
     out = tmp / "model"
@@ -50,8 +51,7 @@ def _study_counts(storage: str, study_name: str, budget: int, uri: str, extra_pa
                                        capture_output=True, text=True).stdout)
     from mlflow import MlflowClient
 
-    from evaluation.runs import KIND_TRIAL, TAG_KIND, TAG_STUDY, TAG_TRIAL_NUMBER
-    from evaluation.runs import EXPERIMENT_SEARCH
+    from evaluation.runs import EXPERIMENT_SEARCH, KIND_TRIAL, TAG_KIND, TAG_STUDY, TAG_TRIAL_NUMBER
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(EXPERIMENT_SEARCH)

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.metrics import PHONEME_GAIN_KEY
 from experiments.config.run import load_config
 from experiments.infer.evaluate import machine_name
-from experiments.train.precision import set_threads
 from experiments.train.loop import train
+from experiments.train.precision import set_threads
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-
 # Field metadata of a key added after runs were recorded: the key is left out of a run's identity (its config
 # hash) while it holds its default, so those runs keep their hashes (experiments/config/identity.py, config_hash).
 ADDED_KEY = {"identity": "when not default"}

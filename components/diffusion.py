@@ -2,7 +2,7 @@
 sampler; the network is passed in as a function (noisy, noise_level) -> predicted noise."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

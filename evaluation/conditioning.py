@@ -16,8 +16,8 @@ sum_levels loss_control / sum_levels loss_true; the summary is the mean over utt
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Iterable, cast
+from typing import cast
 
 import numpy as np
 from tqdm import tqdm
-from evaluation.progress import progress_enabled
 
 from evaluation.metrics import Missing, Scores, metric_names
+from evaluation.progress import progress_enabled
 from evaluation.scoring import describe_error, score_pair
 
 _PRELOAD = ["evaluation.scoring", "evaluation.pool", "pesq", "pystoi", "parselmouth"]

@@ -5,14 +5,22 @@ metric missing, and any metric's own failure (a PESQ error, too few frames) make
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from evaluation.metrics import METRICS, Missing, PairView, Scores, dnsmos_module, metric_names
-from evaluation.signal_features import (log_mel_distance, log_mel_features, mel_cd, mel_cd_dtw, mel_cepstrum,
-                                        pitch_track, resample)
+from evaluation.signal_features import (
+    log_mel_distance,
+    log_mel_features,
+    mel_cd,
+    mel_cd_dtw,
+    mel_cepstrum,
+    pitch_track,
+    resample,
+)
 
 MIN_DURATION_S = 0.25  # PESQ refuses shorter buffers and STOI needs 30 frames of 25.6 ms; below this nothing is honest
 SILENCE_RMS = 1e-5  # -100 dBFS: quieter than any real recording's noise floor, so such output is treated as silent

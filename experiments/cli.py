@@ -7,11 +7,10 @@ import importlib
 import logging
 import sys
 
+from evaluation.metrics import DEFAULT_METRIC
+from evaluation.runs import EXPERIMENT_EVAL, EXPERIMENT_TRAIN
 from experiments.grid.file import MAX_CELLS
 from experiments.tracking.ending import Terminated, interrupt_reason, raise_on_sigterm
-from evaluation.metrics import DEFAULT_METRIC
-from evaluation.runs import EXPERIMENT_EVAL
-from evaluation.runs import EXPERIMENT_TRAIN
 
 DISTRIBUTION = "wavegrad2-ablation"
 

@@ -10,8 +10,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from components.autoencoder import (AUTOENCODERS, STRIDE_FACTORS, EMACodebook, VQAutoencoder, WaveformAutoencoder,
-                                    check_stride, latent_length)
+from components.autoencoder import (
+    AUTOENCODERS,
+    STRIDE_FACTORS,
+    EMACodebook,
+    VQAutoencoder,
+    WaveformAutoencoder,
+    check_stride,
+    latent_length,
+)
 from components.configs import AutoencoderConfig
 from components.stft_loss import MultiResolutionSTFTLoss
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from test_corpus import copy_corpus
 
 from experiments.cli import main
 from experiments.corpus.textgrid import read_phone_tier
-from test_corpus import copy_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from components.model import WaveGrad2
 from experiments.config.run import EvalConfig, RunConfig, TrainConfig
 from experiments.infer.evaluate import evaluate, format_summary

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from components.schedules import resolve_schedule_name
-from experiments.train import precision
-from experiments.config.run import EvalConfig, InputError, RunConfig, TrainConfig, flatten, load_config
 from experiments.config.identity import config_hash
+from experiments.config.run import EvalConfig, InputError, RunConfig, TrainConfig, flatten, load_config
 from experiments.infer.synth import load_checkpoint, synthesize
+from experiments.train import precision
 from experiments.train.loop import train
 
 TINY = tiny_model(encoder_dropout=0.0)

@@ -7,21 +7,19 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from components.configs import AutoencoderConfig, ModelConfig
 from components.decoder import DECODER_PRESETS, DECODERS
 from components.diffusion import Diffusion, NonFiniteError
 from components.encoder import ENCODERS, reverse_padded
 from components.model import WaveGrad2
 from components.registry import Registry
-from components.schedules import (SCHEDULES, fibonacci, noise_levels, resolve_schedule_name, schedule_names,
-                                  subsample)
+from components.schedules import SCHEDULES, fibonacci, noise_levels, resolve_schedule_name, schedule_names, subsample
 from components.spaces import SPACES
 from components.upsampler import UPSAMPLERS, GaussianUpsampler, RepeatUpsampler
 from components.validation import validate_model_config
 from experiments.config.schedules import load_schedule_file, resolve_schedule
-
 
 
 def tiny_batch(vocab=20):

@@ -11,8 +11,14 @@ import pytest
 import torch
 
 import evaluation.conditioning as conditioning
-from evaluation.conditioning import (ConditioningItem, conditioning_gain, derangement, reads_text, speech_mask,
-                                     swap_phonemes)
+from evaluation.conditioning import (
+    ConditioningItem,
+    conditioning_gain,
+    derangement,
+    reads_text,
+    speech_mask,
+    swap_phonemes,
+)
 
 HOP = 50
 PAD, SILENCE = 0, 1

@@ -11,12 +11,12 @@ import soundfile
 from praatio import textgrid
 from scipy.signal import resample_poly
 
-from experiments.corpus.textgrid import read_phone_intervals
-from experiments.corpus import read
 from experiments.cli import main
 from experiments.config.run import DataConfig, InputError
+from experiments.corpus import read
 from experiments.corpus.dataset import load_dataset
 from experiments.corpus.read import read_corpus
+from experiments.corpus.textgrid import read_phone_intervals
 from experiments.corpus.types import PAD, SILENCE, Dataset, PhonemeVocab, split_of
 
 SR, HOP = 22050, 300

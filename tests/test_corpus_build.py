@@ -10,13 +10,13 @@ import pytest
 import soundfile
 from praatio import textgrid
 
-from experiments.corpus import build
 from experiments.cli import main
 from experiments.config.run import InputError
-from experiments.corpus.read import read_corpus
-from experiments.corpus.types import SILENCE
+from experiments.corpus import build
 from experiments.corpus.build import MARKER, build_corpus, corpus_content_hash, harvard_sentences
 from experiments.corpus.espeak import LINK, synthesize, text_to_phonemes
+from experiments.corpus.read import read_corpus
+from experiments.corpus.types import SILENCE
 
 
 def test_segments_cover_the_audio_exactly():

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
 from conftest import tiny_tables
+from test_corpus import copy_corpus as copy_three  # the same copier, one place
+
 from experiments.cli import main
 from experiments.corpus.read import read_corpus
 from experiments.corpus.textgrid import read_phone_tier
-from test_corpus import copy_corpus as copy_three  # the same copier, one place
 
 SR = 22050
 
@@ -261,8 +261,8 @@ def test_parent_whose_artifact_upload_fails_ends_failed_with_the_reason(tiny_gri
 
 
 def test_interrupted_grid_ends_cell_and_parent_killed(tiny_grid: Path, monkeypatch):
-    from evaluation.runs import TAG_END_REASON
     import experiments.grid.cell
+    from evaluation.runs import TAG_END_REASON
     from experiments.grid.run import run_grid
 
     def interrupt(*args, **kwargs):
@@ -314,8 +314,8 @@ def test_unwritable_store_exits_2_before_any_training(tiny_grid: Path, tmp_path:
 
 
 def test_sqlite_unable_to_open_becomes_the_store_message(tmp_path: Path, monkeypatch):
-    from experiments.tracking import store
     from experiments.config.run import InputError
+    from experiments.tracking import store
 
     db = tmp_path / "mlflow.db"
     db.mkdir()  # sqlite: "unable to open database file"

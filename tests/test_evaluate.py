@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 
-
 from experiments.cli import main
 from experiments.infer.evaluate import FREE_RUNNING, pick_utterances
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.corpus import build
 from experiments.cli import main
+from experiments.corpus import build
 from experiments.corpus.build import IN_PROGRESS, MARKER
-
 
 # ----------------------------------------------------------------------------- `wg2 corpus build`: folders in the way
 
@@ -403,8 +402,8 @@ def test_cached_autoencoder_that_is_damaged_is_refused_in_one_line_naming_it(dam
 
     from components.autoencoder import AUTOENCODERS
     from components.configs import AutoencoderConfig
-    from experiments.train.autoencoder import autoencoder_key, ensure_autoencoder
     from experiments.config.run import InputError, RunConfig, load_config
+    from experiments.train.autoencoder import autoencoder_key, ensure_autoencoder
 
     base = load_config(None, [])
     config = dataclasses.replace(base, data=dataclasses.replace(base.data, cache_dir=str(tmp_path / "cache")),

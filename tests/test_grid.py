@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_tables
+
 from experiments.cli import main
-from experiments.config.run import ConfigError
 from experiments.config.identity import _toml_value
-from experiments.grid.run import run_grid
+from experiments.config.run import ConfigError
 from experiments.grid.file import load_grid
+from experiments.grid.run import run_grid
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ from components.model import WaveGrad2
 from evaluation.signal_features import N_MELS
 from experiments.cli import main
 from experiments.config.run import RunConfig
+from experiments.config.schedules import resolve_schedule
 from experiments.grid.file import load_grid
 from experiments.grid.pricing import GPUS, Pricing, price_grid
-from experiments.config.schedules import resolve_schedule
 from experiments.infer.step_flops import FRAMES_PER_TOKEN, UTTERANCE_TOKENS, VOCAB, training_step_flops
 from tests.conftest import tiny_model
 

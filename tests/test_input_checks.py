@@ -72,8 +72,8 @@ def test_shipped_configs_pass_the_numeric_checks():
 
 
 def test_a_retired_key_is_read_and_dropped(tmp_path: Path):
-    from experiments.config.run import load_config
     from experiments.config.identity import config_hash
+    from experiments.config.run import load_config
 
     old = tmp_path / "old.toml"  # a config (or checkpoint) from when train.num_workers existed
     old.write_text("[train]\nsteps = 7\nnum_workers = 2\n")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from conftest import tiny_model
+
 from components.configs import AutoencoderConfig
 from experiments.config.run import ConfigError, EvalConfig, RunConfig, TrainConfig, load_config, validate
 from experiments.infer.evaluate import evaluate

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import tiny_tables
 from mlflow import MlflowClient
 
-from conftest import tiny_tables
 from evaluation.compare.build import compare
 from experiments.config.identity import _toml_value
 from experiments.grid.run import run_grid

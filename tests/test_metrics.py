@@ -15,10 +15,10 @@ from scipy.signal import resample_poly
 
 from evaluation import metrics
 from evaluation.metrics import METRICS, Missing, from_jsonable, to_jsonable
-from evaluation.scoring import score_pair
-from evaluation.signal_features import dtw_path
 from evaluation.plots import alignment_plot, spectrogram_comparison
 from evaluation.pool import ScoreJob, score_many
+from evaluation.scoring import score_pair
+from evaluation.signal_features import dtw_path
 from evaluation.stats import mean_difference, summarize
 
 QUALITY = [k for k, info in METRICS.items() if info.extra is None and k != "length_ratio"]

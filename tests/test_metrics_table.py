@@ -45,8 +45,8 @@ def test_a_changed_table_entry_makes_the_readme_check_fail(monkeypatch):
 
 
 def test_everything_derived_follows_the_tables():
-    from evaluation.compare.report import QUALITY
     from evaluation.compare.data import direction
+    from evaluation.compare.report import QUALITY
     from evaluation.conditioning import GAIN_KEY
     from experiments.infer.evaluate import FREE_RUNNING
 

@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from components.configs import ModelConfig
 from components import decoder as decoder_module
+from components.configs import ModelConfig
 from components.decoder import DECODERS, LEAK, UBlock, noise_level_embedding
 from components.diffusion import Diffusion, add_noise
 from components.schedules import resolve_schedule_name
 from components.upsampler import GaussianUpsampler
-
 
 # ----------------------------------------------------------------------------- the noising formula
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_PRESET, tiny_model
+
 from components import schedules
 from components.model import WaveGrad2
 from components.schedules import check_schedule, noise_levels, resolve_schedule_name, start_snr_db
 from experiments.cli import main
 from experiments.config.run import DataConfig, RunConfig, load_config, signal_std_of
+from experiments.config.schedules import resolve_schedule
 from experiments.corpus.dataset import load_dataset
 from experiments.grid.file import load_grid
-from experiments.config.schedules import resolve_schedule
 from experiments.infer.synth import LoadedModel, load_checkpoint, synthesize
 from experiments.train.loop import EMA, signal_scale, train
 

@@ -9,14 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from components.schedules import resolve_schedule_name
-from experiments.config.run import ConfigError, EvalConfig, RunConfig, TrainConfig, config_from_dict, flatten, load_config, to_dict, validate
 from experiments.config.identity import config_hash
-from experiments.train.precision import (CPU_BF16_FLAGS, cpu_flags, precision_name, resolve_precision, set_threads)
+from experiments.config.run import (
+    ConfigError,
+    EvalConfig,
+    RunConfig,
+    TrainConfig,
+    config_from_dict,
+    flatten,
+    load_config,
+    to_dict,
+    validate,
+)
 from experiments.infer.synth import load_checkpoint, synthesize
 from experiments.train.loop import train
+from experiments.train.precision import CPU_BF16_FLAGS, cpu_flags, precision_name, resolve_precision, set_threads
 
 TINY_MODEL = tiny_model(zoneout=0.1)  # the ZoneOut path trained too
 

@@ -15,19 +15,19 @@ import soundfile as sf
 from optuna.trial import TrialState
 
 from components.schedules import BETA_MAX, BETA_MIN
-from experiments.search import space
-from experiments.search.command import run_search
 from evaluation.metrics import value_range
-from evaluation.stats import paired_difference
-from experiments.search.evaluator import REPORT_NOISE_OFFSET, Evaluator, load_evaluators, per_utterance
-from experiments.search.queue import top_up
-from experiments.search.spec import SearchSpec, default_study_name, spec_from_args
-from experiments.train.store_checkpoints import resolve_checkpoint
 from evaluation.runs import EXPERIMENT_SEARCH
-from experiments.search.keys import BASELINE, OWNER, TICKET
+from evaluation.stats import paired_difference
 from experiments.cli import build_parser, main
 from experiments.config.run import InputError
 from experiments.config.schedules import load_schedule_file
+from experiments.search import space
+from experiments.search.command import run_search
+from experiments.search.evaluator import REPORT_NOISE_OFFSET, Evaluator, load_evaluators, per_utterance
+from experiments.search.keys import BASELINE, OWNER, TICKET
+from experiments.search.queue import top_up
+from experiments.search.spec import SearchSpec, default_study_name, spec_from_args
+from experiments.train.store_checkpoints import resolve_checkpoint
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 

@@ -12,14 +12,13 @@ import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
+from test_search import load, make_spec, workdir  # noqa: F401 - workdir is a fixture
 
 from experiments.config.run import InputError
 from experiments.search import space
 from experiments.search.command import run_search
 from experiments.search.evaluator import choose_sets, load_evaluators
 from experiments.search.trial import BASELINE, TICKET, TrialFailed, objective
-from test_search import load, make_spec, workdir  # noqa: F401 - workdir is a fixture
-
 
 # ----------------------------------------------------------------------------- the two utterance sets (no model)
 

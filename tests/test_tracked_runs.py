@@ -12,17 +12,17 @@ import pytest
 import soundfile as sf
 import torch
 from mlflow import MlflowClient
+from test_grid import grid_text, tiny_base
 
-import experiments.search.spec
 import experiments.infer.synth
+import experiments.search.spec
 import experiments.train.loop
-from experiments.tracking import records
-from experiments.train import store_checkpoints
-from experiments.train.checkpoint import CHECKPOINT, checkpoint_step
 from experiments.cli import main
 from experiments.config.run import DataConfig
 from experiments.corpus.dataset import load_dataset
-from test_grid import grid_text, tiny_base
+from experiments.tracking import records
+from experiments.train import store_checkpoints
+from experiments.train.checkpoint import CHECKPOINT, checkpoint_step
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from evaluation.runs import TAG_END_REASON
+from experiments.config.disk import file_lock
 from experiments.tracking import store
 from experiments.tracking.ending import Terminated, end_stopped_run, ends_if_stopped
-from experiments.config.disk import file_lock
 
 
 def _waited(lock, hold: float = 0.6) -> float:

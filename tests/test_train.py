@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import tiny_model
+
 from components.schedules import resolve_schedule_name
-from experiments.train.batches import batch_indices
 from experiments.cli import main
 from experiments.config.run import ConfigError, RunConfig, TrainConfig, load_config, replace
 from experiments.corpus.dataset import load_dataset
 from experiments.infer.synth import load_checkpoint, synthesize
+from experiments.train.batches import batch_indices
 from experiments.train.loop import train
 
 TINY_MODEL = tiny_model(zoneout=0.1)  # the ZoneOut path trained too

@@ -19,18 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
-from evaluation.progress import progress_enabled
 
 from evaluation.compare import plots
-from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
-from evaluation.compare.report import QUALITY, listen_section, render_markdown, results_csv, write_atomic
 from evaluation.compare.data import CellRow, CompareError, Effect, Grid, RunRecord, Target, label_of, metric_key
 from evaluation.compare.effects import axis_means
-from evaluation.compare.mlflow import read_grid, resolve_tracking_uri
 from evaluation.compare.listen import FREE, GT, ListenCell, write_listen_page
+from evaluation.compare.mlflow import read_grid, resolve_tracking_uri
+from evaluation.compare.report import QUALITY, listen_section, render_markdown, results_csv, write_atomic
+from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
 from evaluation.owned_files import record, refusal
+from evaluation.progress import progress_enabled
 from evaluation.runs import TAG_TRAIN_HASH
-
 
 # what compare writes into its folder: only these are replaced, and only when an earlier compare wrote them there
 REPORT_FILES = ("report.md", "results.csv", "quality_vs_rtf.png", "axes.png", "loss_curves.png", "listen.html",

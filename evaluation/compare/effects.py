@@ -14,13 +14,36 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from evaluation.compare.data import (CLEAR, DERIVED, MIN_SEEDS, NO_CLEAR, NOT_SCHEDULES, TOO_FEW_SEEDS, UNIT_SEED,
-                                     UNIT_UTTERANCE, CellRow, Effect, RunRecord, Stat, canonical, label_of,
-                                     metric_key, show_value, sort_key)
-from evaluation.runs import TAG_LABEL
+from evaluation.compare.data import (
+    CLEAR,
+    DERIVED,
+    MIN_SEEDS,
+    NO_CLEAR,
+    NOT_SCHEDULES,
+    TOO_FEW_SEEDS,
+    UNIT_SEED,
+    UNIT_UTTERANCE,
+    CellRow,
+    Effect,
+    RunRecord,
+    Stat,
+    canonical,
+    label_of,
+    metric_key,
+    show_value,
+    sort_key,
+)
 from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY, Missing, value_range
-from evaluation.stats import (PAIRED, SEED_T, clip_interval, difference_bounds, mean_difference, paired_difference,
-                              summarize)
+from evaluation.runs import TAG_LABEL
+from evaluation.stats import (
+    PAIRED,
+    SEED_T,
+    clip_interval,
+    difference_bounds,
+    mean_difference,
+    paired_difference,
+    summarize,
+)
 
 
 def _stat(runs: list[RunRecord], key: str) -> Stat:

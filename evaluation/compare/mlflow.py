@@ -14,16 +14,44 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from evaluation.compare.data import (DERIVED, CellRow, CompareError, Grid, RunRecord, canonical, current_metric_name,
-                                     current_names, has_ceiling, end_reason, json_tag, label_of, metric_key)
+from evaluation.compare.data import (
+    DERIVED,
+    CellRow,
+    CompareError,
+    Grid,
+    RunRecord,
+    canonical,
+    current_metric_name,
+    current_names,
+    end_reason,
+    has_ceiling,
+    json_tag,
+    label_of,
+    metric_key,
+)
 from evaluation.compare.effects import axis_effects, axis_values, cell_rows, schedules_seen
 from evaluation.compare.target import latent_target
-from evaluation.runs import (KIND_AUTOENCODER, KIND_CELL, KIND_GRID, TAG_ASSIGNMENT, TAG_AUTOENCODER_RUN, TAG_AXES,
-                             TAG_CELL_HASH, TAG_DESCRIPTION, TAG_EXPECTED_CELLS, TAG_GROUP, TAG_HEARTBEAT,
-                             TAG_KIND, TAG_SEED, search_all_runs, sqlite_path, store_problem, tag_is,
-                             tracking_uri)
-from evaluation.metrics import Missing
-from evaluation.metrics import DEFAULT_METRIC
+from evaluation.metrics import DEFAULT_METRIC, Missing
+from evaluation.runs import (
+    KIND_AUTOENCODER,
+    KIND_CELL,
+    KIND_GRID,
+    TAG_ASSIGNMENT,
+    TAG_AUTOENCODER_RUN,
+    TAG_AXES,
+    TAG_CELL_HASH,
+    TAG_DESCRIPTION,
+    TAG_EXPECTED_CELLS,
+    TAG_GROUP,
+    TAG_HEARTBEAT,
+    TAG_KIND,
+    TAG_SEED,
+    search_all_runs,
+    sqlite_path,
+    store_problem,
+    tag_is,
+    tracking_uri,
+)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:

@@ -14,14 +14,28 @@ import os
 from pathlib import Path
 from typing import Any
 
-from evaluation.runs import TAG_DEPARTURES, TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_VERSION
-from evaluation.conditioning import READS_TEXT_THRESHOLD, reads_text
-from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY
-from evaluation.metrics import headline_metrics
-from evaluation.stats import PAIRED, SEED_T, WELCH
-from evaluation.compare.data import (CLEAR, MIN_SEEDS, TOO_FEW_SEEDS, UNIT_SEED, CellRow, Effect, Grid, RunRecord,
-                                     Stat, direction, end_reason, has_ceiling, json_tag, metric_key, show_value)
+from evaluation.compare.data import (
+    CLEAR,
+    MIN_SEEDS,
+    TOO_FEW_SEEDS,
+    UNIT_SEED,
+    CellRow,
+    Effect,
+    Grid,
+    RunRecord,
+    Stat,
+    direction,
+    end_reason,
+    has_ceiling,
+    json_tag,
+    metric_key,
+    show_value,
+)
 from evaluation.compare.target import fraction_of_ceiling
+from evaluation.conditioning import READS_TEXT_THRESHOLD, reads_text
+from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY, headline_metrics
+from evaluation.runs import TAG_DEPARTURES, TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_TORCH_VERSION
+from evaluation.stats import PAIRED, SEED_T, WELCH
 
 QUALITY = headline_metrics()  # columns of each schedule's table, with rtf
 TRAINING = ("train/audio_seconds_per_sec", "train/peak_memory_mb", "train/wall_seconds", "train/loss")

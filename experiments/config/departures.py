@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from experiments.config.run import RunConfig, flatten, load_config, to_dict
 from experiments.config.identity import to_toml
+from experiments.config.run import RunConfig, flatten, load_config, to_dict
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from typing import Any
 from components.configs import ADDED_KEY
 from experiments.config.run import SECTIONS, EvalConfig, RunConfig, flatten, to_dict
 
-
 # Keys that say where or how fast, not what is computed: excluded from a run's identity.
 NON_IDENTITY_KEYS = {"data.cache_dir", "eval.metric_workers"}
 

@@ -13,14 +13,13 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from components.configs import ADDED_KEY, AutoencoderConfig, ModelConfig
 from components.diffusion import LOSS_KINDS
-
 
 # train.precision / eval.precision (resolved per device in experiments/train/precision.py)
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -317,8 +316,8 @@ def _check_numbers(config: RunConfig, where: str) -> None:
 def validate(config: RunConfig, where: str = "config") -> None:
     """Cross-key checks that need the registries; raises ConfigError naming the key and allowed values."""
     from components.schedules import check_schedule
-    from experiments.config.schedules import resolve_schedule
     from components.validation import validate_model_config  # imports torch: only when validating
+    from experiments.config.schedules import resolve_schedule
 
     _check_numbers(config, where)
     try:

@@ -32,8 +32,8 @@ import shutil
 import time
 from pathlib import Path
 
-from experiments.config.run import InputError
 from experiments.config.disk import device_full, file_lock, no_space_error
+from experiments.config.run import InputError
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ def _ours(partial: Path) -> bool:
 
 def _synthesize(jobs: list[tuple[str, str, str, str]], voice: str, workers: int, progress: bool) -> None:
     from tqdm import tqdm
+
     from evaluation.progress import progress_enabled
 
     if not jobs:

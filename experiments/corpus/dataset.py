@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.config.disk import no_space_error, pid_alive
 from experiments.config.run import DataConfig, InputError
 from experiments.corpus.read import CorpusReport, content_hash, plan_corpus, read_plan, warn
 from experiments.corpus.types import SPLITS, Dataset, PhonemeVocab, Utterance, split_of
-from experiments.config.disk import no_space_error
-from experiments.config.disk import pid_alive
 
 CACHE_VERSION = 3  # bump when the processing below changes what a cache file holds
 

@@ -32,8 +32,8 @@ warning: kept by default, dropped and counted with skip_bad.
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments.config.run import InputError
-from experiments.corpus.types import SILENCE, Problem, Utterance
 from experiments.corpus.textgrid import interval_problems, other_tier_problems, phone_tier, read_tiers
+from experiments.corpus.types import SILENCE, Problem, Utterance
 
 SILENCE_LABELS = {"", "sil", "sp", "spn", SILENCE}  # compared lower-cased and stripped
 
@@ -343,6 +343,7 @@ class CorpusReport:
 
 def read_plan(plan: _Plan, sample_rate: int, hop_length: int, skip_bad: bool, progress: bool) -> CorpusReport:
     from tqdm import tqdm
+
     from evaluation.progress import progress_enabled
 
     problems = list(plan.problems)

@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-
 # Praat's text formats are one token stream: the long format is the short one with comments
 # (`xmin =`, `item [1]:`) around the values. Values are quoted strings ("" escapes a quote),
 # flags (<exists>) and numbers standing alone (not the 1 of `[1]`).

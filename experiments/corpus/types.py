@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
 SILENCE = "<sil>"
 PAD = "<pad>"
 SPLITS = ("train", "val", "test")

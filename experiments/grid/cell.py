@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import runs
-from experiments.tracking import claims, records, store
-from experiments.tracking.ending import end_stopped_run
 from experiments.config.disk import file_lock
 from experiments.config.run import ConfigError, RunConfig
 from experiments.grid.file import Cell, Grid
+from experiments.tracking import claims, records, store
+from experiments.tracking.ending import end_stopped_run
 
 log = logging.getLogger(__name__)
 FOLDER_LOCK = ".lock"  # in a run folder: held while a model trains there

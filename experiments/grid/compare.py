@@ -14,10 +14,10 @@ from pathlib import Path
 
 from evaluation.compare.build import compare
 from evaluation.compare.data import CompareError
+from evaluation.metrics import DEFAULT_METRIC
 from experiments.config.run import InputError
 from experiments.grid.file import MAX_CELLS, expected_cells, load_grid, plain_name
 from experiments.train.runtime import check_writable
-from evaluation.metrics import DEFAULT_METRIC
 
 
 def cmd_compare(args) -> int:

@@ -34,14 +34,24 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config.run import (SECTIONS, ConfigError, EvalConfig, RunConfig, config_from_dict, field_types,
-                                    parse_override, read_toml, set_nested, validate)
 from experiments.config.identity import config_hash, train_hash
-import typing
+from experiments.config.run import (
+    SECTIONS,
+    ConfigError,
+    EvalConfig,
+    RunConfig,
+    config_from_dict,
+    field_types,
+    parse_override,
+    read_toml,
+    set_nested,
+    validate,
+)
 
 GRID_KEYS = ("name", "description", "seeds", "base", "base_file", "axes", "exclude")
 SEED_KEYS = ("train.seed", "eval.seed")

@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from components.spaces import SPACES
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.spaces import SPACES
+from experiments.config.run import InputError, RunConfig
+from experiments.config.schedules import resolve_schedule
+from experiments.grid.file import Cell, Grid
 from experiments.infer.bench import SAMPLE_RATE as BENCH_SAMPLE_RATE
 from experiments.infer.bench import preset_model
-from experiments.config.run import InputError, RunConfig
-from experiments.grid.file import Cell, Grid
-from experiments.config.schedules import resolve_schedule
 from experiments.infer.step_flops import autoencoder_step_flops, decoder_flops_per_audio_second, training_step_flops
 
 BENCH_DIR = Path("results/bench")  # relative to the working directory, like every results/ default
@@ -70,7 +70,7 @@ class Pricing:
     bench_dir: Path = BENCH_DIR
 
     @classmethod
-    def from_args(cls, gpu: str | None, utilisation: float | None) -> "Pricing":
+    def from_args(cls, gpu: str | None, utilisation: float | None) -> Pricing:
         """--gpu NAME (h100, h200, a100) or NAME=TFLOPS (bf16 dense peak; TF32 taken as half) and
         --utilisation U in (0, 1]; a bad value is an InputError (exit 2) before anything runs."""
         chosen = GPUS[DEFAULT_GPU]

@@ -29,15 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evaluation import runs
-from experiments.tracking import claims
 from experiments.config.run import InputError
 from experiments.grid.cell import CellOutcome, RunContext, check_windows, run_cell, runs_dir
 from experiments.grid.file import MAX_CELLS, Cell, Grid, describe, expected_cells, load_grid
 from experiments.grid.workers import start_workers, stop_workers, watch_parent
-from experiments.tracking.ending import raise_on_sigterm
-from experiments.tracking import records
-from experiments.tracking import store
-from experiments.tracking.ending import ends_if_stopped
+from experiments.tracking import claims, records, store
+from experiments.tracking.ending import ends_if_stopped, raise_on_sigterm
 
 if TYPE_CHECKING:
     from experiments.grid.pricing import Pricing

@@ -33,15 +33,13 @@ import torch
 from components.configs import ModelConfig
 from components.diffusion import Diffusion
 from components.model import WaveGrad2, count_parameters
-from experiments.train.batches import TrainingItem, make_batch
-from experiments.infer.evaluate import machine_name
-from experiments.train.precision import autocast, precision_name, resolve_precision, set_threads
-from experiments.config.run import InputError
-from experiments.train.runtime import check_writable, peak_memory_mb, resolve_device
+from experiments.config.run import InputError, TrainConfig, load_config
 from experiments.config.schedules import resolve_schedule
-from experiments.config.run import TrainConfig
-from experiments.config.run import load_config
+from experiments.infer.evaluate import machine_name
+from experiments.train.batches import TrainingItem, make_batch
 from experiments.train.mel_targets import N_MELS
+from experiments.train.precision import autocast, precision_name, resolve_precision, set_threads
+from experiments.train.runtime import check_writable, peak_memory_mb, resolve_device
 from experiments.train.step import TrainingStep
 
 SAMPLE_RATE, VOCAB = 22050, 64

@@ -21,7 +21,6 @@ from experiments.tracking.ending import ends_if_stopped
 from experiments.train import store_checkpoints
 from experiments.train.precision import set_threads
 
-
 log = logging.getLogger(__name__)
 
 

@@ -34,15 +34,15 @@ import numpy as np
 import torch
 
 from components.schedules import start_snr_db
-from evaluation.metrics import GAIN_KEY, PHONEME_GAIN_KEY, METRICS, ON_FREE_RUNNING, Missing, value_range
+from evaluation.metrics import GAIN_KEY, METRICS, ON_FREE_RUNNING, PHONEME_GAIN_KEY, Missing, value_range
 from evaluation.pool import ScoreJob, score_many
 from evaluation.stats import summarize
-from experiments.config.run import EvalConfig, InputError
 from experiments.config.disk import no_space_error
-from experiments.train.precision import precision_name, resolve_precision
-from experiments.train.runtime import peak_memory_mb
+from experiments.config.run import EvalConfig, InputError
 from experiments.config.schedules import resolve_schedule, schedule_label
 from experiments.infer.synth import LoadedModel, check_loaded_schedule, diagnose, synthesize, write_wav
+from experiments.train.precision import precision_name, resolve_precision
+from experiments.train.runtime import peak_memory_mb
 
 log = logging.getLogger(__name__)
 

@@ -13,20 +13,18 @@ import torch
 
 from components.autoencoder import WaveformAutoencoder
 from components.diffusion import Diffusion
-from components.schedules import check_schedule
 from components.durations import DurationPredictor
 from components.model import WaveGrad2
+from components.schedules import check_schedule
 from evaluation.conditioning import ConditioningItem, Diagnostic, conditioning_gain
-from experiments.config.run import InputError, RunConfig, config_from_dict, signal_std_of
-from experiments.train.precision import autocast, compile_decoder, resolve_precision, set_threads
-from experiments.corpus.types import PAD, SILENCE
 from experiments.config.disk import no_space_error
-from experiments.train.checkpoint import weights_error
-from experiments.train.runtime import check_writable, resolve_device
+from experiments.config.run import InputError, RunConfig, config_from_dict, signal_std_of
 from experiments.config.schedules import resolve_schedule
+from experiments.corpus.types import PAD, SILENCE, PhonemeVocab
+from experiments.train.checkpoint import read_model, weights_error
+from experiments.train.precision import autocast, compile_decoder, resolve_precision, set_threads
+from experiments.train.runtime import check_writable, resolve_device
 from experiments.train.store_checkpoints import resolve_checkpoint
-from experiments.corpus.types import PhonemeVocab
-from experiments.train.checkpoint import read_model
 
 
 @dataclass

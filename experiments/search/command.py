@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
-from evaluation.progress import progress_enabled
 
+from evaluation.progress import progress_enabled
 from evaluation.runs import EXPERIMENT_SEARCH, TAG_ERROR
 from experiments.search.evaluator import checked_baselines, load_evaluators, model_info, sets_identity
 from experiments.search.export import export
@@ -22,7 +22,6 @@ from experiments.search.trial import describe_trial
 from experiments.search.workers import run_workers, work
 from experiments.tracking import store
 from experiments.tracking.ending import end_stopped_run
-
 
 log = logging.getLogger(__name__)
 

@@ -4,17 +4,17 @@ and reports on (`choose_sets`); the baselines that pass the model's schedule che
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
 from evaluation.metrics import Missing
 from evaluation.pool import ScoreJob, score_many
-from experiments.infer import synth
-from experiments.config.run import InputError
 from experiments.config.identity import config_hash
+from experiments.config.run import InputError
 from experiments.corpus.dataset import load_dataset
+from experiments.infer import synth
 from experiments.infer.evaluate import known_utterances, pick_utterances
 from experiments.search import space
 from experiments.search.spec import MIN_REPORTED, REPORT_SPLIT, SELECTION_SPLIT, SearchSpec, baseline_list

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,14 @@ from optuna.trial import FrozenTrial, TrialState
 from evaluation.metrics import value_range
 from evaluation.scoring import describe_error
 from evaluation.stats import paired_difference, summarize
-from experiments.train.runtime import atomic_write_bytes
+from experiments.infer.synth import diagnose
+from experiments.search import keys
 from experiments.search.evaluator import REPORT_NOISE_OFFSET, Evaluator, ModelInfo, per_utterance
 from experiments.search.space import Baseline
 from experiments.search.spec import PARAMETRIZATION, SELECTION_SPLIT, SearchSpec, redact, slug
 from experiments.search.tracking import TrackingContext
-from experiments.search import keys
 from experiments.search.trial import fail_reason
-from experiments.infer.synth import diagnose
+from experiments.train.runtime import atomic_write_bytes
 
 SELECTION_NOTE = ("the trials' values on selected_on, where the search chose this schedule: biased in its favour, "
                   "kept for reference; the reported numbers are the ones measured on reported_on")
@@ -151,7 +151,7 @@ def export(study: optuna.Study, spec: SearchSpec, reporter: Evaluator, model: Mo
                              "parent_run_id": ctx.parent_run_id} if ctx else None},
         "baselines": reported,
         "baselines_dropped": dropped,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
     def found_doc(best: FrozenTrial) -> dict[str, Any]:

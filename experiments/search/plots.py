@@ -13,8 +13,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization.matplotlib import plot_optimization_history, plot_pareto_front
 
-from experiments.search.spec import MULTI_OBJECTIVES, SearchSpec
 from experiments.search import keys
+from experiments.search.spec import MULTI_OBJECTIVES, SearchSpec
 
 
 def _save_figure(fig, path: Path) -> Path:

@@ -8,19 +8,19 @@ import socket
 import tempfile
 import warnings
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from evaluation.runs import TAG_OWNER, sqlite_path
-from experiments.tracking import claims
 from experiments.config.disk import file_lock
 from experiments.config.run import InputError
 from experiments.search import keys, space
 from experiments.search.evaluator import ModelInfo
 from experiments.search.spec import SearchSpec, redact
+from experiments.tracking import claims
 
 PRUNER_STARTUP = 3
 TPE_STARTUP = 5
@@ -115,7 +115,7 @@ def open_study(spec: SearchSpec, model: ModelInfo, sets: dict,
     if new:
         study.set_user_attr(keys.IDENTITY, identity)
         study.set_user_attr(keys.MODEL, asdict(model))
-        study.set_user_attr(keys.CREATED, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        study.set_user_attr(keys.CREATED, datetime.now(UTC).isoformat(timespec="seconds"))
     return study, new
 
 

@@ -13,9 +13,9 @@ from sqlalchemy.engine import make_url
 from evaluation.metrics import METRICS, metric_names
 from evaluation.runs import sqlite_path, tracking_uri
 from experiments.config.run import InputError
+from experiments.search import space
 from experiments.train.runtime import check_writable
 from experiments.train.store_checkpoints import resolve_checkpoint
-from experiments.search import space
 
 PARAMETRIZATION = "log-increment-v2"  # v2: the exponent p(N) (search/space.py)
 MULTI_OBJECTIVES = ("pesq_wb", "stoi")

@@ -16,17 +16,37 @@ import optuna
 from mlflow.entities import Metric
 from optuna.trial import FrozenTrial, TrialState
 
-from evaluation.runs import (EXPERIMENT_SEARCH, KIND_SEARCH, KIND_TRIAL, TAG_BASELINE, TAG_ERROR, TAG_GIT_COMMIT,
-                             TAG_KIND, TAG_MACHINE, TAG_MODEL, TAG_MODEL_CONFIG_HASH, TAG_MODEL_RUN_ID,
-                             TAG_MODEL_SHA256, TAG_OBJECTIVES, TAG_OWNER, TAG_PRUNE_REASON, TAG_SAMPLER, TAG_STATE,
-                             TAG_STORAGE, TAG_STUDY, TAG_STUDY_KEY, TAG_TRIAL_NUMBER, TAG_TRIALS_REQUESTED,
-                             search_all_runs, tag_is)
-from experiments.tracking import claims, records, store
+from evaluation.runs import (
+    EXPERIMENT_SEARCH,
+    KIND_SEARCH,
+    KIND_TRIAL,
+    TAG_BASELINE,
+    TAG_ERROR,
+    TAG_GIT_COMMIT,
+    TAG_KIND,
+    TAG_MACHINE,
+    TAG_MODEL,
+    TAG_MODEL_CONFIG_HASH,
+    TAG_MODEL_RUN_ID,
+    TAG_MODEL_SHA256,
+    TAG_OBJECTIVES,
+    TAG_OWNER,
+    TAG_PRUNE_REASON,
+    TAG_SAMPLER,
+    TAG_STATE,
+    TAG_STORAGE,
+    TAG_STUDY,
+    TAG_STUDY_KEY,
+    TAG_TRIAL_NUMBER,
+    TAG_TRIALS_REQUESTED,
+    search_all_runs,
+    tag_is,
+)
+from experiments.search import keys
 from experiments.search.evaluator import ModelInfo
 from experiments.search.spec import SearchSpec, redact
-from experiments.search import keys
 from experiments.search.trial import fail_reason
-
+from experiments.tracking import claims, records, store
 
 
 @dataclass(frozen=True)

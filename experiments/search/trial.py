@@ -8,14 +8,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluation.scoring import describe_error
-from experiments.infer import synth
-from experiments.tracking import claims
 from experiments.config.run import InputError
-from experiments.search import space
+from experiments.infer import synth
+from experiments.search import keys, space
 from experiments.search.evaluator import Evaluator, MetricSummary, per_utterance, summarize_scores
 from experiments.search.spec import SearchSpec
+from experiments.tracking import claims
 from experiments.tracking.ending import interrupt_reason
-from experiments.search import keys
 
 SCHEDULE_CHECK = "schedule check"  # how the prune reason of a candidate refused by the check starts
 INTERRUPTED = "interrupted: the worker running this trial died; marked failed when the study was resumed"

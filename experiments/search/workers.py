@@ -9,13 +9,13 @@ import time
 import optuna
 import torch
 
-from experiments.tracking import store
+from experiments.grid.workers import start_workers, stop_workers, watch_parent
 from experiments.search.evaluator import Evaluator, load_evaluators
 from experiments.search.queue import claim, load_study, lock_path
 from experiments.search.spec import SearchSpec
 from experiments.search.tracking import TrackingContext, TrialLogger
 from experiments.search.trial import run_trial
-from experiments.grid.workers import start_workers, stop_workers, watch_parent
+from experiments.tracking import store
 from experiments.tracking.ending import raise_on_sigterm
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from evaluation.runs import TAG_HEARTBEAT, TAG_OWNER, search_all_runs, tag_is
 from experiments.tracking.store import client, retry
@@ -84,7 +84,7 @@ class Heartbeat:
             except Exception:  # noqa: BLE001, S110 - a missed beat only makes the run look stale sooner
                 pass
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 

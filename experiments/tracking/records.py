@@ -12,11 +12,19 @@ import platform
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from evaluation.runs import (TAG_CORPUS_HASH, TAG_DEPARTURES, TAG_DEVICE, TAG_GIT_COMMIT, TAG_MACHINE, TAG_PYTHON,
-                             TAG_TORCH_VERSION, TAG_VERSION_PREFIX)
+from evaluation.runs import (
+    TAG_CORPUS_HASH,
+    TAG_DEPARTURES,
+    TAG_DEVICE,
+    TAG_GIT_COMMIT,
+    TAG_MACHINE,
+    TAG_PYTHON,
+    TAG_TORCH_VERSION,
+    TAG_VERSION_PREFIX,
+)
 from experiments.tracking.store import log_params, log_tags, retry
 
 PACKAGES = ("torch", "numpy", "scipy", "mlflow", "optuna", "pesq", "pystoi", "soundfile")
@@ -79,9 +87,9 @@ def run_tags(device: str) -> dict[str, str]:
 def log_run_config(mlf, run_id: str, config, device: str) -> None:
     """Where and with what (run_tags) on every start; the config as params (flatten) and as config.toml
     once per run, so a resumed run keeps what it began with."""
-    from experiments.config.run import flatten
-    from experiments.config.identity import to_toml
     from experiments.config.departures import departures
+    from experiments.config.identity import to_toml
+    from experiments.config.run import flatten
 
     # its departures from WaveGrad 2 as published: `wg2 compare` opens every report with them
     retry(lambda: log_tags(mlf, run_id, {**run_tags(device), TAG_DEPARTURES: json.dumps(departures(config))}))

@@ -15,8 +15,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from evaluation.runs import TAG_END_REASON, sqlite_path, store_problem, tracking_uri
 from experiments.config.disk import file_lock

@@ -21,14 +21,20 @@ from tqdm import tqdm
 from components.autoencoder import AUTOENCODERS
 from evaluation.pool import ScoreJob, score_many
 from evaluation.progress import LogLines, progress_enabled
-from evaluation.runs import (EXPERIMENT_AUTOENCODERS, KIND_AUTOENCODER, TAG_AUTOENCODER_KEY, TAG_KIND, tag_is,
-                             tracking_uri)
+from evaluation.runs import (
+    EXPERIMENT_AUTOENCODERS,
+    KIND_AUTOENCODER,
+    TAG_AUTOENCODER_KEY,
+    TAG_KIND,
+    tag_is,
+    tracking_uri,
+)
 from evaluation.stats import summarize
 from experiments.config.run import InputError, RunConfig, load_config
 from experiments.corpus.dataset import load_dataset
+from experiments.tracking.store import ensure_store, get_or_create_experiment
 from experiments.train.checkpoint import read_checkpoint, weights_error
 from experiments.train.runtime import atomic_save, resolve_device
-from experiments.tracking.store import ensure_store, get_or_create_experiment
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ class Batch:
     mel: torch.Tensor  # (B, W, M) log-mel target of the window's frames (M = 0 without targets)
     frame_mask: torch.Tensor  # (B, W): 1 on real frames
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
 
 

@@ -23,14 +23,14 @@ from pathlib import Path
 
 from evaluation import runs
 from evaluation.runs import EXPERIMENT_TRAIN
+from experiments.config.disk import file_lock
+from experiments.config.identity import train_hash
+from experiments.config.run import InputError, RunConfig, load_config
 from experiments.corpus.dataset import load_dataset
 from experiments.tracking import claims, records, store
 from experiments.tracking.ending import ends_if_stopped
 from experiments.train import loop, store_checkpoints
 from experiments.train.checkpoint import CHECKPOINT
-from experiments.config.run import InputError, RunConfig, load_config
-from experiments.config.identity import train_hash
-from experiments.config.disk import file_lock
 from experiments.train.runtime import atomic_write_bytes, check_writable, preflight_run_folder, resolve_device
 
 MARKER = "mlflow_run.json"  # in a tracked run folder: the run that trains there (its ID and key)

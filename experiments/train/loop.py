@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -18,16 +18,15 @@ from components.model import WaveGrad2
 from components.spaces import SPACES
 from evaluation.conditioning import ConditioningItem, Diagnostic, conditioning_gain
 from evaluation.progress import LogLines, progress_enabled
+from experiments.config.identity import train_hash
+from experiments.config.run import ConfigError, InputError, RunConfig, config_from_dict
 from experiments.train.autoencoder import ensure_autoencoder
 from experiments.train.batches import TrainingItem, batch_indices, make_batch
-from experiments.config.run import ConfigError, InputError, RunConfig, config_from_dict
-from experiments.config.identity import train_hash
-from experiments.train.mel_targets import normalized_targets
 from experiments.train.checkpoint import CHECKPOINT, read_for_resume, weights_error, write_checkpoint
-from experiments.train.runtime import peak_memory_mb, preflight_run_folder, resolve_device
+from experiments.train.mel_targets import normalized_targets
 from experiments.train.precision import compile_decoder, eager, precision_name, resolve_precision
+from experiments.train.runtime import peak_memory_mb, preflight_run_folder, resolve_device
 from experiments.train.step import EMA, TrainingStep
-
 
 log = logging.getLogger(__name__)
 # Without a progress bar (stderr not a terminal), a status line at a log step once this many seconds have

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from evaluation.progress import progress_enabled  # noqa: F401 - re-exported: the one progress-bar rule
+from experiments.config.disk import no_space_error, pid_alive
 from experiments.config.run import InputError
-from experiments.config.disk import pid_alive, no_space_error
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
