@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import runtime
 from experiments.cli import main
+from experiments.train import runtime
 
 FOREIGN_TEMPS = ("notes.tmp999999", "thesis.tex.tmp4242424")
 

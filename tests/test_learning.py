@@ -18,6 +18,7 @@ import torch
 from components.configs import ModelConfig
 from components.model import WaveGrad2
 from components.schedules import resolve_schedule_name
+from evaluation.metrics import GAIN_KEY
 from evaluation.scoring import score_pair
 from experiments.config.run import RunConfig, TrainConfig
 from experiments.corpus.dataset import load_dataset
@@ -46,11 +47,13 @@ def overfit(data_config, out, zero_conditioning: bool, monkeypatch) -> tuple[flo
     config = RunConfig(
         data=data_config,
         model=ModelConfig(encoder_channels=32, duration_channels=16, decoder_preset="tiny", encoder_dropout=0.0,
-                          zoneout=0.0, upsampler="repeat"),
+                          zoneout=0.0, upsampler="repeat", signal_std=1.0),
+        # the CPU configs' departures (experiments/configs/quickstart.toml), which this test is about
         train=TrainConfig(steps=STEPS, batch_size=4, window_frames=32, learning_rate=3e-3, warmup_steps=20,
-                          schedule="cosine-1000", checkpoint_every=STEPS, log_every=50, gain_utterances=1))
+                          schedule="cosine-1000", checkpoint_every=STEPS, log_every=50, gain_utterances=1,
+                          mel_loss_weight=1.0, ema_decay=0.999, weight_decay=1e-2, lr_decay="cosine"))
     result = train(config, out, device="cpu", progress=False, dataset=one)
-    gain = result.history[-1]["conditioning_gain"]
+    gain = result.history[-1][GAIN_KEY]
     loaded = load_checkpoint(result.checkpoint, "cpu")
     audio = synthesize(loaded, [dataset.vocab.encode(utterance.phonemes)], resolve_schedule_name("linear-50"),
                        [utterance.durations], seed=1)[0].audio

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from evaluation.compare.data import CellRow, Stat
 from evaluation.compare.report import cell_reads_text
-from evaluation.conditioning import GAIN_KEY, reads_text
+from evaluation.conditioning import reads_text
+from evaluation.metrics import PHONEME_GAIN_KEY
 
 
 def row(gains: list[tuple[float | None, float | None]], across: Stat) -> CellRow:
     return CellRow(group="g", label="cell", assignment={}, seeds=list(range(len(gains))),
-                   run_ids=[str(i) for i in range(len(gains))], params={}, stats={GAIN_KEY: across},
+                   run_ids=[str(i) for i in range(len(gains))], params={}, stats={PHONEME_GAIN_KEY: across},
                    run_gains=[{"mean": m, "ci_low": low} for m, low in gains])
 
 

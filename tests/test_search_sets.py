@@ -18,7 +18,8 @@ from experiments.config.run import InputError
 from experiments.search import space
 from experiments.search.command import run_search
 from experiments.search.evaluator import choose_sets, load_evaluators
-from experiments.search.trial import BASELINE, TICKET, TrialFailed, objective
+from experiments.search.keys import BASELINE, TICKET
+from experiments.search.trial import TrialFailed, objective
 
 # ----------------------------------------------------------------------------- the two utterance sets (no model)
 

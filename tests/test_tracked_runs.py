@@ -132,7 +132,7 @@ def test_eval_and_synth_take_a_run_id_and_eval_is_a_run(tracked, monkeypatch, ca
     run = tracked["mlf"].get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["wg2.kind"] == "eval"
     assert run.data.tags["wg2.model_run_id"] == model and run.data.params["model_run_id"] == model
-    assert "manual-6/pesq_wb" in run.data.metrics and "conditioning_gain" in " ".join(run.data.metrics)
+    assert "manual-6/pesq_wb" in run.data.metrics and "phoneme_gain" in " ".join(run.data.metrics)
     assert {"summary.json", "per_utterance.csv"} <= {a.path for a in tracked["mlf"].list_artifacts(run.info.run_id)}
     (given,) = run.inputs.dataset_inputs
     assert given.dataset.digest == tracked["run"].data.tags["wg2.corpus_hash"][:36]
