@@ -111,7 +111,7 @@ def test_a_bad_stale_seconds_variable_is_exit_2_naming_it(tmp_path: Path, monkey
     config = tmp_path / "run.toml"
     config.write_text(f'[data]\nroot = "{tmp_path / "none"}"\n')
     _exit_2(["train", str(config), "--out", str(tmp_path / "run")], capsys, "WG2_STALE_SECONDS='abc'")
-    assert experiments.claims.STALE_SECONDS == 600.0
+    assert experiments.tracking.claims.STALE_SECONDS == 600.0
 
 
 # ----------------------------------------------------------------------------- grids

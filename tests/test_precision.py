@@ -94,6 +94,11 @@ def test_an_old_checkpoint_config_loads_and_keeps_its_hash():
     """A config as stored before train.precision existed: `train.bf16`, no `eval.precision`."""
     for old_value, precision in ((True, "bf16"), (False, "fp32")):
         raw = to_dict(RunConfig())
+        # what a checkpoint of then held: the defaults of then (before the paper defaults), no keys added since
+        raw["train"].update(ema_decay=0.999, mel_loss_weight=1.0, weight_decay=1e-2, warmup_steps=200, batch_size=16)
+        raw["model"]["signal_std"] = 1.0
+        raw["eval"]["schedules"] = ["linear-50"]  # manual-6 on a unit-variance signal is refused now (start SNR)
+        del raw["train"]["lr_decay"], raw["eval"]["weights"]
         del raw["train"]["precision"], raw["eval"]["precision"]
         del raw["train"]["compile"], raw["eval"]["compile"]  # nor the compile keys (they came later)
         raw["train"]["bf16"] = old_value
