@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file (.pt) or MLflow run ID")
     p.add_argument("text", nargs="?", default=None, help="text to say (espeak-ng front end)")
     p.add_argument("-o", "--out", required=True, help="output wav")
-    p.add_argument("--schedule", default="manual-6", help="inference schedule name or .json/.toml file")
+    p.add_argument("--schedule", default=None,
+                   help="inference schedule name or .json/.toml file (default: the checkpoint's first eval schedule, "
+                        "which passed the schedule check when it trained)")
     p.add_argument("--pace", type=float, default=1.0, help=">1 speaks faster")
     p.add_argument("--utterance", default=None, help="corpus utterance ID: use its ground-truth durations")
     p.add_argument("--phonemes", default=None, help="space-separated phonemes instead of text")

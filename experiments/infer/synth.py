@@ -229,12 +229,15 @@ def check_length(phonemes: list[str], source: str) -> None:
 def cmd_synth(args) -> int:
     set_threads()
     check_synth_args(args)
-    try:
-        betas = resolve_schedule(args.schedule)
+    try:  # a named schedule is checked before the checkpoint is read; none given: the checkpoint's first eval one
+        betas = resolve_schedule(args.schedule) if args.schedule else None
     except ValueError as err:
         raise InputError(f"--schedule: {err}") from err
     checkpoint, _ = resolve_checkpoint(args.checkpoint)
     loaded = load_checkpoint(checkpoint, args.device)
+    if betas is None:
+        args.schedule = loaded.config.eval.schedules[0]
+        betas = resolve_schedule(args.schedule)
     check_loaded_schedule(loaded, betas, f"--schedule {args.schedule}")
     durations = None
     if sum(x is not None for x in (args.text, args.utterance, args.phonemes)) != 1:
