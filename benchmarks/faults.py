@@ -29,10 +29,13 @@ import time
 from pathlib import Path
 
 import faults_common
+import faults_inputs
 from faults_common import REPO, log
 from faults_corpus import part_corpus
 from faults_kill import part_kill
 from faults_search import part_search, start_postgres, train_model
+
+INPUT_PARTS = faults_inputs.PARTS
 
 
 def markdown(results: dict) -> str:
@@ -66,7 +69,9 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", default="all", choices=["kill", "search", "corpus", "all"])
+    p.add_argument("--part", default="all", choices=["kill", "search", "corpus", *INPUT_PARTS, "all"],
+                   help="kill, search, corpus; or one of the bad-input classes of benchmarks/faults_inputs.py "
+                        f"({', '.join(INPUT_PARTS)}), which that module runs")
     p.add_argument("--quick", action="store_true", help="a small smoke version of each part")
     p.add_argument("--out", default="results/faults", help="folder for faults.json and faults.md")
     p.add_argument("--seed", type=int, default=0)
@@ -80,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     args = p.parse_args(argv)
+    if args.part in INPUT_PARTS:  # foreign files, dead tracking server, foreign database, full disk
+        return faults_inputs.main(["--part", args.part, "--out", args.out, "--seed", str(args.seed)]
+                                  + (["--cases", str(args.cases)] if args.cases else []))
     faults_common.QUIET = args.quiet
     sys.path.insert(0, str(REPO))
     parts = ["corpus", "search", "kill"] if args.part == "all" else [args.part]
