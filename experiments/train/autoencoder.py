@@ -30,6 +30,7 @@ from evaluation.runs import (
     tracking_uri,
 )
 from evaluation.stats import summarize
+from experiments.config.disk import file_lock
 from experiments.config.run import InputError, RunConfig, load_config
 from experiments.corpus.dataset import load_dataset
 from experiments.tracking.store import ensure_store, get_or_create_experiment
@@ -131,6 +132,12 @@ def ensure_autoencoder(config: RunConfig, dataset, device: torch.device, progres
     key = autoencoder_key(config, dataset.corpus_hash)
     path = Path(config.data.cache_dir) / "autoencoders" / key / "autoencoder.pt"
     model = AUTOENCODERS.build(config.autoencoder.kind, config.autoencoder)
+    # Two grid workers starting latent cells at once train stage one once: the second waits, then reads the cache.
+    with file_lock(path.parent.parent / f"{key}.lock", busy=f"autoencoder {key} is being trained by another process"):
+        return _load_or_train(config, dataset, device, progress, record, key, path, model)
+
+
+def _load_or_train(config, dataset, device, progress, record, key, path, model):
     if path.exists():
         state = _read_cached(path)
         try:
