@@ -97,7 +97,13 @@ def _build(out: Path, limit: int, workers: int = 1) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
     return subprocess.Popen([sys.executable, "-m", "experiments.cli", "corpus", "build", "--out", str(out),
                              "--limit", str(limit), "--workers", str(workers)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a pytest-xdist worker may ignore SIGINT, and an ignored signal stays ignored across
+    exec, so Python would not install its KeyboardInterrupt handler in the build and would finish it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_two_corpus_builds_of_one_folder_run_one_after_the_other(tmp_path: Path):
@@ -119,7 +125,7 @@ def test_ctrl_c_during_corpus_build_prints_no_worker_traceback(tmp_path: Path):
     wavs = out.with_name("harvard.partial") / "wavs"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (wavs.is_dir() and len(list(wavs.glob("*.wav"))) >= 4):
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(build.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     _, err = build.communicate(timeout=60)
     assert build.returncode == 130, err
